@@ -1,0 +1,130 @@
+"""The Prometheus catalogue: every metric the stage exports, in one place.
+
+Names carry the ``space_pipeline_`` prefix and base units; labels are bounded (topic, partition, a
+status class or a reason), never keys or offsets. These module-level objects are the only global
+state in the package, as prometheus-client intends.
+"""
+
+from __future__ import annotations
+
+import platform
+
+from prometheus_client import Counter, Gauge, Histogram, Info
+
+from pipeline import __version__
+
+# From a 1 ms loopback call to the longest request timeout anyone should configure.
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+# End to end includes time spent in Kafka before the stage saw the record: reach further.
+E2E_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+)  # fmt: skip
+
+TP = ("topic", "partition")
+
+RECORDS_CONSUMED = Counter(
+    "space_pipeline_records_consumed_total", "Records fetched from Kafka and handed to the sender.", TP
+)
+RECORDS_DELIVERED = Counter(
+    "space_pipeline_records_delivered_total", "Records the Space API accepted (2xx).", TP
+)
+REJECTIONS = Counter(
+    "space_pipeline_rejections_total",
+    "Records the Space API finally refused (a 4xx that is not retryable).",
+    TP,
+)
+SEND_ATTEMPTS = Counter(
+    "space_pipeline_send_attempts_total",
+    "HTTP attempts by outcome class: 2xx, 4xx, 429, 5xx, timeout, connection.",
+    ("status_class",),
+)
+RETRIES = Counter(
+    "space_pipeline_retries_total",
+    "Attempts that failed in a retryable way and were scheduled again, by reason.",
+    (*TP, "reason"),
+)
+SEND_DURATION = Histogram(
+    "space_pipeline_send_duration_seconds",
+    "Duration of one HTTP attempt to the Space API.",
+    buckets=LATENCY_BUCKETS,
+)
+END_TO_END_LATENCY = Histogram(
+    "space_pipeline_end_to_end_latency_seconds",
+    "From the Kafka record timestamp to its acceptance by the Space API.",
+    buckets=E2E_BUCKETS,
+)
+INFLIGHT = Gauge(
+    "space_pipeline_inflight_records",
+    "Records whose send (with its retries) has started and not yet finished.",
+    TP,
+)
+BUFFERED = Gauge(
+    "space_pipeline_buffered_records",
+    "Records held by the stage for a partition: queued plus in flight.",
+    TP,
+)
+BUFFERED_BYTES = Gauge(
+    "space_pipeline_buffered_bytes", "Value bytes held by the stage for a partition.", TP
+)
+PAUSED = Gauge(
+    "space_pipeline_partition_paused", "1 while fetching is paused because the buffer is full.", TP
+)
+HALTED = Gauge(
+    "space_pipeline_partition_halted", "1 while a partition is halted on a rejected record.", TP
+)
+COMMITTED_OFFSET = Gauge(
+    "space_pipeline_committed_offset", "Last offset committed: the next record to deliver.", TP
+)
+LAG_RECORDS = Gauge(
+    "space_pipeline_consumer_lag_records",
+    "Records in the partition after the committed offset (high watermark minus committed).",
+    TP,
+)
+LAG_SECONDS = Gauge(
+    "space_pipeline_consumer_lag_seconds",
+    "Age, by its Kafka timestamp, of the oldest record held and not yet accepted; 0 when none.",
+    TP,
+)
+OLDEST_UNACCEPTED_AGE = Gauge(
+    "space_pipeline_oldest_unaccepted_age_seconds",
+    "How long the stage has held its oldest not yet accepted record; 0 when none.",
+    TP,
+)
+LAST_PROGRESS = Gauge(
+    "space_pipeline_last_progress_timestamp_seconds",
+    "Unix time the partition last had a record accepted, or was assigned.",
+    TP,
+)
+COMMITS = Counter(
+    "space_pipeline_commits_total", "Offset commits by result: ok or failed.", ("result",)
+)
+COMMIT_DURATION = Histogram(
+    "space_pipeline_commit_duration_seconds",
+    "Duration of one offset commit call.",
+    buckets=LATENCY_BUCKETS,
+)
+REBALANCES = Counter(
+    "space_pipeline_rebalances_total", "Rebalance callbacks by event: assigned or revoked.", ("event",)
+)
+ASSIGNED_PARTITIONS = Gauge(
+    "space_pipeline_assigned_partitions", "Partitions currently assigned to this process."
+)
+BUILD_INFO = Info("space_pipeline_build", "Version of space-pipeline and of Python.")
+BUILD_INFO.info({"version": __version__, "python": platform.python_version()})
+
+PER_PARTITION_GAUGES = (
+    INFLIGHT, BUFFERED, BUFFERED_BYTES, PAUSED, HALTED, COMMITTED_OFFSET, LAG_RECORDS, LAG_SECONDS,
+    OLDEST_UNACCEPTED_AGE, LAST_PROGRESS,
+)  # fmt: skip
+
+
+def forget_partition(topic: str, partition: int) -> None:
+    """Drop a revoked partition's gauges, so another pod's numbers are not shadowed by stale ones."""
+    labels = (topic, str(partition))
+    for gauge in PER_PARTITION_GAUGES:
+        try:
+            gauge.remove(*labels)
+        except KeyError:
+            continue
