@@ -45,9 +45,7 @@ class Settings(BaseSettings):
     kafka_session_timeout_ms: PositiveInt = 10_000
     kafka_rebalance_timeout_ms: PositiveInt = 30_000
     kafka_max_poll_records: PositiveInt = 500
-    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = (
-        "PLAINTEXT"
-    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None

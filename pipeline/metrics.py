@@ -25,7 +25,9 @@ E2E_BUCKETS = (
 TP = ("topic", "partition")
 
 RECORDS_CONSUMED = Counter(
-    "space_pipeline_records_consumed_total", "Records fetched from Kafka and handed to the sender.", TP
+    "space_pipeline_records_consumed_total",
+    "Records fetched from Kafka and handed to the sender.",
+    TP,
 )
 RECORDS_DELIVERED = Counter(
     "space_pipeline_records_delivered_total", "Records the Space API accepted (2xx).", TP
@@ -106,7 +108,9 @@ COMMIT_DURATION = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 REBALANCES = Counter(
-    "space_pipeline_rebalances_total", "Rebalance callbacks by event: assigned or revoked.", ("event",)
+    "space_pipeline_rebalances_total",
+    "Rebalance callbacks by event: assigned or revoked.",
+    ("event",),
 )
 ASSIGNED_PARTITIONS = Gauge(
     "space_pipeline_assigned_partitions", "Partitions currently assigned to this process."
@@ -120,9 +124,9 @@ PER_PARTITION_GAUGES = (
 )  # fmt: skip
 
 
-def forget_partition(topic: str, partition: int) -> None:
-    """Drop a revoked partition's gauges, so another pod's numbers are not shadowed by stale ones."""
-    labels = (topic, str(partition))
+def forget_partition(topic: str, partition: str) -> None:
+    """Drop a revoked partition's gauges: the pod that owns it now reports them."""
+    labels = (topic, partition)
     for gauge in PER_PARTITION_GAUGES:
         try:
             gauge.remove(*labels)

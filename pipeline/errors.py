@@ -1,0 +1,99 @@
+"""Every exception space-pipeline raises, under one base.
+
+::
+
+    PipelineError
+    ├── ConfigError            a setting is missing or wrong (the CLI exits with code 2)
+    ├── SendError              one attempt to deliver an item failed
+    │   ├── RetryableSendError     try again later: 408, 425, 429, 5xx, timeouts, connection errors
+    │   └── RejectedError          the API refused the item for good: any other 4xx
+    ├── LaneFullError          ``try_submit`` found the lane's buffer full
+    ├── LaneHaltedError        the lane stopped after a rejection; the item was not sent
+    ├── SenderClosedError      the sender no longer takes items
+    └── BrokerError            the embedded Kafka broker could not start
+
+Retry decisions read the ``retryable`` and ``retry_after`` attributes, never messages. Any
+exception type may carry them, so a user's own send function can steer the sender the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import ClassVar
+
+
+class PipelineError(Exception):
+    """Base of every error space-pipeline raises."""
+
+
+class ConfigError(PipelineError):
+    """A setting is missing or invalid; the message is one line that names it."""
+
+
+class SendError(PipelineError):
+    """One attempt to deliver an item failed.
+
+    Args:
+        message: What happened, for logs.
+        reason: A short, bounded label for metrics (``"5xx"``, ``"429"``, ``"timeout"``, ...).
+        status: The HTTP status, when there was a response.
+        retry_after: Seconds the server asked us to wait, when it said so.
+    """
+
+    retryable: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.status = status
+        self.retry_after = retry_after
+
+
+class RetryableSendError(SendError):
+    """The item may succeed later: the sender keeps it at the head of its lane and retries."""
+
+    retryable = True
+
+
+class RejectedError(SendError):
+    """The API refused the item; sending it again would not change the answer."""
+
+    retryable = False
+
+    def __init__(
+        self, message: str, *, reason: str, status: int | None = None, body: str = ""
+    ) -> None:
+        super().__init__(message, reason=reason, status=status)
+        self.body = body
+
+
+class LaneFullError(PipelineError):
+    """The lane holds as many items (or bytes) as it may; wait, or pause the producer."""
+
+    def __init__(self, lane: Hashable) -> None:
+        super().__init__(f"lane {lane!r} is full")
+        self.lane = lane
+
+
+class LaneHaltedError(PipelineError):
+    """The lane halted after an earlier item was rejected, so this one was never sent."""
+
+    def __init__(self, lane: Hashable, cause: BaseException | None) -> None:
+        super().__init__(f"lane {lane!r} is halted after a rejection: {cause!r}")
+        self.lane = lane
+        self.cause = cause
+
+
+class SenderClosedError(PipelineError):
+    """The sender is closing or closed and takes no new items."""
+
+
+class BrokerError(PipelineError):
+    """The embedded Kafka-protocol broker could not be started."""

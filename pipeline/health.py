@@ -1,0 +1,90 @@
+"""The operations endpoints: ``/metrics``, ``/healthz`` and ``/readyz`` on the metrics port.
+
+They are served from the stage's own event loop on purpose: if the loop is stuck, ``/healthz``
+does not answer, the kubelet's probe times out, and the pod is restarted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+log = structlog.get_logger("pipeline.health")
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A probe's answer: healthy or not, and why not."""
+
+    ok: bool
+    reason: str = "ok"
+
+
+class OpsServer:
+    """Serve metrics and probes until closed.
+
+    Args:
+        host: Interface to bind.
+        port: Port to bind; 0 picks a free one (see :attr:`port`).
+        live: Asked on every ``/healthz``.
+        ready: Asked on every ``/readyz``.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        live: Callable[[], Verdict],
+        ready: Callable[[], Verdict],
+    ) -> None:
+        self._host = host
+        self._requested_port = port
+        self._live = live
+        self._ready = ready
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self.port = port
+        self._closed = False
+
+    async def __aenter__(self) -> OpsServer:
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self._requested_port)
+        await site.start()
+        sockets = self._runner.addresses
+        if sockets:
+            self.port = int(sockets[0][1])
+        log.info("ops.listening", host=self._host, port=self.port)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop serving; later calls do nothing."""
+        if not self._closed:
+            self._closed = True
+            await self._runner.cleanup()
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        body = generate_latest(REGISTRY)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        return self._answer(self._live())
+
+    async def _readyz(self, _: web.Request) -> web.Response:
+        return self._answer(self._ready())
+
+    @staticmethod
+    def _answer(verdict: Verdict) -> web.Response:
+        return web.json_response(
+            {"ok": verdict.ok, "reason": verdict.reason}, status=200 if verdict.ok else 503
+        )

@@ -1,0 +1,69 @@
+"""How long to wait before trying an item again.
+
+Capped exponential backoff with full jitter (a uniform draw below the cap) spreads the retries of
+many lanes hitting the same outage. When the server says ``Retry-After``, it knows better than any
+formula: that value is used as given, capped so a hostile or buggy header cannot park a partition
+for a day.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """The retry delay policy of a sender.
+
+    Args:
+        initial: The cap of the first delay, in seconds.
+        maximum: The cap no delay from the formula exceeds, in seconds.
+        multiplier: Growth of the cap per attempt.
+        retry_after_max: The cap on a server's ``Retry-After``, in seconds.
+        max_attempts: Give up after this many attempts; ``None`` (the default) never gives up,
+            because a dropped record is worse than a late one.
+        random: A draw in ``[0, 1)``; injectable so tests are deterministic.
+    """
+
+    initial: float = 0.1
+    maximum: float = 30.0
+    multiplier: float = 2.0
+    retry_after_max: float = 300.0
+    max_attempts: int | None = None
+    random: Callable[[], float] = field(default=random.random, compare=False, repr=False)
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.retry_after_max)
+        ceiling = min(self.maximum, self.initial * self.multiplier ** (attempt - 1))
+        return self.random() * ceiling
+
+    def exhausted(self, attempt: int) -> bool:
+        """Whether ``attempt`` failed attempts use up the budget."""
+        return self.max_attempts is not None and attempt >= self.max_attempts
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Read a ``Retry-After`` header (RFC 9110 §10.2.3): delta-seconds or an HTTP-date.
+
+    Returns seconds from ``now`` (never negative), or ``None`` when the header is absent or
+    unreadable; an unreadable header must not turn a retryable answer into a crash.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    now = now or datetime.now(UTC)
+    return max((when - now).total_seconds(), 0.0)
