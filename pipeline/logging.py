@@ -47,5 +47,6 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric)
-    # aiokafka narrates every group join at INFO; keep its warnings, drop the chatter.
-    logging.getLogger("aiokafka").setLevel(max(numeric, logging.WARNING))
+    # aiokafka narrates every group join and httpx every request at INFO: keep their warnings.
+    for chatty in ("aiokafka", "httpx"):
+        logging.getLogger(chatty).setLevel(max(numeric, logging.WARNING))

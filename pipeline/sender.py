@@ -88,13 +88,14 @@ class Receipt(Generic[T]):
     dropped by :meth:`OrderedSender.cancel` or a close that ran out of time.
     """
 
-    __slots__ = ("_future", "item", "lane", "nbytes")
+    __slots__ = ("_callbacks", "_future", "item", "lane", "nbytes")
 
     def __init__(self, item: T, lane: Lane, nbytes: int, future: asyncio.Future[Delivery]) -> None:
         self.item = item
         self.lane = lane
         self.nbytes = nbytes
         self._future = future
+        self._callbacks: list[Callable[[Receipt[T]], None]] = []
 
     def __await__(self) -> Generator[Any, None, Delivery]:
         return self._future.__await__()
@@ -116,8 +117,32 @@ class Receipt(Generic[T]):
         return self._future.result()
 
     def add_done_callback(self, callback: Callable[[Receipt[T]], None]) -> None:
-        """Call ``callback(receipt)`` on the event loop once the item has finished."""
-        self._future.add_done_callback(lambda _: callback(self))
+        """Call ``callback(receipt)`` the moment the item finishes (at once if it has).
+
+        Unlike a future's callbacks these run synchronously, before the sender reports the lane
+        idle, so whoever waits on :meth:`OrderedSender.drain` sees their effects.
+        """
+        if self._future.done():
+            callback(self)
+        else:
+            self._callbacks.append(callback)
+
+    def _settle(self, delivery: Delivery | None, error: BaseException | None = None) -> None:
+        """Finish the item: accepted (``delivery``), failed (``error``) or cancelled (neither)."""
+        if self._future.done():
+            return
+        if delivery is not None:
+            self._future.set_result(delivery)
+        elif error is not None:
+            self._future.set_exception(error)
+        else:
+            self._future.cancel()
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            try:
+                callback(self)
+            except Exception:
+                log.exception("sender.callback_failed", lane=repr(self.lane))
 
 
 class _State(enum.Enum):
@@ -310,7 +335,7 @@ class OrderedSender(Generic[T]):
             while state.queue:
                 receipt = state.queue.pop()
                 state.nbytes -= receipt.nbytes
-                receipt._future.cancel()
+                receipt._settle(None)
                 count += 1
             self._signal(lane, state)
         return count
@@ -343,7 +368,7 @@ class OrderedSender(Generic[T]):
                     state.current = None
                     state.nbytes -= receipt.nbytes
                     if not receipt.done():
-                        receipt._future.cancel()
+                        receipt._settle(None)
                 self._signal(lane, state)
         finally:
             state.worker = None
@@ -363,7 +388,7 @@ class OrderedSender(Generic[T]):
                     failure: Exception = error
                 else:
                     delivery = Delivery(attempt, started, self._clock.monotonic())
-                    receipt._future.set_result(delivery)
+                    receipt._settle(delivery)
                     return
             if not getattr(failure, "retryable", True) or self._backoff.exhausted(attempt):
                 self._fail(lane, state, receipt, failure, attempt)
@@ -383,13 +408,13 @@ class OrderedSender(Generic[T]):
         self, lane: Lane, state: _LaneState[T], receipt: Receipt[T], error: Exception, attempt: int
     ) -> None:
         log.error("sender.item_failed", lane=repr(lane), attempts=attempt, error=repr(error))
-        receipt._future.set_exception(error)
+        receipt._settle(None, error)
         if self._halt_on_rejection:
             state.halted, state.halted_by = True, error
             while state.queue:
                 queued = state.queue.popleft()
                 state.nbytes -= queued.nbytes
-                queued._future.set_exception(LaneHaltedError(lane, error))
+                queued._settle(None, LaneHaltedError(lane, error))
 
     def _signal(self, lane: Lane, state: _LaneState[T]) -> None:
         if state.space is not None:

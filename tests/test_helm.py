@@ -1,0 +1,672 @@
+"""The Helm chart in helm/space-pipeline, rendered and linted offline through Helm's Go SDK.
+
+Built-in kinds are validated (strictly: unknown fields fail) against the Kubernetes OpenAPI
+schemas shipped by kubernetes-validate. The CRD kinds (PodMonitor, ServiceMonitor, PrometheusRule,
+ScaledObject) have no schema there: they get a minimal hand-written schema of the fields their
+operators need (see CRD_SCHEMAS).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from pipeline.config import ENV_PREFIX, Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+CHART_DIR = ROOT / "helm" / "space-pipeline"
+ALL_FEATURES = Path(__file__).resolve().parent / "helm-values" / "all-features.yaml"
+K8S_VERSION = "1.33.0"
+RELEASE = "demo"
+NAMESPACE = "streams"
+TMP_DIR = "/tmp"  # noqa: S108 - the emptyDir the read-only root filesystem needs
+
+# What any install must provide: the chart renders nothing without them.
+REQUIRED: dict[str, Any] = {
+    "config": {
+        "kafkaBootstrapServers": "kafka:9092",
+        "kafkaTopics": ["orders"],
+        "spaceApiUrl": "http://space-api:8080/records",
+    }
+}
+
+_STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+_META = {
+    "type": "object",
+    "required": ["name", "namespace", "labels"],
+    "properties": {"name": {"type": "string", "minLength": 1}, "labels": _STRING_MAP},
+}
+_ENDPOINT = {
+    "type": "object",
+    "required": ["port"],
+    "properties": {
+        "port": {"const": "metrics"},
+        "path": {"const": "/metrics"},
+        "interval": {"type": "string"},
+        "relabelings": {"type": "array", "items": {"type": "object"}},
+        "metricRelabelings": {"type": "array", "items": {"type": "object"}},
+    },
+}
+_SELECTOR = {
+    "type": "object",
+    "required": ["matchLabels"],
+    "properties": {"matchLabels": {**_STRING_MAP, "minProperties": 1}},
+}
+# Minimal schemas for the CRDs (not in kubernetes-validate): the fields their operators read.
+CRD_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
+    ("monitoring.coreos.com/v1", "PodMonitor"): {
+        "type": "object",
+        "required": ["metadata", "spec"],
+        "properties": {
+            "metadata": _META,
+            "spec": {
+                "type": "object",
+                "required": ["selector", "podMetricsEndpoints"],
+                "properties": {
+                    "selector": _SELECTOR,
+                    "podMetricsEndpoints": {"type": "array", "minItems": 1, "items": _ENDPOINT},
+                },
+            },
+        },
+    },
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): {
+        "type": "object",
+        "required": ["metadata", "spec"],
+        "properties": {
+            "metadata": _META,
+            "spec": {
+                "type": "object",
+                "required": ["selector", "endpoints"],
+                "properties": {
+                    "selector": _SELECTOR,
+                    "endpoints": {"type": "array", "minItems": 1, "items": _ENDPOINT},
+                },
+            },
+        },
+    },
+    ("monitoring.coreos.com/v1", "PrometheusRule"): {
+        "type": "object",
+        "required": ["metadata", "spec"],
+        "properties": {
+            "metadata": _META,
+            "spec": {
+                "type": "object",
+                "required": ["groups"],
+                "properties": {
+                    "groups": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {
+                            "type": "object",
+                            "required": ["name", "rules"],
+                            "properties": {
+                                "name": {"type": "string"},
+                                "rules": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "required": ["expr"],
+                                        "oneOf": [
+                                            {"required": ["alert"]},
+                                            {"required": ["record"]},
+                                        ],
+                                        "properties": {
+                                            "labels": _STRING_MAP,
+                                            "annotations": _STRING_MAP,
+                                        },
+                                    },
+                                },
+                            },
+                        },
+                    }
+                },
+            },
+        },
+    },
+    ("keda.sh/v1alpha1", "ScaledObject"): {
+        "type": "object",
+        "required": ["metadata", "spec"],
+        "properties": {
+            "metadata": _META,
+            "spec": {
+                "type": "object",
+                "required": ["scaleTargetRef", "minReplicaCount", "maxReplicaCount", "triggers"],
+                "properties": {
+                    "scaleTargetRef": {
+                        "type": "object",
+                        "required": ["name"],
+                        "properties": {"kind": {"const": "Deployment"}},
+                    },
+                    "minReplicaCount": {"type": "integer", "minimum": 1},
+                    "maxReplicaCount": {"type": "integer", "minimum": 1},
+                    "triggers": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {
+                            "type": "object",
+                            "required": ["type", "metadata"],
+                            "properties": {
+                                "type": {"const": "kafka"},
+                                # KEDA's trigger metadata is map[string]string.
+                                "metadata": {
+                                    **_STRING_MAP,
+                                    "required": [
+                                        "bootstrapServers",
+                                        "consumerGroup",
+                                        "lagThreshold",
+                                        "offsetResetPolicy",
+                                    ],
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+def merged(*layers: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge value layers, later ones winning (what several `-f` files do)."""
+    result: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            if isinstance(value, dict) and isinstance(result.get(key), dict):
+                result[key] = merged(result[key], value)
+            else:
+                result[key] = copy.deepcopy(value)
+    return result
+
+
+def all_features() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(ALL_FEATURES.read_text())
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def chart() -> Iterator[helm.Chart]:
+    with helm.Chart.load(CHART_DIR) as loaded:
+        yield loaded
+
+
+def render(chart: helm.Chart, *layers: dict[str, Any]) -> list[dict[str, Any]]:
+    """Render with the required values plus ``layers``; every non-empty manifest, parsed."""
+    files = chart.render(merged(REQUIRED, *layers), name=RELEASE, namespace=NAMESPACE)
+    docs: list[dict[str, Any]] = []
+    for path, text in sorted(files.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        docs.extend(doc for doc in yaml.safe_load_all(text) if doc)
+    return docs
+
+
+def only(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = [doc for doc in docs if doc["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+    return found[0]
+
+
+def pod_spec(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    spec: dict[str, Any] = only(docs, "Deployment")["spec"]["template"]["spec"]
+    return spec
+
+
+def container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (main,) = pod_spec(docs)["containers"]
+    return dict(main)
+
+
+def configmap_env(docs: list[dict[str, Any]]) -> dict[str, str]:
+    name = f"{RELEASE}-space-pipeline"
+    (config,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == name]
+    data: dict[str, str] = config["data"]
+    return data
+
+
+VARIANTS = {"defaults": {}, "all-features": all_features()}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_lint_is_clean(variant: str) -> None:
+    """`helm lint --strict` reports no warning or error for defaults and for all features."""
+    report = helm.lint(
+        CHART_DIR, merged(REQUIRED, VARIANTS[variant]), strict=True, kube_version="v" + K8S_VERSION
+    )
+    assert report["errors"] == []
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_manifests_match_kubernetes_schemas(chart: helm.Chart, variant: str) -> None:
+    """Built-in kinds pass strict Kubernetes schema validation; CRD kinds a minimal schema."""
+    docs = render(chart, VARIANTS[variant])
+    for doc in docs:
+        key = (doc["apiVersion"], doc["kind"])
+        if key in CRD_SCHEMAS:
+            jsonschema.Draft202012Validator(CRD_SCHEMAS[key]).validate(doc)
+        else:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_default_render_has_only_core_objects(chart: helm.Chart) -> None:
+    """Defaults render a ConfigMap, Deployment, PDB and ServiceAccount; every option is off."""
+    kinds = sorted(doc["kind"] for doc in render(chart))
+    assert kinds == ["ConfigMap", "Deployment", "PodDisruptionBudget", "ServiceAccount"]
+
+
+def test_all_features_render_every_optional_kind(chart: helm.Chart) -> None:
+    """The all-features values render monitors, rules, dashboard, KEDA, policy and extras."""
+    kinds = {doc["kind"] for doc in render(chart, all_features())}
+    assert kinds >= {
+        "PodMonitor",
+        "PrometheusRule",
+        "ScaledObject",
+        "NetworkPolicy",
+        "Service",
+        "ConfigMap",
+        "PodDisruptionBudget",
+        "ServiceAccount",
+        "Deployment",
+    }
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"config": {"kafkaBootstrapServers": ""}}, "config.kafkaBootstrapServers is required"),
+        ({"config": {"kafkaTopics": []}}, "config.kafkaTopics is required"),
+        ({"config": {"spaceApiUrl": ""}}, "config.spaceApiUrl is required"),
+    ],
+)
+def test_required_settings_fail_rendering(
+    chart: helm.Chart, values: dict[str, Any], message: str
+) -> None:
+    """Rendering fails naming the missing bootstrap servers, topics or Space API URL."""
+    with pytest.raises(helm.HelmRenderError, match=message):
+        render(chart, values)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"replicaCount": 2},
+        {"config": {"kafkaTopic": ["x"]}},
+        {"image": {"tags": "1"}},
+        {"probes": {"liveness": {"paths": "/x"}}},
+        {"secrets": {"spaceApiToken": {"value": "inline-token"}}},
+        {"keda": {"partitionCounts": 3}},
+        {"networkPolicy": {"egress": {"allowall": True}}},
+        {"podMonitor": {"additionalLabel": {"a": "b"}}},
+    ],
+    ids=lambda values: json.dumps(values, sort_keys=True),
+)
+def test_schema_rejects_unknown_keys(chart: helm.Chart, values: dict[str, Any]) -> None:
+    """values.schema.json has additionalProperties: false, so a misspelt key fails rendering."""
+    with pytest.raises(helm.HelmValuesError, match="additional properties"):
+        render(chart, values)
+
+
+def test_schema_rejects_bad_enum(chart: helm.Chart) -> None:
+    """A setting with a closed set of values (auto offset reset) rejects anything else."""
+    with pytest.raises(helm.HelmValuesError):
+        render(chart, {"config": {"kafkaAutoOffsetReset": "smallest"}})
+
+
+def test_config_keys_are_settings_fields(chart: helm.Chart) -> None:
+    """Every `config` key the schema allows maps to PIPELINE_<FIELD> of a real Settings field."""
+    schema = chart.schema
+    assert schema is not None
+    fields = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    rendered = configmap_env(render(chart, all_features()))
+    for key in schema["properties"]["config"]["properties"]:
+        assert key in all_features()["config"], f"all-features.yaml does not exercise {key}"
+    unknown = {name for name in rendered if name not in fields} - {"PIPELINE_FUTURE_SETTING"}
+    assert unknown == set()
+    secret_env = {
+        e["name"] for e in container(render(chart, all_features()))["env"] if "valueFrom" in e
+    }
+    assert secret_env <= fields
+
+
+def test_default_configmap_is_accepted_by_settings(
+    chart: helm.Chart, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default ConfigMap, read as the pod's environment, is a valid Settings."""
+    env = configmap_env(render(chart))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings(_env_file=None)
+    assert settings.kafka_topics == ("orders",)
+    assert settings.metrics_port == 9400
+    assert settings.shutdown_timeout_s == 20
+
+
+def test_numbers_render_as_plain_strings(chart: helm.Chart) -> None:
+    """Large integers are not printed in scientific notation; lists join with commas; maps JSON."""
+    env = configmap_env(
+        render(
+            chart,
+            {
+                "config": {
+                    "partitionBufferBytes": 33554432,
+                    "kafkaTopics": ["a", "b"],
+                    "retryInitialBackoffS": 0.25,
+                    "spaceApiHeaders": {"X-A": "1"},
+                }
+            },
+        )
+    )
+    assert env["PIPELINE_PARTITION_BUFFER_BYTES"] == "33554432"
+    assert env["PIPELINE_KAFKA_TOPICS"] == "a,b"
+    assert env["PIPELINE_RETRY_INITIAL_BACKOFF_S"] == "0.25"
+    assert json.loads(env["PIPELINE_SPACE_API_HEADERS"]) == {"X-A": "1"}
+
+
+@pytest.mark.parametrize(
+    ("values", "shutdown", "grace"),
+    [
+        ({}, "20", 35),
+        ({"config": {"shutdownTimeoutS": 42.5}, "terminationGraceExtraSeconds": 10}, "42.5", 53),
+        ({"config": {"shutdownTimeoutS": 30}, "terminationGracePeriodSeconds": 31}, "30", 31),
+    ],
+)
+def test_grace_period_exceeds_shutdown_timeout(
+    chart: helm.Chart, values: dict[str, Any], shutdown: str, grace: int
+) -> None:
+    """terminationGracePeriodSeconds = ceil(shutdown timeout) + extra, always above the timeout."""
+    docs = render(chart, values)
+    assert configmap_env(docs)["PIPELINE_SHUTDOWN_TIMEOUT_S"] == shutdown
+    assert pod_spec(docs)["terminationGracePeriodSeconds"] == grace
+    assert grace > float(shutdown)
+
+
+@pytest.mark.parametrize("grace", [5, 20])
+def test_explicit_grace_not_above_shutdown_fails(chart: helm.Chart, grace: int) -> None:
+    """An explicit grace period <= the shutdown timeout fails rendering."""
+    with pytest.raises(
+        helm.HelmRenderError, match=r"must be greater than config\.shutdownTimeoutS"
+    ):
+        render(chart, {"terminationGracePeriodSeconds": grace})
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"extraEnv": [{"name": "PIPELINE_SHUTDOWN_TIMEOUT_S", "value": "600"}]},
+        {"extraConfig": {"PIPELINE_SHUTDOWN_TIMEOUT_S": "600"}},
+        {"extraEnv": [{"name": "PIPELINE_METRICS_PORT", "value": "1"}]},
+    ],
+)
+def test_extra_env_cannot_untie_derived_settings(chart: helm.Chart, values: dict[str, Any]) -> None:
+    """extraEnv/extraConfig may not override the shutdown timeout or metrics port the chart ties."""
+    with pytest.raises(helm.HelmRenderError, match="must not set PIPELINE_"):
+        render(chart, values)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_security_context_is_hardened(chart: helm.Chart, variant: str) -> None:
+    """Non-root 10001, RuntimeDefault seccomp, read-only root, no escalation, caps dropped, /tmp."""
+    docs = render(chart, VARIANTS[variant])
+    pod = pod_spec(docs)
+    assert pod["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 10001,
+        "runAsGroup": 10001,
+        "fsGroup": 10001,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert pod["automountServiceAccountToken"] is False
+    main = container(docs)
+    assert main["securityContext"]["readOnlyRootFilesystem"] is True
+    assert main["securityContext"]["allowPrivilegeEscalation"] is False
+    assert main["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert {"name": "tmp", "mountPath": TMP_DIR} in main["volumeMounts"]
+    (tmp,) = [v for v in pod["volumes"] if v["name"] == "tmp"]
+    assert "emptyDir" in tmp
+    account = only(docs, "ServiceAccount")
+    assert account["automountServiceAccountToken"] is False
+    assert pod["serviceAccountName"] == account["metadata"]["name"]
+
+
+def test_container_runs_image_entrypoint_on_metrics_port(chart: helm.Chart) -> None:
+    """Image defaults to space-pipeline:<appVersion>, no command override, port `metrics` 9400."""
+    main = container(render(chart))
+    assert main["image"] == f"space-pipeline:{chart.metadata['appVersion']}"
+    assert "command" not in main
+    assert "args" not in main
+    assert main["ports"] == [{"name": "metrics", "containerPort": 9400, "protocol": "TCP"}]
+
+
+@pytest.mark.parametrize(("variant", "port"), [("defaults", 9400), ("all-features", 9500)])
+def test_probes_hit_health_endpoints_on_metrics_port(
+    chart: helm.Chart, variant: str, port: int
+) -> None:
+    """Liveness GET /healthz, readiness GET /readyz, startup probe, all on the metrics port."""
+    docs = render(chart, VARIANTS[variant])
+    main = container(docs)
+    assert main["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert main["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert main["startupProbe"]["httpGet"]["port"] == "metrics"
+    assert main["ports"][0]["containerPort"] == port
+    assert configmap_env(docs)["PIPELINE_METRICS_PORT"] == str(port)
+
+
+def test_replicas_present_without_keda(chart: helm.Chart) -> None:
+    """Without KEDA the Deployment sets replicas (default 1) and no ScaledObject renders."""
+    docs = render(chart, {"replicas": 3})
+    assert only(docs, "Deployment")["spec"]["replicas"] == 3
+    assert not [d for d in docs if d["kind"] == "ScaledObject"]
+    assert only(render(chart), "Deployment")["spec"]["replicas"] == 1
+
+
+def test_replicas_absent_with_keda(chart: helm.Chart) -> None:
+    """With KEDA on, the Deployment leaves replicas out so the HPA owns it."""
+    docs = render(chart, {"replicas": 3, "keda": {"enabled": True, "partitionCount": 6}})
+    assert "replicas" not in only(docs, "Deployment")["spec"]
+
+
+def test_keda_scaled_object_follows_config(chart: helm.Chart) -> None:
+    """maxReplicaCount = partitionCount, min 1; group, servers, topic and reset come from config."""
+    docs = render(
+        chart,
+        {
+            "config": {"kafkaAutoOffsetReset": "latest", "kafkaGroupId": "g1"},
+            "keda": {"enabled": True, "partitionCount": 8},
+        },
+    )
+    scaled = only(docs, "ScaledObject")["spec"]
+    assert scaled["maxReplicaCount"] == 8
+    assert scaled["minReplicaCount"] == 1
+    assert scaled["scaleTargetRef"]["name"] == only(docs, "Deployment")["metadata"]["name"]
+    behavior = scaled["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    assert behavior["scaleDown"]["stabilizationWindowSeconds"] == 300
+    (trigger,) = scaled["triggers"]
+    assert trigger["type"] == "kafka"
+    assert trigger["metadata"]["bootstrapServers"] == "kafka:9092"
+    assert trigger["metadata"]["consumerGroup"] == "g1"
+    assert trigger["metadata"]["topic"] == "orders"
+    assert trigger["metadata"]["offsetResetPolicy"] == "latest"
+    assert "authenticationRef" not in trigger
+
+
+def test_keda_all_features(chart: helm.Chart) -> None:
+    """All-features KEDA: maxReplicaCount 12 = partitionCount, TriggerAuthentication referenced."""
+    values = all_features()
+    scaled = only(render(chart, values), "ScaledObject")["spec"]
+    assert scaled["maxReplicaCount"] == values["keda"]["partitionCount"]
+    (trigger,) = scaled["triggers"]
+    assert trigger["authenticationRef"] == {
+        "name": "kafka-keda-auth",
+        "kind": "TriggerAuthentication",
+    }
+    assert trigger["metadata"]["offsetResetPolicy"] == values["config"]["kafkaAutoOffsetReset"]
+
+
+def test_keda_omits_topic_for_several_topics(chart: helm.Chart) -> None:
+    """With several topics and no keda.topic, the trigger measures the whole group's lag."""
+    docs = render(
+        chart,
+        {"config": {"kafkaTopics": ["a", "b"]}, "keda": {"enabled": True, "partitionCount": 4}},
+    )
+    (trigger,) = only(docs, "ScaledObject")["spec"]["triggers"]
+    assert "topic" not in trigger["metadata"]
+
+
+def test_keda_requires_partition_count(chart: helm.Chart) -> None:
+    """Enabling KEDA without keda.partitionCount fails rendering."""
+    with pytest.raises(helm.HelmRenderError, match=r"keda\.partitionCount is required"):
+        render(chart, {"keda": {"enabled": True}})
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_secrets_are_references_only(chart: helm.Chart, variant: str) -> None:
+    """No Secret is ever rendered; secret env vars only use secretKeyRef, never a value."""
+    docs = render(chart, VARIANTS[variant])
+    assert [d for d in docs if d["kind"] == "Secret"] == []
+    env = configmap_env(docs)
+    for name in ("PIPELINE_SPACE_API_TOKEN", "PIPELINE_KAFKA_SASL_PASSWORD"):
+        assert name not in env
+    main = container(docs)
+    for entry in main.get("env", []):
+        if entry["name"] in {"PIPELINE_SPACE_API_TOKEN", "PIPELINE_KAFKA_SASL_PASSWORD"}:
+            assert "value" not in entry
+            assert set(entry["valueFrom"]) == {"secretKeyRef"}
+
+
+def test_secret_references_and_tls_mount(chart: helm.Chart) -> None:
+    """Token, SASL password and TLS files point at the named existing Secrets and mount path."""
+    docs = render(chart, all_features())
+    env = {e["name"]: e for e in container(docs)["env"]}
+    assert env["PIPELINE_SPACE_API_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": "space-api",
+        "key": "token",
+    }
+    assert env["PIPELINE_KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "kafka-user",
+        "key": "password",
+    }
+    (tls,) = [v for v in pod_spec(docs)["volumes"] if v["name"] == "kafka-tls"]
+    assert tls["secret"]["secretName"] == "kafka-client-tls"
+    mount = "/etc/space-pipeline/kafka-tls"
+    assert {"name": "kafka-tls", "mountPath": mount, "readOnly": True} in container(docs)[
+        "volumeMounts"
+    ]
+    config = configmap_env(docs)
+    assert config["PIPELINE_KAFKA_SSL_CAFILE"] == f"{mount}/ca.crt"
+    assert config["PIPELINE_KAFKA_SSL_CERTFILE"] == f"{mount}/tls.crt"
+    assert config["PIPELINE_KAFKA_SSL_KEYFILE"] == f"{mount}/tls.key"
+
+
+def test_pdb_allows_one_unavailable(chart: helm.Chart) -> None:
+    """The PodDisruptionBudget is on by default with maxUnavailable 1 and the pod selector."""
+    docs = render(chart)
+    pdb = only(docs, "PodDisruptionBudget")["spec"]
+    assert pdb["maxUnavailable"] == 1
+    assert "minAvailable" not in pdb
+    assert pdb["selector"] == only(docs, "Deployment")["spec"]["selector"]
+
+
+def test_checksum_annotation_follows_config(chart: helm.Chart) -> None:
+    """checksum/config changes when the config changes, and only then."""
+
+    def checksum(*layers: dict[str, Any]) -> str:
+        deployment = only(render(chart, *layers), "Deployment")
+        value: str = deployment["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+        return value
+
+    base = checksum()
+    assert len(base) == 64
+    assert checksum({"config": {"logLevel": "DEBUG"}}) != base
+    assert checksum({"extraConfig": {"PIPELINE_X": "1"}}) != base
+    assert checksum({"replicas": 4}) == base
+
+
+def test_both_monitors_fail(chart: helm.Chart) -> None:
+    """Enabling the PodMonitor and the ServiceMonitor together fails: series would double."""
+    with pytest.raises(helm.HelmRenderError, match="not both"):
+        render(chart, {"podMonitor": {"enabled": True}, "serviceMonitor": {"enabled": True}})
+
+
+def test_service_monitor_scrapes_metrics_service(chart: helm.Chart) -> None:
+    """The ServiceMonitor brings a metrics Service whose port `metrics` it selects."""
+    docs = render(
+        chart,
+        {"serviceMonitor": {"enabled": True, "additionalLabels": {"release": "prom"}}},
+    )
+    monitor = only(docs, "ServiceMonitor")
+    service = only(docs, "Service")
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
+    assert service["spec"]["ports"][0]["targetPort"] == "metrics"
+    assert (
+        service["spec"]["selector"] == only(docs, "Deployment")["spec"]["selector"]["matchLabels"]
+    )
+
+
+def test_pod_monitor_settings(chart: helm.Chart) -> None:
+    """The PodMonitor carries additionalLabels, interval, relabelings and a namespace override."""
+    monitor = only(render(chart, all_features()), "PodMonitor")
+    assert monitor["metadata"]["namespace"] == "monitoring"
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["interval"] == "15s"
+    assert endpoint["relabelings"][0]["targetLabel"] == "node"
+
+
+def test_prometheus_rule_embeds_alerts_file(chart: helm.Chart) -> None:
+    """The PrometheusRule holds files/alerts.yaml's groups verbatim, then additionalGroups."""
+    rules_file = yaml.safe_load((CHART_DIR / "files" / "alerts.yaml").read_text())
+    rule = only(render(chart, all_features()), "PrometheusRule")
+    assert rule["metadata"]["namespace"] == "monitoring"
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    groups = rule["spec"]["groups"]
+    assert groups[: len(rules_file["groups"])] == rules_file["groups"]
+    assert groups[-1]["name"] == "space-pipeline.custom"
+
+
+def test_grafana_dashboard_configmap(chart: helm.Chart) -> None:
+    """The dashboard ConfigMap has the sidecar label, folder annotation and the JSON file as is."""
+    docs = render(chart, all_features())
+    (dashboard,) = [d for d in docs if d["metadata"]["name"].endswith("-dashboard")]
+    assert dashboard["kind"] == "ConfigMap"
+    assert dashboard["metadata"]["namespace"] == "grafana"
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboard["metadata"]["annotations"] == {"grafana_folder": "Streaming"}
+    expected = json.loads((CHART_DIR / "files" / "space-pipeline-dashboard.json").read_text())
+    assert json.loads(dashboard["data"]["space-pipeline-dashboard.json"]) == expected
+
+
+def test_network_policy_admits_only_metrics_port(chart: helm.Chart) -> None:
+    """Ingress is limited to the metrics port from the configured peers; egress as configured."""
+    policy = only(render(chart, all_features()), "NetworkPolicy")["spec"]
+    (ingress,) = policy["ingress"]
+    assert ingress["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    assert ingress["from"][0]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "monitoring"
+    }
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    assert {"port": 53, "protocol": "UDP"} in policy["egress"][0]["ports"]
+    open_egress = only(render(chart, {"networkPolicy": {"enabled": True}}), "NetworkPolicy")
+    assert open_egress["spec"]["policyTypes"] == ["Ingress"]
+
+
+def test_extra_objects_are_templated(chart: helm.Chart) -> None:
+    """extraObjects render, as objects or strings, through tpl."""
+    names = {
+        d["metadata"]["name"] for d in render(chart, all_features()) if d["kind"] == "ConfigMap"
+    }
+    assert {f"{RELEASE}-extra", f"{RELEASE}-extra-string"} <= names

@@ -1,0 +1,221 @@
+"""The stage end to end: a real Kafka-protocol broker, real HTTP over loopback, the stub API."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import httpx
+import pytest
+
+from pipeline.stub_api import StubConfig, StubServer
+from tests.conftest import eventually, metric_value, running_stage
+
+pytestmark = pytest.mark.integration
+
+
+async def test_every_record_is_delivered_in_order_and_committed_to_the_end(new_topic, stub):
+    """All records reach the API once, in order per partition, one request at a time per
+    partition, and the group's committed offsets reach the end of every partition."""
+    topic = await new_topic(4)
+    await topic.produce(400)
+    async with running_stage(topic.settings(stub.url)):
+        await eventually(lambda: stub.stats().unique == 400, what="400 deliveries")
+    stats = stub.stats()
+    assert 0 == stats.order_violations
+    assert 0 == stats.duplicates
+    assert 0 == stats.header_mismatches
+    assert {1} == {p.max_concurrent for p in stats.partitions.values()}
+    assert topic.expected_end(400) == await topic.committed()
+
+
+async def test_partitions_proceed_concurrently(new_topic):
+    """With 20 ms per call, 4 partitions deliver about 4x faster than one request at a time."""
+    topic = await new_topic(4)
+    await topic.produce(80)
+    async with StubServer(StubConfig(latency_ms=20)) as slow:
+        async with running_stage(topic.settings(slow.url)):
+            await eventually(lambda: slow.stats().unique == 80, what="80 deliveries")
+        stats = slow.stats()
+    assert stats.first_request_at is not None
+    assert stats.last_accept_at is not None
+    elapsed = stats.last_accept_at - stats.first_request_at
+    assert elapsed < 80 * 0.020 / 2, f"took {elapsed:.2f}s: partitions did not overlap"
+    assert 4 == stats.max_concurrent_total
+
+
+async def test_outage_and_429_storm_keep_order_honour_retry_after_and_deliver_all(new_topic):
+    """500s then 429s with Retry-After: the order is kept, the wait honoured, nothing lost."""
+    topic = await new_topic(3)
+    await topic.produce(150)
+    faults = StubConfig(latency_ms=1, error_burst=30, throttle_burst=6, retry_after_s=1)
+    async with StubServer(faults) as api:
+        async with running_stage(topic.settings(api.url)) as stage:
+            await eventually(lambda: api.stats().unique == 150, what="all 150 after faults")
+            assert stage.ready().ok
+        stats = api.stats()
+    assert 0 == stats.order_violations
+    assert 30 <= stats.statuses.get(500, 0)
+    assert 6 == stats.statuses.get(429, 0)
+    assert stats.min_retry_after_gap_s is not None
+    assert stats.min_retry_after_gap_s >= 0.95, "a 429's Retry-After: 1 was not honoured"
+    assert topic.expected_end(150) == await topic.committed()
+
+
+async def test_a_rejected_record_halts_only_its_partition(new_topic):
+    """A 4xx halts its partition at that record (nothing later sent or committed past it), is
+    counted and shown by /readyz; the other partitions deliver everything."""
+    topic = await new_topic(3)
+    await topic.produce(90)
+    bad = f"{topic.name}/1/10"  # partition 1, offset 10
+    async with StubServer(StubConfig(latency_ms=1, reject_keys=frozenset({bad}))) as api:
+        async with running_stage(topic.settings(api.url)) as stage:
+            await eventually(
+                lambda: api.stats().unique == 60 + 10, what="partitions 0, 2 and 1 up to 10"
+            )
+            await eventually(lambda: not stage.ready().ok, what="/readyz to report the halt")
+            await asyncio.sleep(0.5)  # a commit round, and time to (wrongly) send more
+            ops = f"http://127.0.0.1:{stage.ops_port}"
+            async with httpx.AsyncClient() as client:
+                readyz = await client.get(f"{ops}/readyz")
+            labels = {"topic": topic.name, "partition": "1"}
+            rejections = await metric_value(
+                f"{ops}/metrics", "space_pipeline_rejections_total", **labels
+            )
+            halted = await metric_value(
+                f"{ops}/metrics", "space_pipeline_partition_halted", **labels
+            )
+        stats = api.stats(offsets=True)
+    assert 503 == readyz.status_code
+    assert f"{topic.name}/1@10" in readyz.json()["reason"]
+    assert 1.0 == rejections
+    assert 1.0 == halted
+    assert tuple(range(10)) == stats.partitions[f"{topic.name}/1"].offsets
+    assert {0: 30, 1: 10, 2: 30} == await topic.committed()
+
+
+async def test_sigterm_drains_commits_and_exits_zero(new_topic, stage_process):
+    """SIGTERM mid-stream: the process stops fetching, finishes in-flight sends, commits what
+    was accepted, leaves the group and exits 0 well within the shutdown timeout."""
+    topic = await new_topic(4)
+    await topic.produce(2000)
+    async with StubServer(StubConfig(latency_ms=10)) as api:
+        proc = stage_process(topic.env(api.url))
+        await eventually(lambda: api.stats().unique >= 100, what="delivery under way")
+        proc.process.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        code = await asyncio.to_thread(proc.wait, 15)
+        stopped_in = time.monotonic() - started
+        stats = api.stats()
+    assert 0 == code, proc.logs()[-2000:]
+    assert stopped_in < 10
+    assert stats.unique < 2000, "it should have stopped before the end"
+    assert 0 == stats.in_flight
+    committed = await topic.committed()
+    assert stats.unique == sum(v or 0 for v in committed.values()), (
+        "every accepted record, and only those, is committed"
+    )
+    assert '"event":"stage.stopped"' in proc.logs()
+
+
+async def test_sigkill_then_restart_loses_nothing_and_duplicates_keep_their_key(
+    new_topic, stage_process
+):
+    """SIGKILL at an arbitrary instant, then a restart: every record is delivered, first
+    deliveries stay in order, and any redelivery carries the same Idempotency-Key."""
+    topic = await new_topic(4)
+    await topic.produce(1200)
+    async with StubServer(StubConfig(latency_ms=5)) as api:
+        first = stage_process(topic.env(api.url))
+        await eventually(lambda: api.stats().unique >= 300, what="delivery under way")
+        first.process.kill()
+        await asyncio.to_thread(first.wait, 10)
+        killed_at = api.stats().unique
+        second = stage_process(topic.env(api.url))
+        await eventually(lambda: api.stats().unique == 1200, timeout=60, what="all 1200")
+        second.process.send_signal(signal.SIGTERM)
+        assert 0 == await asyncio.to_thread(second.wait, 15)
+        stats = api.stats(offsets=True)
+    assert killed_at < 1200
+    assert 0 == stats.order_violations, "first deliveries must stay in order"
+    assert 0 == stats.header_mismatches
+    assert 1200 == stats.unique
+    # The stub counts a duplicate only when the same Idempotency-Key comes again.
+    assert stats.accepted == stats.unique + stats.duplicates
+    assert topic.expected_end(1200) == await topic.committed()
+
+
+async def test_two_processes_share_the_partitions_and_one_takes_over(new_topic, stage_process):
+    """Two processes in one group split the partitions; when one stops, the other takes its
+    partitions over and nothing is lost."""
+    topic = await new_topic(4)
+    await topic.produce(3000)
+    async with StubServer(StubConfig(latency_ms=5)) as api:
+        a = stage_process(topic.env(api.url))
+        b = stage_process(topic.env(api.url))
+        await eventually(lambda: api.stats().unique >= 600, what="delivery under way")
+
+        async def assigned(proc) -> float | None:
+            try:
+                return await metric_value(
+                    f"{proc.ops_url}/metrics", "space_pipeline_assigned_partitions"
+                )
+            except httpx.HTTPError:
+                return None
+
+        shares: list[float | None] = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            shares = [await assigned(a), await assigned(b)]
+            if shares == [2.0, 2.0]:
+                break
+            await asyncio.sleep(0.2)
+        assert [2.0, 2.0] == shares
+        a.process.send_signal(signal.SIGTERM)
+        assert 0 == await asyncio.to_thread(a.wait, 20)
+        await eventually(lambda: api.stats().unique == 3000, timeout=90, what="all 3000")
+        assert 4.0 == await assigned(b)
+        b.process.send_signal(signal.SIGTERM)
+        assert 0 == await asyncio.to_thread(b.wait, 20)
+        stats = api.stats()
+    assert 0 == stats.order_violations
+    assert topic.expected_end(3000) == await topic.committed()
+
+
+@pytest.mark.parametrize(
+    ("env", "setting"),
+    [
+        ({"PIPELINE_SPACE_API_URL": ""}, "PIPELINE_SPACE_API_URL"),
+        ({"PIPELINE_METRICS_PORT": "70000"}, "PIPELINE_METRICS_PORT"),
+        ({"PIPELINE_ORDERING": "random"}, "PIPELINE_ORDERING"),
+        ({"PIPELINE_KAFKA_TOPICS": " , "}, "PIPELINE_KAFKA_TOPICS"),
+        ({"PIPELINE_REBALANCE_DRAIN_TIMEOUT_MS": "60000"}, "PIPELINE_REBALANCE_DRAIN_TIMEOUT_MS"),
+    ],
+)
+def test_bad_settings_exit_2_with_one_line_naming_the_setting(env, setting, tmp_path):
+    """A wrong setting fails at start: exit code 2 and one line that names it."""
+    import os  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
+    base |= {
+        "PIPELINE_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+        "PIPELINE_KAFKA_TOPICS": "t",
+        "PIPELINE_SPACE_API_URL": "http://127.0.0.1:1/items",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "run"],
+        env=base | env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert 2 == result.returncode
+    lines = result.stderr.strip().splitlines()
+    assert 1 == len(lines), result.stderr
+    assert setting in lines[0]
+    assert "" == result.stdout
