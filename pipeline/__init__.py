@@ -3,3 +3,44 @@
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+from pipeline.config import Settings
+from pipeline.errors import (
+    BrokerError,
+    ConfigError,
+    LaneFullError,
+    LaneHaltedError,
+    PipelineError,
+    RejectedError,
+    RetryableSendError,
+    SenderClosedError,
+    SendError,
+)
+from pipeline.retry import Backoff, parse_retry_after
+from pipeline.sender import Clock, Delivery, OrderedSender, Receipt, SystemClock
+from pipeline.space_api import SpaceApi, SpaceApiConfig
+from pipeline.stage import Stage
+
+__all__ = [
+    "__version__",
+    "Backoff",
+    "BrokerError",
+    "Clock",
+    "ConfigError",
+    "Delivery",
+    "LaneFullError",
+    "LaneHaltedError",
+    "OrderedSender",
+    "parse_retry_after",
+    "PipelineError",
+    "Receipt",
+    "RejectedError",
+    "RetryableSendError",
+    "SenderClosedError",
+    "SendError",
+    "Settings",
+    "SpaceApi",
+    "SpaceApiConfig",
+    "Stage",
+    "SystemClock",
+]
