@@ -22,7 +22,6 @@ from pipeline.space_api import SpaceApi, SpaceApiConfig
 from pipeline.stage import Stage
 
 __all__ = [
-    "__version__",
     "Backoff",
     "BrokerError",
     "Clock",
@@ -31,16 +30,17 @@ __all__ = [
     "LaneFullError",
     "LaneHaltedError",
     "OrderedSender",
-    "parse_retry_after",
     "PipelineError",
     "Receipt",
     "RejectedError",
     "RetryableSendError",
-    "SenderClosedError",
     "SendError",
+    "SenderClosedError",
     "Settings",
     "SpaceApi",
     "SpaceApiConfig",
     "Stage",
     "SystemClock",
+    "__version__",
+    "parse_retry_after",
 ]
