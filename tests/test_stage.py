@@ -219,3 +219,21 @@ def test_bad_settings_exit_2_with_one_line_naming_the_setting(env, setting, tmp_
     assert 1 == len(lines), result.stderr
     assert setting in lines[0]
     assert "" == result.stdout
+
+
+async def test_healthz_fails_when_a_partition_with_lag_makes_no_progress(new_topic):
+    """An API that only answers 503: after the stall timeout, /healthz turns 503 and names
+    the stalled partitions; once the API recovers, progress resumes and /healthz is 200."""
+    topic = await new_topic(2)
+    await topic.produce(20)
+    async with StubServer(StubConfig(latency_ms=1, error_rate=1.0)) as api:
+        settings = topic.settings(api.url, stall_timeout_s=1.5)
+        async with running_stage(settings) as stage, httpx.AsyncClient() as client:
+            await eventually(lambda: api.stats().requests >= 4, what="failing attempts")
+            await eventually(lambda: not stage.live().ok, timeout=10, what="a stall verdict")
+            healthz = await client.get(f"http://127.0.0.1:{stage.ops_port}/healthz")
+            api.set_config(StubConfig(latency_ms=1))
+            await eventually(lambda: api.stats().unique == 20, what="recovery")
+            await eventually(lambda: stage.live().ok, timeout=10, what="healthy again")
+    assert 503 == healthz.status_code
+    assert f"{topic.name}/0" in healthz.json()["reason"]
