@@ -14,6 +14,7 @@ import sys
 
 import structlog
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from pipeline import __version__
 from pipeline.config import Settings, describe_error
@@ -30,6 +31,9 @@ def _run(_: argparse.Namespace) -> int:
         settings = Settings()  # type: ignore[call-arg]  # read from the environment
     except ValidationError as error:
         print(f"space-pipeline: {describe_error(error)}", file=sys.stderr)
+        return EXIT_CONFIG
+    except SettingsError as error:  # an environment value pydantic-settings could not decode
+        print(f"space-pipeline: {error}", file=sys.stderr)
         return EXIT_CONFIG
     configure_logging(settings.log_level)
     try:

@@ -6,6 +6,7 @@ Everything is validated at start, so a typo fails the pod at once with one line 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -58,7 +59,7 @@ class Settings(BaseSettings):
     space_api_url: AnyHttpUrl
     space_api_content_type: str = "application/json"
     space_api_token: SecretStr | None = None
-    space_api_headers: dict[str, str] = Field(default_factory=dict)
+    space_api_headers: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     space_api_timeout_s: PositiveFloat = 10.0
     space_api_connect_timeout_s: PositiveFloat = 5.0
 
@@ -89,6 +90,17 @@ class Settings(BaseSettings):
         if not value:
             msg = "must name at least one topic (comma-separated)"
             raise ValueError(msg)
+        return value
+
+    @field_validator("space_api_headers", mode="before")
+    @classmethod
+    def _parse_headers(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                return json.loads(value) if value.strip() else {}
+            except json.JSONDecodeError as error:
+                msg = f'must be a JSON object such as {{"X-Tenant": "a"}} ({error.msg})'
+                raise ValueError(msg) from None
         return value
 
     @field_validator("log_level", mode="before")

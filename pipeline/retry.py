@@ -8,6 +8,7 @@ for a day.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,7 +41,11 @@ class Backoff:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
         if retry_after is not None:
             return min(max(retry_after, 0.0), self.retry_after_max)
-        ceiling = min(self.maximum, self.initial * self.multiplier ** (attempt - 1))
+        try:
+            growth = self.multiplier ** (attempt - 1)
+        except OverflowError:  # hours into an outage: the cap has long been reached
+            growth = math.inf
+        ceiling = min(self.maximum, self.initial * growth)
         return self.random() * ceiling
 
     def exhausted(self, attempt: int) -> bool:
@@ -57,7 +62,7 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = parsedate_to_datetime(value)

@@ -203,7 +203,9 @@ class OrderedSender(Generic[T]):
             msg = "max_in_flight and lane_capacity must be at least 1"
             raise ValueError(msg)
         self._send = send
-        self._is_async = inspect.iscoroutinefunction(send)
+        self._is_async = inspect.iscoroutinefunction(send) or inspect.iscoroutinefunction(
+            getattr(send, "__call__", None)  # noqa: B004 - an object with `async def __call__`
+        )
         self._executor: ThreadPoolExecutor | None = None
         self._max_in_flight = max_in_flight
         self._lane_capacity = lane_capacity
@@ -402,7 +404,10 @@ class OrderedSender(Generic[T]):
         if self._is_async:
             return await self._send(item)  # type: ignore[misc]
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, partial(self._send, item))
+        result = await loop.run_in_executor(self._executor, partial(self._send, item))
+        if inspect.isawaitable(result):  # a plain function that returned a coroutine
+            return await result
+        return result
 
     def _fail(
         self, lane: Lane, state: _LaneState[T], receipt: Receipt[T], error: Exception, attempt: int

@@ -1,0 +1,227 @@
+"""Settings from ``PIPELINE_*`` variables: validated at start, errors named on one line."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from pipeline.config import Settings, describe_error
+
+REQUIRED = {
+    "PIPELINE_KAFKA_BOOTSTRAP_SERVERS": "kafka-0:9092,kafka-1:9092",
+    "PIPELINE_KAFKA_TOPICS": "orders",
+    "PIPELINE_SPACE_API_URL": "https://space.example/v1/records",
+}
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    """An environment holding only the required settings, in a directory without a .env."""
+    for name in list(os.environ):
+        if name.startswith("PIPELINE_"):
+            monkeypatch.delenv(name)
+    for name, value in REQUIRED.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(tmp_path)
+    return monkeypatch
+
+
+def load() -> Settings:
+    return Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+def error_line() -> str:
+    """The one line ``describe_error`` gives for the current environment."""
+    with pytest.raises(ValidationError) as raised:
+        load()
+    line = describe_error(raised.value)
+    assert "\n" not in line
+    return line
+
+
+# Valid settings
+
+
+def test_the_required_settings_are_enough(env: pytest.MonkeyPatch) -> None:
+    """Bootstrap servers, topics and the API URL; everything else has a default."""
+    settings = load()
+
+    assert "kafka-0:9092,kafka-1:9092" == settings.kafka_bootstrap_servers
+    assert ("orders",) == settings.kafka_topics
+    assert "https://space.example/v1/records" == str(settings.space_api_url)
+    assert "partition" == settings.ordering
+    assert 64 == settings.max_in_flight
+
+
+def test_topics_are_a_comma_separated_list(env: pytest.MonkeyPatch) -> None:
+    """Spaces around names and empty entries are ignored."""
+    env.setenv("PIPELINE_KAFKA_TOPICS", " orders, payments ,,refunds ")
+
+    assert ("orders", "payments", "refunds") == load().kafka_topics
+
+
+def test_settings_are_read_case_insensitively_where_it_helps(env: pytest.MonkeyPatch) -> None:
+    """``log_level=debug`` means DEBUG."""
+    env.setenv("PIPELINE_LOG_LEVEL", "debug")
+
+    assert "DEBUG" == load().log_level
+
+
+def test_static_headers_are_json(env: pytest.MonkeyPatch) -> None:
+    """``PIPELINE_SPACE_API_HEADERS`` is a JSON object of strings."""
+    env.setenv("PIPELINE_SPACE_API_HEADERS", '{"X-Tenant": "acme"}')
+
+    assert {"X-Tenant": "acme"} == load().space_api_headers
+
+
+def test_sasl_with_all_credentials_is_accepted(env: pytest.MonkeyPatch) -> None:
+    """SASL_SSL with mechanism, user and password is a complete setup."""
+    env.setenv("PIPELINE_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    env.setenv("PIPELINE_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+    env.setenv("PIPELINE_KAFKA_SASL_USERNAME", "stage")
+    env.setenv("PIPELINE_KAFKA_SASL_PASSWORD", "hunter2")
+
+    settings = load()
+
+    assert settings.kafka_sasl_password is not None
+    assert "hunter2" == settings.kafka_sasl_password.get_secret_value()
+    assert "hunter2" not in repr(settings)
+
+
+def test_settings_are_frozen(env: pytest.MonkeyPatch) -> None:
+    """Settings are read once; nobody changes them afterwards."""
+    settings = load()
+
+    with pytest.raises(ValidationError):
+        settings.max_in_flight = 1  # type: ignore[misc]
+
+
+# Missing settings
+
+
+@pytest.mark.parametrize("name", sorted(REQUIRED))
+def test_a_missing_required_setting_is_named_and_said_to_be_required(
+    env: pytest.MonkeyPatch, name: str
+) -> None:
+    """The line names the variable the operator must set."""
+    env.delenv(name)
+
+    assert f"{name}: required setting is not set" == error_line()
+
+
+# Invalid settings
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("PIPELINE_METRICS_PORT", "70000", "less than or equal to 65535"),
+        ("PIPELINE_METRICS_PORT", "nine", "valid integer"),
+        ("PIPELINE_SPACE_API_URL", "not a url", "URL"),
+        ("PIPELINE_SPACE_API_URL", "ftp://space.example/", "URL scheme"),
+        ("PIPELINE_ORDERING", "random", "'partition' or 'key'"),
+        ("PIPELINE_KAFKA_TOPICS", " , ,", "at least one topic"),
+        ("PIPELINE_KAFKA_TOPICS", "", "at least one topic"),
+        ("PIPELINE_MAX_IN_FLIGHT", "0", "greater than 0"),
+        ("PIPELINE_RETRY_MAX_BACKOFF_S", "-1", "greater than 0"),
+        ("PIPELINE_KAFKA_AUTO_OFFSET_RESET", "middle", "'earliest' or 'latest'"),
+        ("PIPELINE_LOG_LEVEL", "chatty", "'DEBUG'"),
+    ],
+)
+def test_an_invalid_value_is_named_with_the_reason_and_the_value(
+    env: pytest.MonkeyPatch, name: str, value: str, says: str
+) -> None:
+    """``PIPELINE_X: <why> (got <value>)``, on one line."""
+    env.setenv(name, value)
+
+    line = error_line()
+
+    assert line.startswith(f"{name}: ")
+    assert says in line
+    assert repr(value) in line or repr(value.upper()) in line
+
+
+@pytest.mark.parametrize("drain_ms", ["30000", "45000"])
+def test_a_rebalance_drain_not_shorter_than_the_rebalance_timeout_is_refused(
+    env: pytest.MonkeyPatch, drain_ms: str
+) -> None:
+    """Draining must finish before the group evicts the member."""
+    env.setenv("PIPELINE_KAFKA_REBALANCE_TIMEOUT_MS", "30000")
+    env.setenv("PIPELINE_REBALANCE_DRAIN_TIMEOUT_MS", drain_ms)
+
+    line = error_line()
+
+    assert line.startswith("PIPELINE_REBALANCE_DRAIN_TIMEOUT_MS: must be below ")
+    assert "kafka_rebalance_timeout_ms" in line
+
+
+def test_a_rebalance_drain_just_below_the_rebalance_timeout_is_fine(
+    env: pytest.MonkeyPatch,
+) -> None:
+    """One millisecond less is allowed."""
+    env.setenv("PIPELINE_KAFKA_REBALANCE_TIMEOUT_MS", "30000")
+    env.setenv("PIPELINE_REBALANCE_DRAIN_TIMEOUT_MS", "29999")
+
+    assert 29_999 == load().rebalance_drain_timeout_ms
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    [
+        {},
+        {"PIPELINE_KAFKA_SASL_MECHANISM": "PLAIN", "PIPELINE_KAFKA_SASL_USERNAME": "stage"},
+        {"PIPELINE_KAFKA_SASL_USERNAME": "stage", "PIPELINE_KAFKA_SASL_PASSWORD": "pw"},
+    ],
+    ids=["none", "no-password", "no-mechanism"],
+)
+@pytest.mark.parametrize("protocol", ["SASL_PLAINTEXT", "SASL_SSL"])
+def test_sasl_without_complete_credentials_is_refused(
+    env: pytest.MonkeyPatch, protocol: str, credentials: dict[str, str]
+) -> None:
+    """SASL_* needs a mechanism, a user name and a password."""
+    env.setenv("PIPELINE_KAFKA_SECURITY_PROTOCOL", protocol)
+    for name, value in credentials.items():
+        env.setenv(name, value)
+
+    line = error_line()
+
+    assert line.startswith("PIPELINE_KAFKA_SECURITY_PROTOCOL: SASL_* needs ")
+    assert "pw" not in line
+
+
+def test_a_client_certificate_without_its_key_is_refused(
+    env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Certificate and key files go together."""
+    certificate = tmp_path / "client.pem"
+    certificate.write_text("cert")
+    env.setenv("PIPELINE_KAFKA_SSL_CERTFILE", str(certificate))
+
+    assert error_line().startswith("PIPELINE_KAFKA_SSL_CERTFILE: and kafka_ssl_keyfile go")
+
+
+def test_a_missing_ca_file_is_named(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A CA file that does not exist fails at start, naming the setting."""
+    env.setenv("PIPELINE_KAFKA_SSL_CAFILE", str(tmp_path / "nowhere.pem"))
+
+    assert error_line().startswith("PIPELINE_KAFKA_SSL_CAFILE: no such file: ")
+
+
+def test_the_first_error_is_described_when_there_are_several(env: pytest.MonkeyPatch) -> None:
+    """One line, for the first offending setting only."""
+    env.setenv("PIPELINE_METRICS_PORT", "70000")
+    env.setenv("PIPELINE_ORDERING", "random")
+
+    line = error_line()
+
+    assert 1 == line.count("PIPELINE_")
+
+
+def test_malformed_json_headers_are_an_error_naming_the_setting(env: pytest.MonkeyPatch) -> None:
+    """``PIPELINE_SPACE_API_HEADERS={oops`` is reported like any other invalid value."""
+    env.setenv("PIPELINE_SPACE_API_HEADERS", "{oops")
+
+    assert error_line().startswith("PIPELINE_SPACE_API_HEADERS: ")
