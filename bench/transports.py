@@ -172,7 +172,7 @@ async def aiohttp_bare(concurrency: int, url: str) -> AsyncIterator[SendFn]:
 
 @asynccontextmanager
 async def httpx2_default(concurrency: int, url: str) -> AsyncIterator[SendFn]:
-    assert httpx2 is not None  # noqa: S101 - only registered when importable
+    assert httpx2 is not None
     limits = httpx2.Limits(
         max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=30.0
     )
@@ -188,8 +188,8 @@ async def httpx2_default(concurrency: int, url: str) -> AsyncIterator[SendFn]:
 
 @asynccontextmanager
 async def httpx2_aiohttp_transport(concurrency: int, url: str) -> AsyncIterator[SendFn]:
-    assert httpx2 is not None  # noqa: S101 - only registered when importable
-    assert Httpx2AiohttpTransport is not None  # noqa: S101
+    assert httpx2 is not None
+    assert Httpx2AiohttpTransport is not None
     limits = httpx2.Limits(
         max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=30.0
     )

@@ -22,6 +22,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "PIPELINE_"
 
+# Values of these settings may hold credentials: an error names the setting, never echoes it.
+SENSITIVE = ("password", "token", "headers")
+
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 
@@ -144,6 +147,8 @@ def describe_error(error: ValidationError) -> str:
         name = ENV_PREFIX + loc[0].upper()
         if first.get("type") == "missing":
             return f"{name}: required setting is not set"
+        if any(word in loc[0] for word in SENSITIVE):
+            return f"{name}: {message}"
         return f"{name}: {message} (got {first.get('input')!r})"
     # A check across settings: the message names them.
     setting, sep, rest = message.partition(" ")

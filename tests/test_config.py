@@ -225,3 +225,15 @@ def test_malformed_json_headers_are_an_error_naming_the_setting(env: pytest.Monk
     env.setenv("PIPELINE_SPACE_API_HEADERS", "{oops")
 
     assert error_line().startswith("PIPELINE_SPACE_API_HEADERS: ")
+
+
+def test_an_error_in_a_setting_that_may_hold_credentials_does_not_echo_it(
+    env: pytest.MonkeyPatch,
+) -> None:
+    """Bad JSON in ``PIPELINE_SPACE_API_HEADERS`` is named, but its value is never printed."""
+    env.setenv("PIPELINE_SPACE_API_HEADERS", '{"Authorization": "Bearer s3cret"')
+
+    line = error_line()
+
+    assert line.startswith("PIPELINE_SPACE_API_HEADERS: must be a JSON object")
+    assert "s3cret" not in line
