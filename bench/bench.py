@@ -11,7 +11,7 @@ its own. Rows:
 - `OrderedSender` alone with a no-op async send: overhead per item, target <= 30 us, next to a
   bare `await send(item)` loop as the floor.
 
-    python bench/bench.py [--records 2000] [--partitions 8] [--latency-ms 20]
+    python bench/bench.py [--records 4000] [--partitions 8] [--latency-ms 20]
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from pathlib import Path
 import httpx
 
 from pipeline.broker import EmbeddedBroker, create_topic, free_port, produce_numbered
+from pipeline.logging import configure_logging
 from pipeline.sender import OrderedSender
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -250,8 +251,9 @@ async def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--records", type=int, default=2000)
+    parser.add_argument("--records", type=int, default=4000)
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--latency-ms", type=float, default=20.0)
     parser.add_argument("--sender-items", type=int, default=200_000)
+    configure_logging("WARNING")
     asyncio.run(main(parser.parse_args()))

@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from prometheus_client import PROCESS_COLLECTOR
 from prometheus_client.metrics import MetricWrapperBase
 
@@ -161,101 +162,24 @@ class Rule:
     annotations: dict[str, str] = field(default_factory=dict)
 
 
-_KEY = re.compile(r"^(?P<indent> *)(?P<dash>- +)?(?P<key>[A-Za-z_][\w.-]*): ?(?P<value>.*)$")
-
-
-def _scalar(raw: str) -> str:
-    raw = raw.strip()
-    if len(raw) >= 2 and raw[0] == raw[-1] == "'":
-        return raw[1:-1].replace("''", "'")
-    if len(raw) >= 2 and raw[0] == raw[-1] == '"':
-        decoded: str = json.loads(raw)
-        return decoded
-    return raw
-
-
-def _block(lines: list[str], start: int, parent_indent: int, style: str) -> tuple[str, int]:
-    """Read the ``|``/``>`` block scalar starting at ``lines[start]``; return it, next line."""
-    body: list[str] = []
-    indent: int | None = None
-    i = start
-    while i < len(lines):
-        line = lines[i]
-        if line.strip():
-            current = len(line) - len(line.lstrip(" "))
-            if current <= parent_indent:
-                break
-            indent = current if indent is None else indent
-            body.append(line[indent:])
-        else:
-            body.append("")
-        i += 1
-    while body and not body[-1]:
-        body.pop()
-    text = " ".join(body) if style.startswith(">") else "\n".join(body)
-    keep_newline = not style.endswith("-")
-    return (text + "\n" if keep_newline and text else text), i
-
-
-def _entries(path: Path) -> Iterator[tuple[int, bool, str, str, int]]:
-    """Yield ``(indent, is list item, key, value, line number)`` for each ``key: value`` line."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    i = 0
-    while i < len(lines):
-        line, lineno = lines[i], i + 1
-        if not line.strip() or line.lstrip().startswith("#"):
-            i += 1
-            continue
-        match = _KEY.match(line)
-        if match is None:
-            raise ValueError(f"{path}:{lineno}: unsupported YAML: {line!r}")
-        indent = len(match["indent"]) + len(match["dash"] or "")
-        value = match["value"].strip()
-        if value in {"|", "|-", ">", ">-"}:
-            value, i = _block(lines, i + 1, indent, value)
-        else:
-            value, i = _scalar(value), i + 1
-        yield indent, bool(match["dash"]), match["key"], value, lineno
-
-
 def load_rules(path: Path = ALERTS) -> list[Rule]:
-    """Parse a rules file written in block-style YAML (the style of ``alerts.yaml``).
-
-    Supports plain, quoted and ``|``/``>`` block scalars under ``groups[].rules[]`` and the
-    ``labels``/``annotations`` maps; anything else raises ``ValueError`` rather than guessing.
-    """
-    raw: list[dict[str, Any]] = []  # each rule's dict is filled in place while it is current
-    group = ""
-    current: dict[str, Any] | None = None
-    rule_indent = -1
-    section: str | None = None
-    section_indent = -1
-    fields = {"expr": "expr", "for": "for_"}
-    for indent, item, key, value, lineno in _entries(path):
-        if item and key in {"alert", "record", "name"}:
-            current, section = None, None
-            if key == "name":
-                group = value
-            else:
-                current = {"kind": key, "name": value, "group": group}
-                current |= {"labels": {}, "annotations": {}}
-                raw.append(current)
-                rule_indent = indent
-        elif current is None:
-            continue  # `groups:`, `rules:`, group options
-        elif section is not None and indent > section_indent:
-            current[section][key] = value
-        elif indent == rule_indent and key in {"labels", "annotations"}:
-            section, section_indent = key, indent
-        elif indent == rule_indent and key in fields:
-            current[fields[key]] = value.strip()
-            section = None
-        elif indent == rule_indent and key != "keep_firing_for":
-            raise ValueError(f"{path}:{lineno}: unknown rule key {key!r}")
-    rules = [Rule(**fields_) for fields_ in raw]
-    for rule in rules:
-        if not rule.expr:
-            raise ValueError(f"{path}: rule {rule.name!r} has no expr")
+    """Every rule of a Prometheus rules file, in file order."""
+    document = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    rules = []
+    for group in document["groups"]:
+        for raw in group["rules"]:
+            kind = "alert" if "alert" in raw else "record"
+            rules.append(
+                Rule(
+                    kind=kind,
+                    name=raw[kind],
+                    group=group["name"],
+                    expr=str(raw["expr"]).strip(),
+                    for_=raw.get("for"),
+                    labels=dict(raw.get("labels", {})),
+                    annotations=dict(raw.get("annotations", {})),
+                )
+            )
     return rules
 
 
