@@ -17,14 +17,11 @@ from typing import Protocol
 
 import aiohttp
 import httpx
-import structlog
 from httpx_aiohttp import AiohttpTransport
 
 from pipeline import metrics
 from pipeline.errors import RejectedError, RetryableSendError, SendError
 from pipeline.retry import parse_retry_after
-
-log = structlog.get_logger("pipeline.space_api")
 
 # RFC 9110 says these may succeed later; every other 4xx is the record's fault.
 RETRYABLE_4XX = frozenset({408, 425, 429})
@@ -176,18 +173,8 @@ class SpaceApi:
             ) from error
         self._observe(status_class(response.status_code), started)
         failure = classify(response)
-        if failure is None:
-            return
-        if isinstance(failure, RejectedError):
-            log.error(
-                "space_api.rejected",
-                topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
-                status=failure.status,
-                body=failure.body,
-            )
-        raise failure
+        if failure is not None:
+            raise failure  # whoever handles it logs it, with status and body, once
 
     @staticmethod
     def _observe(outcome: str, started: float) -> None:

@@ -237,3 +237,30 @@ async def test_healthz_fails_when_a_partition_with_lag_makes_no_progress(new_top
             await eventually(lambda: stage.live().ok, timeout=10, what="healthy again")
     assert 503 == healthz.status_code
     assert f"{topic.name}/0" in healthz.json()["reason"]
+
+
+async def test_key_ordering_keeps_each_key_in_order_while_keys_overlap(new_topic):
+    """``ordering=key``: records of one key arrive in offset order, keys of one partition are
+    in flight together, and the committed offset still waits for every earlier record."""
+    from aiokafka import AIOKafkaProducer  # noqa: PLC0415
+
+    topic = await new_topic(1)
+    producer = AIOKafkaProducer(bootstrap_servers=topic.bootstrap)
+    await producer.start()
+    try:
+        for i in range(120):
+            await producer.send(topic.name, b"%d" % i, key=b"k%d" % (i % 6), partition=0)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    async with StubServer(StubConfig(latency_ms=10, jitter_ms=8)) as api:
+        async with running_stage(topic.settings(api.url, ordering="key")):
+            await eventually(lambda: api.stats().unique == 120, what="all 120")
+        stats = api.stats(offsets=True)
+    arrivals = stats.partitions[f"{topic.name}/0"].offsets
+    assert arrivals is not None
+    for key in range(6):
+        of_key = [offset for offset in arrivals if offset % 6 == key]
+        assert sorted(of_key) == of_key, f"key k{key} arrived out of order"
+    assert stats.partitions[f"{topic.name}/0"].max_concurrent > 1, "keys did not overlap"
+    assert {0: 120} == await topic.committed()
