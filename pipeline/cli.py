@@ -39,9 +39,16 @@ def _run(_: argparse.Namespace) -> int:
     try:
         asyncio.run(_serve(settings))
     except Exception as error:
-        log.error("stage.failed", error=repr(error))  # noqa: TRY400 - one line, no traceback
+        log.error("stage.failed", error=repr(_root_cause(error)))  # noqa: TRY400 - one line
         return EXIT_FATAL
     return 0
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """The first real error inside the task groups' ``ExceptionGroup`` wrapping."""
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    return error
 
 
 async def _serve(settings: Settings) -> None:

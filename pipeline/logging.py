@@ -14,6 +14,10 @@ import structlog
 from structlog.typing import Processor
 
 
+def _dumps(event: object, **_: object) -> str:
+    return orjson.dumps(event, default=repr).decode()
+
+
 def configure_logging(level: str = "INFO") -> None:
     """Send every log record to stdout as one JSON object per line."""
     numeric = logging.getLevelNamesMapping()[level.upper()]
@@ -40,7 +44,7 @@ def configure_logging(level: str = "INFO") -> None:
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
-                structlog.processors.JSONRenderer(),
+                structlog.processors.JSONRenderer(serializer=_dumps),
             ],
         )
     )

@@ -133,6 +133,7 @@ class Stage:
             )
             self.ops_port = ops.port
             self._consumer = self._consumer_factory(s)
+            stack.push_async_callback(self._consumer.stop)  # idempotent: a no-op after shutdown
             self._consumer.subscribe(
                 list(s.kafka_topics),
                 listener=RebalanceBridge(revoked=self._on_revoked, assigned=self._on_assigned),

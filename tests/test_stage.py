@@ -264,3 +264,36 @@ async def test_key_ordering_keeps_each_key_in_order_while_keys_overlap(new_topic
         assert sorted(of_key) == of_key, f"key k{key} arrived out of order"
     assert stats.partitions[f"{topic.name}/0"].max_concurrent > 1, "keys did not overlap"
     assert {0: 120} == await topic.committed()
+
+
+def test_an_unreachable_broker_is_fatal_with_one_clear_line(tmp_path):
+    """No broker at the bootstrap address: exit code 1 and one ``stage.failed`` line naming
+    the error (no traceback, no ExceptionGroup wrapper)."""
+    import json  # noqa: PLC0415
+    import os  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    from pipeline.broker import free_port  # noqa: PLC0415
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")} | {
+        "PIPELINE_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
+        "PIPELINE_KAFKA_TOPICS": "t",
+        "PIPELINE_SPACE_API_URL": "http://127.0.0.1:1/items",
+        "PIPELINE_METRICS_PORT": "0",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert 1 == result.returncode
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    failed = [e for e in events if e["event"] == "stage.failed"]
+    assert 1 == len(failed)
+    assert failed[0]["error"].startswith("KafkaConnectionError")
+    assert "Traceback" not in result.stdout + result.stderr
