@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -36,17 +35,6 @@ class DemoOptions:
     partitions: int = 8
     records: int = 4000
     latency_ms: float = 20.0
-
-
-@dataclass(slots=True)
-class _FolkRecord:
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    key: bytes | None
-    value: bytes | None
-    headers: Sequence[tuple[str, bytes]] = ()
 
 
 async def run_demo(options: DemoOptions, console: Console | None = None) -> int:
@@ -78,7 +66,7 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> int:
         elapsed = await _run_stage(stage, stub, options.records, console)
         committed = await _committed(broker.bootstrap_servers, options.partitions)
         stats = stub.stats()
-        folk_rate = await _folk_way(stub, options)
+        folk_rate = await _folk_way(stub, broker.bootstrap_servers, options)
 
     expected = {
         p: len(range(p, options.records, options.partitions)) for p in range(options.partitions)
@@ -106,7 +94,9 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> int:
         "physical limit (partitions / latency)",
         f"{options.partitions / (options.latency_ms / 1000):,.0f} records/s",
     )
-    table.add_row(f"folk way, {FOLK_SAMPLE} records one by one", f"{folk_rate:,.0f} records/s")
+    table.add_row(
+        f"folk way (the first {FOLK_SAMPLE} records, one by one)", f"{folk_rate:,.0f} records/s"
+    )
     table.add_row(
         "speed-up over the folk way", f"{stage_rate / folk_rate:,.1f}x" if folk_rate else "-"
     )
@@ -150,12 +140,23 @@ async def _committed(bootstrap_servers: str, partitions: int) -> dict[int, int |
         await consumer.stop()
 
 
-async def _folk_way(stub: StubServer, options: DemoOptions) -> float:
-    """Send a sample the way the folk answer does, and return its records/s."""
+async def _folk_way(stub: StubServer, bootstrap_servers: str, options: DemoOptions) -> float:
+    """Send the topic's first records the way the folk answer does; return its records/s."""
     stub.reset()
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(TOPIC, p) for p in range(options.partitions)])
+        for p in range(options.partitions):
+            consumer.seek(TopicPartition(TOPIC, p), 0)
+        records: list[ConsumerRecord[bytes, bytes]] = []
+        while len(records) < FOLK_SAMPLE:
+            batch = await consumer.getmany(timeout_ms=500, max_records=FOLK_SAMPLE - len(records))
+            records.extend(record for part in batch.values() for record in part)
+    finally:
+        await consumer.stop()
     async with SpaceApi(SpaceApiConfig(url=stub.url)) as api:
         started = time.perf_counter()
-        for i in range(FOLK_SAMPLE):
-            record = _FolkRecord("folk", i % options.partitions, i, 0, None, b'{"seq": %d}' % i)
-            await asyncio.create_task(api.send(record))
-        return FOLK_SAMPLE / (time.perf_counter() - started)
+        for record in records:
+            await asyncio.create_task(api.send(record))  # the folk answer: serial
+        return len(records) / (time.perf_counter() - started)
