@@ -182,6 +182,20 @@ async def eventually(
         await asyncio.sleep(0.05)
 
 
+def run_once(cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``space-pipeline run`` with only the given ``PIPELINE_*`` settings, to its exit."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", "run"],
+        env=clean | env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        check=False,
+    )
+
+
 @dataclass
 class StageProcess:
     """``space-pipeline run`` as a real child process, for signals and crashes."""

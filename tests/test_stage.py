@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 
 import httpx
 import pytest
 
+from pipeline.broker import free_port
 from pipeline.stub_api import StubConfig, StubServer
-from tests.conftest import eventually, metric_value, running_stage
+from tests.conftest import eventually, metric_value, run_once, running_stage
 
 pytestmark = pytest.mark.integration
 
@@ -195,25 +197,12 @@ async def test_two_processes_share_the_partitions_and_one_takes_over(new_topic, 
 )
 def test_bad_settings_exit_2_with_one_line_naming_the_setting(env, setting, tmp_path):
     """A wrong setting fails at start: exit code 2 and one line that names it."""
-    import os  # noqa: PLC0415
-    import subprocess  # noqa: PLC0415
-    import sys  # noqa: PLC0415
-
-    base = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
-    base |= {
+    valid = {
         "PIPELINE_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
         "PIPELINE_KAFKA_TOPICS": "t",
         "PIPELINE_SPACE_API_URL": "http://127.0.0.1:1/items",
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "run"],
-        env=base | env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=tmp_path,
-        check=False,
-    )
+    result = run_once(tmp_path, **(valid | env))
     assert 2 == result.returncode
     lines = result.stderr.strip().splitlines()
     assert 1 == len(lines), result.stderr
@@ -269,27 +258,12 @@ async def test_key_ordering_keeps_each_key_in_order_while_keys_overlap(new_topic
 def test_an_unreachable_broker_is_fatal_with_one_clear_line(tmp_path):
     """No broker at the bootstrap address: exit code 1 and one ``stage.failed`` line naming
     the error (no traceback, no ExceptionGroup wrapper)."""
-    import json  # noqa: PLC0415
-    import os  # noqa: PLC0415
-    import subprocess  # noqa: PLC0415
-    import sys  # noqa: PLC0415
-
-    from pipeline.broker import free_port  # noqa: PLC0415
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")} | {
-        "PIPELINE_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
-        "PIPELINE_KAFKA_TOPICS": "t",
-        "PIPELINE_SPACE_API_URL": "http://127.0.0.1:1/items",
-        "PIPELINE_METRICS_PORT": "0",
-    }
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "run"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-        check=False,
+    result = run_once(
+        tmp_path,
+        PIPELINE_KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}",
+        PIPELINE_KAFKA_TOPICS="t",
+        PIPELINE_SPACE_API_URL="http://127.0.0.1:1/items",
+        PIPELINE_METRICS_PORT="0",
     )
     assert 1 == result.returncode
     events = [json.loads(line) for line in result.stdout.splitlines()]
