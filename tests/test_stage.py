@@ -271,3 +271,46 @@ def test_an_unreachable_broker_is_fatal_with_one_clear_line(tmp_path):
     assert 1 == len(failed)
     assert failed[0]["error"].startswith("KafkaConnectionError")
     assert "Traceback" not in result.stdout + result.stderr
+
+
+async def test_a_full_partition_buffer_pauses_fetching_and_loses_nothing(new_topic):
+    """With room for 5 records per partition, partitions are paused (seeking back to the first
+    record that did not fit) and resumed, and every record still arrives once, in order."""
+    from prometheus_client import REGISTRY  # noqa: PLC0415
+
+    topic = await new_topic(2)
+    await topic.produce(300)
+    paused_seen: set[str] = set()
+
+    def paused() -> bool:
+        for partition in ("0", "1"):
+            labels = {"topic": topic.name, "partition": partition}
+            if REGISTRY.get_sample_value("space_pipeline_partition_paused", labels) == 1:
+                paused_seen.add(partition)
+        return paused_seen == {"0", "1"}
+
+    async with StubServer(StubConfig(latency_ms=3)) as api:
+        settings = topic.settings(api.url, partition_buffer_records=5)
+        async with running_stage(settings):
+            await eventually(paused, what="both partitions paused on a full buffer")
+            await eventually(lambda: api.stats().unique == 300, what="all 300")
+        stats = api.stats()
+    assert 0 == stats.order_violations
+    assert 0 == stats.duplicates
+    assert topic.expected_end(300) == await topic.committed()
+
+
+async def test_a_second_signal_exits_at_once_with_a_non_zero_code(new_topic, stage_process):
+    """SIGTERM starts a drain that cannot finish (the API hangs); a second SIGTERM exits
+    immediately with 128 + 15."""
+    topic = await new_topic(1)
+    await topic.produce(10)
+    async with StubServer(StubConfig(latency_ms=60_000)) as api:
+        proc = stage_process(topic.env(api.url, shutdown_timeout_s="60"))
+        await eventually(lambda: api.stats().in_flight == 1, what="a hanging request")
+        proc.process.send_signal(signal.SIGTERM)
+        await eventually(lambda: "stage.stopping" in proc.logs(), what="the drain to start")
+        proc.process.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(proc.wait, 5)
+    assert 128 + signal.SIGTERM == code
+    assert '"event":"stage.forced_exit"' in proc.logs()
