@@ -14,12 +14,15 @@ from prometheus_client import Counter, Gauge, Histogram, Info
 from pipeline import __version__
 
 # From a 1 ms loopback call to the longest request timeout anyone should configure.
+# Dense around tens of milliseconds, where the Space API lives, so p95/p99 are not bucket edges.
 LATENCY_BUCKETS = (
-    0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )  # fmt: skip
 # End to end includes time spent in Kafka before the stage saw the record: reach further.
 E2E_BUCKETS = (
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 120.0,
+    300.0, 900.0, 3600.0,
 )  # fmt: skip
 
 TP = ("topic", "partition")
