@@ -126,31 +126,34 @@ def _httpx_timeout() -> httpx.Timeout:
 
 
 @asynccontextmanager
-async def httpx_default(concurrency: int, url: str) -> AsyncIterator[SendFn]:
+async def _httpx_client(
+    url: str,
+    *,
+    limits: httpx.Limits = httpx.Limits(),  # noqa: B008 - immutable
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> AsyncIterator[SendFn]:
     async with httpx.AsyncClient(
-        limits=_httpx_limits(concurrency), timeout=_httpx_timeout(), trust_env=False
-    ) as client:
+        timeout=_httpx_timeout(), trust_env=False, limits=limits, transport=transport
+    ) as c:
 
         async def send() -> int:
-            response = await client.post(url, content=BODY, headers=HEADERS)
+            response = await c.post(url, content=BODY, headers=HEADERS)
             return response.status_code
 
         yield send
 
 
 @asynccontextmanager
+async def httpx_default(concurrency: int, url: str) -> AsyncIterator[SendFn]:
+    async with _httpx_client(url, limits=_httpx_limits(concurrency)) as send:
+        yield send
+
+
+@asynccontextmanager
 async def httpx_aiohttp_transport(concurrency: int, url: str) -> AsyncIterator[SendFn]:
-    # limits/timeout must go on the transport / client respectively: AsyncClient ignores
-    # its own `limits=` when `transport=` is given.
+    # Limits go on the transport: AsyncClient ignores its own `limits=` when `transport=` is set.
     transport = AiohttpTransport(limits=_httpx_limits(concurrency))
-    async with httpx.AsyncClient(
-        transport=transport, timeout=_httpx_timeout(), trust_env=False
-    ) as client:
-
-        async def send() -> int:
-            response = await client.post(url, content=BODY, headers=HEADERS)
-            return response.status_code
-
+    async with _httpx_client(url, transport=transport) as send:
         yield send
 
 
