@@ -223,7 +223,9 @@ class Stage:
         part.buffered -= 1
         part.buffered_bytes -= nbytes
         if part.revoked or receipt.cancelled():
-            return  # fenced: a late answer for a partition this process no longer owns
+            # Fenced: an answer for an assignment epoch that has ended. A re-assigned partition
+            # is a new _Partition, so a late acceptance can never move its watermark.
+            return
         error = receipt.exception()
         if error is None:
             part.offsets.accept(receipt.item.offset)
@@ -270,6 +272,7 @@ class Stage:
             "stage.partition_halted",
             topic=part.tp.topic,
             partition=part.tp.partition,
+            epoch=part.epoch,
             offset=record.offset,
             status=getattr(error, "status", None),
             error=str(error),

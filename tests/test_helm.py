@@ -61,118 +61,109 @@ _SELECTOR = {
     "required": ["matchLabels"],
     "properties": {"matchLabels": {**_STRING_MAP, "minProperties": 1}},
 }
+
+
+def _crd(spec: dict[str, Any]) -> dict[str, Any]:
+    """A custom resource with ``metadata`` and the given ``spec`` schema."""
+    return {
+        "type": "object",
+        "required": ["metadata", "spec"],
+        "properties": {"metadata": _META, "spec": spec},
+    }
+
+
 # Minimal schemas for the CRDs (not in kubernetes-validate): the fields their operators read.
 CRD_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
-    ("monitoring.coreos.com/v1", "PodMonitor"): {
-        "type": "object",
-        "required": ["metadata", "spec"],
-        "properties": {
-            "metadata": _META,
-            "spec": {
-                "type": "object",
-                "required": ["selector", "podMetricsEndpoints"],
-                "properties": {
-                    "selector": _SELECTOR,
-                    "podMetricsEndpoints": {"type": "array", "minItems": 1, "items": _ENDPOINT},
-                },
+    ("monitoring.coreos.com/v1", "PodMonitor"): _crd(
+        {
+            "type": "object",
+            "required": ["selector", "podMetricsEndpoints"],
+            "properties": {
+                "selector": _SELECTOR,
+                "podMetricsEndpoints": {"type": "array", "minItems": 1, "items": _ENDPOINT},
             },
-        },
-    },
-    ("monitoring.coreos.com/v1", "ServiceMonitor"): {
-        "type": "object",
-        "required": ["metadata", "spec"],
-        "properties": {
-            "metadata": _META,
-            "spec": {
-                "type": "object",
-                "required": ["selector", "endpoints"],
-                "properties": {
-                    "selector": _SELECTOR,
-                    "endpoints": {"type": "array", "minItems": 1, "items": _ENDPOINT},
-                },
+        }
+    ),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): _crd(
+        {
+            "type": "object",
+            "required": ["selector", "endpoints"],
+            "properties": {
+                "selector": _SELECTOR,
+                "endpoints": {"type": "array", "minItems": 1, "items": _ENDPOINT},
             },
-        },
-    },
-    ("monitoring.coreos.com/v1", "PrometheusRule"): {
-        "type": "object",
-        "required": ["metadata", "spec"],
-        "properties": {
-            "metadata": _META,
-            "spec": {
-                "type": "object",
-                "required": ["groups"],
-                "properties": {
-                    "groups": {
-                        "type": "array",
-                        "minItems": 1,
-                        "items": {
-                            "type": "object",
-                            "required": ["name", "rules"],
-                            "properties": {
-                                "name": {"type": "string"},
-                                "rules": {
-                                    "type": "array",
-                                    "items": {
-                                        "type": "object",
-                                        "required": ["expr"],
-                                        "oneOf": [
-                                            {"required": ["alert"]},
-                                            {"required": ["record"]},
-                                        ],
-                                        "properties": {
-                                            "labels": _STRING_MAP,
-                                            "annotations": _STRING_MAP,
-                                        },
+        }
+    ),
+    ("monitoring.coreos.com/v1", "PrometheusRule"): _crd(
+        {
+            "type": "object",
+            "required": ["groups"],
+            "properties": {
+                "groups": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "rules"],
+                        "properties": {
+                            "name": {"type": "string"},
+                            "rules": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "required": ["expr"],
+                                    "oneOf": [
+                                        {"required": ["alert"]},
+                                        {"required": ["record"]},
+                                    ],
+                                    "properties": {
+                                        "labels": _STRING_MAP,
+                                        "annotations": _STRING_MAP,
                                     },
                                 },
                             },
                         },
-                    }
-                },
-            },
-        },
-    },
-    ("keda.sh/v1alpha1", "ScaledObject"): {
-        "type": "object",
-        "required": ["metadata", "spec"],
-        "properties": {
-            "metadata": _META,
-            "spec": {
-                "type": "object",
-                "required": ["scaleTargetRef", "minReplicaCount", "maxReplicaCount", "triggers"],
-                "properties": {
-                    "scaleTargetRef": {
-                        "type": "object",
-                        "required": ["name"],
-                        "properties": {"kind": {"const": "Deployment"}},
                     },
-                    "minReplicaCount": {"type": "integer", "minimum": 1},
-                    "maxReplicaCount": {"type": "integer", "minimum": 1},
-                    "triggers": {
-                        "type": "array",
-                        "minItems": 1,
-                        "items": {
-                            "type": "object",
-                            "required": ["type", "metadata"],
-                            "properties": {
-                                "type": {"const": "kafka"},
-                                # KEDA's trigger metadata is map[string]string.
-                                "metadata": {
-                                    **_STRING_MAP,
-                                    "required": [
-                                        "bootstrapServers",
-                                        "consumerGroup",
-                                        "lagThreshold",
-                                        "offsetResetPolicy",
-                                    ],
-                                },
+                }
+            },
+        }
+    ),
+    ("keda.sh/v1alpha1", "ScaledObject"): _crd(
+        {
+            "type": "object",
+            "required": ["scaleTargetRef", "minReplicaCount", "maxReplicaCount", "triggers"],
+            "properties": {
+                "scaleTargetRef": {
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {"kind": {"const": "Deployment"}},
+                },
+                "minReplicaCount": {"type": "integer", "minimum": 1},
+                "maxReplicaCount": {"type": "integer", "minimum": 1},
+                "triggers": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["type", "metadata"],
+                        "properties": {
+                            "type": {"const": "kafka"},
+                            # KEDA's trigger metadata is map[string]string.
+                            "metadata": {
+                                **_STRING_MAP,
+                                "required": [
+                                    "bootstrapServers",
+                                    "consumerGroup",
+                                    "lagThreshold",
+                                    "offsetResetPolicy",
+                                ],
                             },
                         },
                     },
                 },
             },
-        },
-    },
+        }
+    ),
 }
 
 
