@@ -153,19 +153,22 @@ class _State(enum.Enum):
 
 
 class _LaneState(Generic[T]):
-    __slots__ = ("current", "halted", "halted_by", "nbytes", "queue", "space", "worker")
+    __slots__ = ("current", "halted_by", "nbytes", "queue", "space", "worker")
 
     def __init__(self) -> None:
         self.queue: deque[Receipt[T]] = deque()
         self.current: Receipt[T] | None = None
         self.nbytes = 0
-        self.halted = False
         self.halted_by: BaseException | None = None
         self.worker: asyncio.Task[None] | None = None
         self.space: asyncio.Event | None = None
 
     def __len__(self) -> int:
         return len(self.queue) + (self.current is not None)
+
+    @property
+    def halted(self) -> bool:
+        return self.halted_by is not None
 
 
 class OrderedSender(Generic[T]):
@@ -305,7 +308,7 @@ class OrderedSender(Generic[T]):
     def halted(self, lane: Lane) -> BaseException | None:
         """The error that halted ``lane``, or ``None`` if it is not halted."""
         state = self._lanes.get(lane)
-        return state.halted_by if state is not None and state.halted else None
+        return state.halted_by if state is not None else None
 
     async def drain(
         self, lanes: Iterable[Lane] | None = None, timeout: float | None = None
@@ -339,7 +342,7 @@ class OrderedSender(Generic[T]):
                 state.nbytes -= receipt.nbytes
                 receipt._settle(None)
                 count += 1
-            self._signal(lane, state)
+            self._signal(state)
         return count
 
     def cancel(self, lanes: Iterable[Lane]) -> int:
@@ -371,7 +374,7 @@ class OrderedSender(Generic[T]):
                     state.nbytes -= receipt.nbytes
                     if not receipt.done():
                         receipt._settle(None)
-                self._signal(lane, state)
+                self._signal(state)
         finally:
             state.worker = None
             if self._lanes.get(lane) is state and not state and not state.halted:
@@ -415,13 +418,13 @@ class OrderedSender(Generic[T]):
         log.error("sender.item_failed", lane=repr(lane), attempts=attempt, error=repr(error))
         receipt._settle(None, error)
         if self._halt_on_rejection:
-            state.halted, state.halted_by = True, error
+            state.halted_by = error
             while state.queue:
                 queued = state.queue.popleft()
                 state.nbytes -= queued.nbytes
                 queued._settle(None, LaneHaltedError(lane, error))
 
-    def _signal(self, lane: Lane, state: _LaneState[T]) -> None:
+    def _signal(self, state: _LaneState[T]) -> None:
         if state.space is not None:
             state.space.set()
             state.space = None

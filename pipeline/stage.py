@@ -347,17 +347,20 @@ class Stage:
 
     # Commits
 
+    async def _running_after(self, seconds: float) -> bool:
+        """Wait ``seconds``, or less if a stop is requested; ``True`` while still running."""
+        try:
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
+        except TimeoutError:
+            return True
+        return False
+
     async def _commit_periodically(self) -> None:
-        interval = self._settings.commit_interval_ms / 1000
-        while not self._stopping.is_set():
-            try:
-                async with asyncio.timeout(interval):
-                    await self._stopping.wait()
-            except TimeoutError:
-                await self._commit(
-                    list(self._partitions.values()),
-                    timeout=self._settings.commit_timeout_ms / 1000,
-                )
+        while await self._running_after(self._settings.commit_interval_ms / 1000):
+            await self._commit(
+                list(self._partitions.values()), timeout=self._settings.commit_timeout_ms / 1000
+            )
 
     async def _commit(self, parts: Iterable[_Partition], *, timeout: float) -> None:
         """Commit each partition's watermark; failures are counted and left to the next round."""
@@ -384,13 +387,9 @@ class Stage:
     # Gauges and probes
 
     async def _housekeep(self) -> None:
-        while not self._stopping.is_set():
+        self._refresh()
+        while await self._running_after(HOUSEKEEPING_INTERVAL_S):
             self._refresh()
-            try:
-                async with asyncio.timeout(HOUSEKEEPING_INTERVAL_S):
-                    await self._stopping.wait()
-            except TimeoutError:
-                continue
 
     def _refresh(self) -> None:
         """Update per-partition gauges and find stalled partitions, once a second."""
@@ -415,8 +414,9 @@ class Stage:
             metrics.LAST_PROGRESS.labels(*labels).set(wall - (now - part.last_progress))
             highwater = self._consumer.highwater(part.tp)
             base = part.offsets.committed
-            lag = max(highwater - base, 0) if highwater is not None and base is not None else 0
+            lag = 0
             if highwater is not None and base is not None:
+                lag = max(highwater - base, 0)
                 metrics.LAG_RECORDS.labels(*labels).set(lag)
             if (
                 part.halted is None
