@@ -30,7 +30,7 @@ from pathlib import Path
 
 import httpx
 
-from pipeline.broker import EmbeddedBroker, create_topic, free_port, produce_numbered
+from pipeline.dev.broker import EmbeddedBroker, create_topic, free_port, produce_numbered
 from pipeline.logging import configure_logging
 from pipeline.sender import OrderedSender
 

@@ -40,9 +40,9 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.prometheus_harness
 
-from pipeline.broker import EmbeddedBroker, create_topic, free_port, produce_numbered
+from pipeline.dev.broker import EmbeddedBroker, create_topic, free_port, produce_numbered
+from pipeline.dev.stub_api import StubConfig, StubServer
 from pipeline.logging import configure_logging
-from pipeline.stub_api import StubConfig, StubServer
 from tests.prometheus_harness import (
     dashboard_panels,
     expand_grafana_variables,

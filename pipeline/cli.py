@@ -71,7 +71,7 @@ async def _serve(settings: Settings) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from pipeline.demo import DemoOptions, run_demo  # noqa: PLC0415
+    from pipeline.dev.demo import DemoOptions, run_demo  # noqa: PLC0415
 
     configure_logging("WARNING")
     options = DemoOptions(
@@ -81,7 +81,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _stub_api(args: argparse.Namespace) -> int:
-    from pipeline import stub_api  # noqa: PLC0415
+    from pipeline.dev import stub_api  # noqa: PLC0415
 
     try:
         config = stub_api.config_from_args(args)
@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(handler=_demo)
 
-    from pipeline import stub_api  # noqa: PLC0415
+    from pipeline.dev import stub_api  # noqa: PLC0415
 
     stub = commands.add_parser(
         "stub-api", help="a reference Space API receiver for trying the stage"

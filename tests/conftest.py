@@ -23,10 +23,10 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from pipeline.broker import EmbeddedBroker, create_topic, free_port, produce_numbered
 from pipeline.config import Settings
+from pipeline.dev.broker import EmbeddedBroker, create_topic, free_port, produce_numbered
+from pipeline.dev.stub_api import StubConfig, StubServer
 from pipeline.stage import Stage
-from pipeline.stub_api import StubConfig, StubServer
 
 
 def _docker_answers() -> bool:

@@ -8,7 +8,7 @@ import signal
 import httpx
 import pytest
 
-from pipeline.stub_api import StubConfig, StubServer
+from pipeline.dev.stub_api import StubConfig, StubServer
 from tests.conftest import eventually
 from tests.prometheus_harness import (
     ALERTS,

@@ -10,8 +10,8 @@ import time
 import httpx
 import pytest
 
-from pipeline.broker import free_port
-from pipeline.stub_api import StubConfig, StubServer
+from pipeline.dev.broker import free_port
+from pipeline.dev.stub_api import StubConfig, StubServer
 from tests.conftest import eventually, metric_value, run_once, running_stage
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from pipeline.stub_api import (
+from pipeline.dev.stub_api import (
     StubConfig,
     StubServer,
     StubStats,

@@ -18,7 +18,7 @@ import structlog
 
 from pipeline.errors import BrokerError
 
-log = structlog.get_logger("pipeline.broker")
+log = structlog.get_logger("pipeline.dev.broker")
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -17,11 +17,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pipeline.broker import EmbeddedBroker, create_topic, produce_numbered
 from pipeline.config import Settings
+from pipeline.dev.broker import EmbeddedBroker, create_topic, produce_numbered
+from pipeline.dev.stub_api import StubConfig, StubServer
 from pipeline.space_api import SpaceApi, SpaceApiConfig
 from pipeline.stage import Stage
-from pipeline.stub_api import StubConfig, StubServer
 
 TOPIC = "space-demo"
 GROUP = "space-pipeline-demo"
