@@ -1,9 +1,14 @@
-"""How long to wait before trying an item again.
+"""Whether, and how long to wait before, trying an item again.
 
 Capped exponential backoff with full jitter (a uniform draw below the cap) spreads the retries of
 many lanes hitting the same outage. When the server says ``Retry-After``, it knows better than any
 formula: that value is used as given, capped so a hostile or buggy header cannot park a partition
 for a day.
+
+Whether an error is worth retrying is read from its ``retryable`` attribute. An error without one
+is retried unless it is a programming or data error (``TypeError``, ``ValueError``, ...): sending
+the same item through the same code again would fail the same way, for ever, and a lane blocked for
+ever is worse than an item that fails visibly.
 """
 
 from __future__ import annotations
@@ -14,6 +19,31 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+
+# Retrying these cannot help: the same item through the same code fails the same way.
+FINAL_BY_DEFAULT: tuple[type[BaseException], ...] = (
+    TypeError,
+    ValueError,
+    AttributeError,
+    NameError,
+    LookupError,
+    ArithmeticError,
+    AssertionError,
+    NotImplementedError,
+    ImportError,
+)
+
+
+def is_retryable(error: BaseException) -> bool:
+    """Whether a failed attempt may succeed if tried again.
+
+    The error's own ``retryable`` attribute decides when it has one; otherwise everything is
+    retried except the programming and data errors in :data:`FINAL_BY_DEFAULT`.
+    """
+    flag = getattr(error, "retryable", None)
+    if flag is not None:
+        return bool(flag)
+    return not isinstance(error, FINAL_BY_DEFAULT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +81,15 @@ class Backoff:
     def exhausted(self, attempt: int) -> bool:
         """Whether ``attempt`` failed attempts use up the budget."""
         return self.max_attempts is not None and attempt >= self.max_attempts
+
+    def retry_delay(self, error: BaseException, attempt: int) -> float | None:
+        """Seconds to wait before attempt ``attempt + 1``, or ``None`` when ``error`` is final.
+
+        This is the :class:`~pipeline.sender.RetryPolicy` the sender asks after every failure.
+        """
+        if not is_retryable(error) or self.exhausted(attempt):
+            return None
+        return self.delay(attempt, getattr(error, "retry_after", None))
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:

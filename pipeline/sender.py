@@ -4,11 +4,13 @@
 tasks without awaiting them is concurrent but loses order and loses errors. An
 :class:`OrderedSender` sits between the two: items are grouped in *lanes* (a Kafka partition, a
 key); lanes run concurrently up to a global limit, and within a lane an item is sent only once the
-one before it has finished for good (accepted, or finally rejected). A retryable failure keeps its
+one before it has finished for good (accepted, or finally failed). A retryable failure keeps its
 item at the head of its lane, so retries never reorder anything and block only that lane.
 
 ``submit`` returns a :class:`Receipt` without waiting on the network; the receipt resolves to a
 :class:`Delivery` or raises the final error. Buffers are bounded per lane, in items and bytes.
+With ``batch=`` a lane sends up to that many consecutive items in one call, and a batch that fails
+for good is split in halves until the failing item is alone, so the items before it still count.
 """
 
 from __future__ import annotations
@@ -16,48 +18,47 @@ from __future__ import annotations
 import asyncio
 import enum
 import inspect
-import time
+import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Generator, Hashable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Generic, Protocol, TypeVar
 
-import structlog
-
+from pipeline.clock import Clock, SystemClock
 from pipeline.errors import LaneFullError, LaneHaltedError, SenderClosedError
 from pipeline.retry import Backoff
+from pipeline.summary import Repeats
 
 T = TypeVar("T")
 T_contra = TypeVar("T_contra", contravariant=True)
 Lane = Hashable
 
-log = structlog.get_logger("pipeline.sender")
+# A library logs through the standard library and leaves output to the application.
+log = logging.getLogger("pipeline.sender")
 
 
-class Clock(Protocol):
-    """Time as the sender sees it; tests pass a fake that does not really sleep."""
+class RetryPolicy(Protocol):
+    """Decides after each failed attempt: wait this long and try again, or give up."""
 
-    def monotonic(self) -> float:
-        """Seconds on a clock that never goes back."""
-        ...
-
-    async def sleep(self, seconds: float) -> None:
-        """Wait ``seconds``."""
+    def retry_delay(self, error: BaseException, attempt: int) -> float | None:
+        """Seconds to wait before attempt ``attempt + 1``; ``None`` makes ``error`` final."""
         ...
 
 
-class SystemClock:
-    """The real clock."""
+class Gate(Protocol):
+    """Admission to a shared downstream (rate limit, throttling, circuit), around each attempt."""
 
-    def monotonic(self) -> float:
-        """Seconds on the event loop's clock."""
-        return time.monotonic()
+    @property
+    def blocked(self) -> bool:
+        """Whether admission now waits for an outage or a throttle to end."""
+        ...
 
-    async def sleep(self, seconds: float) -> None:
-        """Wait on the event loop."""
-        await asyncio.sleep(seconds)
+    def attempt(self) -> AbstractAsyncContextManager[object]:
+        """Wait for admission on entry; learn the attempt's outcome (its exception) on exit."""
+        ...
 
 
 class RetryObserver(Protocol[T_contra]):
@@ -66,55 +67,121 @@ class RetryObserver(Protocol[T_contra]):
     def __call__(
         self, item: T_contra, lane: Lane, error: BaseException, attempt: int, delay: float, /
     ) -> None:
-        """Record one scheduled retry."""
+        """Record one scheduled retry (with batches, ``item`` is the batch's first item)."""
         ...
 
 
 @dataclass(frozen=True, slots=True)
-class Delivery:
-    """How an accepted item got there."""
+class BatchLimits:
+    """How a lane groups consecutive items into one call of ``send``.
 
+    Args:
+        max_items: Items per call at most.
+        max_bytes: Declared bytes per call at most (a single bigger item still goes alone).
+        linger: Seconds a lane waits for more items when fewer than ``max_items`` are queued.
+    """
+
+    max_items: int
+    max_bytes: int = 1 << 20
+    linger: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """How an accepted item got there.
+
+    ``started`` and ``finished`` are seconds on the sender's monotonic clock (not wall time), so
+    ``finished - started`` is the time from the first attempt to the acceptance.
+    """
+
+    item: Any
+    lane: Lane
     attempts: int
     started: float
     finished: float
 
 
+class _Outcome(enum.Enum):
+    PENDING = "pending"
+    ACCEPTED = "accepted"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
 class Receipt(Generic[T]):
     """The outcome of one submitted item: await it, or poll it; it never disappears.
 
-    Awaiting returns the :class:`Delivery`, or raises the error that ended the item: a
-    :class:`~pipeline.errors.SendError` (rejected, or retries exhausted), a
-    :class:`~pipeline.errors.LaneHaltedError`, or :class:`asyncio.CancelledError` when the item was
-    dropped by :meth:`OrderedSender.cancel` or a close that ran out of time.
+    Awaiting returns the :class:`Delivery`, or raises the error that ended the item: the send
+    function's final exception, a :class:`~pipeline.errors.LaneHaltedError`, or
+    :class:`asyncio.CancelledError` when the item was dropped by :meth:`OrderedSender.cancel`, by a
+    drain with a deadline, or by a close that ran out of time. Nothing is allocated for awaiting
+    until somebody awaits, so a receipt nobody awaits costs little.
     """
 
-    __slots__ = ("_callbacks", "_future", "item", "lane", "nbytes")
+    __slots__ = (
+        "_attempts",
+        "_callbacks",
+        "_error",
+        "_finished",
+        "_future",
+        "_outcome",
+        "_started",
+        "item",
+        "lane",
+        "nbytes",
+        "tag",
+    )
 
-    def __init__(self, item: T, lane: Lane, nbytes: int, future: asyncio.Future[Delivery]) -> None:
+    def __init__(self, item: T, lane: Lane, nbytes: int, tag: object = None) -> None:
         self.item = item
         self.lane = lane
         self.nbytes = nbytes
-        self._future = future
-        self._callbacks: list[Callable[[Receipt[T]], None]] = []
+        self.tag = tag
+        self._outcome = _Outcome.PENDING
+        self._error: BaseException | None = None
+        self._attempts = 0
+        self._started = self._finished = 0.0
+        self._future: asyncio.Future[None] | None = None
+        self._callbacks: list[Callable[[Receipt[T]], None]] | None = None
+
+    def __repr__(self) -> str:
+        state = self._outcome.value
+        if self._outcome is _Outcome.ACCEPTED:
+            state += f" after {self._attempts} attempt(s)"
+        elif self._outcome is _Outcome.FAILED:
+            state += f": {self._error!r}"
+        return f"<Receipt lane={self.lane!r} item={self.item!r} {state}>"
 
     def __await__(self) -> Generator[Any, None, Delivery]:
-        return self._future.__await__()
+        while self._outcome is _Outcome.PENDING:
+            future = self._future
+            if future is None or future.done():  # a waiter that gave up cancelled the last one
+                future = self._future = asyncio.get_running_loop().create_future()
+            yield from future
+        return self.result()
 
     def done(self) -> bool:
         """Whether the item has finished (accepted, failed or cancelled)."""
-        return self._future.done()
+        return self._outcome is not _Outcome.PENDING
 
     def cancelled(self) -> bool:
         """Whether the item was dropped without a final answer."""
-        return self._future.cancelled()
+        return self._outcome is _Outcome.CANCELLED
 
     def exception(self) -> BaseException | None:
-        """The final error of a finished item, ``None`` if it was accepted."""
-        return self._future.exception()
+        """The final error of a finished item, ``None`` if it was accepted (like a future's)."""
+        if self._outcome is _Outcome.PENDING:
+            raise asyncio.InvalidStateError("the item has not finished")
+        if self._outcome is _Outcome.CANCELLED:
+            raise asyncio.CancelledError
+        return self._error
 
     def result(self) -> Delivery:
         """The delivery of a finished, accepted item (raises like awaiting would)."""
-        return self._future.result()
+        error = self.exception()
+        if error is not None:
+            raise error
+        return Delivery(self.item, self.lane, self._attempts, self._started, self._finished)
 
     def add_done_callback(self, callback: Callable[[Receipt[T]], None]) -> None:
         """Call ``callback(receipt)`` the moment the item finishes (at once if it has).
@@ -122,27 +189,34 @@ class Receipt(Generic[T]):
         Unlike a future's callbacks these run synchronously, before the sender reports the lane
         idle, so whoever waits on :meth:`OrderedSender.drain` sees their effects.
         """
-        if self._future.done():
+        if self._outcome is not _Outcome.PENDING:
             callback(self)
+        elif self._callbacks is None:
+            self._callbacks = [callback]
         else:
             self._callbacks.append(callback)
 
-    def _settle(self, delivery: Delivery | None, error: BaseException | None = None) -> None:
-        """Finish the item: accepted (``delivery``), failed (``error``) or cancelled (neither)."""
-        if self._future.done():
-            return
-        if delivery is not None:
-            self._future.set_result(delivery)
-        elif error is not None:
-            self._future.set_exception(error)
-        else:
-            self._future.cancel()
-        callbacks, self._callbacks = self._callbacks, []
-        for callback in callbacks:
+    def _settle(self, outcome: _Outcome, error: BaseException | None = None) -> bool:
+        if self._outcome is not _Outcome.PENDING:
+            return False
+        self._outcome = outcome
+        self._error = error
+        future = self._future
+        if future is not None and not future.done():
+            future.set_result(None)
+        callbacks, self._callbacks = self._callbacks, None
+        for callback in callbacks or ():
             try:
                 callback(self)
             except Exception:
-                log.exception("sender.callback_failed", lane=repr(self.lane))
+                log.exception("sender: a receipt callback failed (lane %r)", self.lane)
+        return True
+
+
+class _Phase(enum.Enum):
+    WAITING = "waiting"  # for a slot, the gate, or more items to batch
+    SENDING = "sending"  # an attempt is on the wire
+    BACKOFF = "backoff"  # sleeping before a retry
 
 
 class _State(enum.Enum):
@@ -153,22 +227,37 @@ class _State(enum.Enum):
 
 
 class _LaneState(Generic[T]):
-    __slots__ = ("current", "halted_by", "nbytes", "queue", "space", "worker")
+    __slots__ = (
+        "arrived",
+        "current",
+        "halted_by",
+        "nbytes",
+        "phase",
+        "queue",
+        "space",
+        "thread_call",
+        "worker",
+    )
 
     def __init__(self) -> None:
         self.queue: deque[Receipt[T]] = deque()
-        self.current: Receipt[T] | None = None
+        self.current: list[Receipt[T]] = []
         self.nbytes = 0
         self.halted_by: BaseException | None = None
         self.worker: asyncio.Task[None] | None = None
         self.space: asyncio.Event | None = None
+        self.arrived: asyncio.Event | None = None
+        self.phase = _Phase.WAITING
+        # A blocking call keeps running in its thread whatever was cancelled: the lane stays busy
+        # until it returns, so two calls of one lane never overlap.
+        self.thread_call: Future[object] | None = None
 
     def __len__(self) -> int:
-        return len(self.queue) + (self.current is not None)
+        return len(self.queue) + len(self.current) + self.busy_in_thread
 
     @property
-    def halted(self) -> bool:
-        return self.halted_by is not None
+    def busy_in_thread(self) -> int:
+        return int(self.thread_call is not None and not self.thread_call.done())
 
 
 class OrderedSender(Generic[T]):
@@ -176,34 +265,49 @@ class OrderedSender(Generic[T]):
 
     Args:
         send: ``async def send(item)`` or a plain blocking ``def send(item)`` (run in a thread pool
-            of ``max_in_flight`` threads, so the event loop never blocks). It returns on
-            acceptance and raises otherwise; an exception whose ``retryable`` attribute is false
-            ends the item, any other is retried (nothing is dropped by default).
+            of ``max_in_flight`` threads, so the event loop never blocks); with ``batch`` it gets a
+            list of consecutive items of one lane. It returns on acceptance and raises otherwise.
         max_in_flight: Attempts running at once, across all lanes.
         lane_capacity: Items a lane may hold (queued plus in flight).
         lane_bytes: Bytes a lane may hold, as declared by ``submit(..., nbytes=)``. A lane always
             takes one item when empty, so an oversized item cannot wedge it.
-        backoff: The retry delay policy.
+        backoff: The :class:`RetryPolicy`. The default :class:`~pipeline.retry.Backoff` retries
+            without limit every error except one whose ``retryable`` attribute is false and the
+            programming and data errors (``TypeError``, ``ValueError``, ...; see
+            :func:`~pipeline.retry.is_retryable`). ``Backoff(max_attempts=n)`` bounds attempts.
+        batch: Send up to this many consecutive items of a lane per call.
+        gate: Admission to the downstream, shared by all lanes (see :class:`Gate`).
         halt_on_rejection: Stop a lane at its first final failure: later items of that lane fail
             with :class:`~pipeline.errors.LaneHaltedError` unsent, until :meth:`cancel` clears it.
         on_retry: Told of every scheduled retry.
+        on_done: Called with each receipt as it finishes, after the receipt's own callbacks;
+            cheaper than a callback per receipt when one function watches them all.
+        retry_log_interval: Each lane's retries are logged (stdlib ``logging``, warning): the first
+            of a streak at once, then a count every this many seconds; ``None`` for silence.
         clock: Time source, for tests.
     """
 
     def __init__(
         self,
-        send: Callable[[T], Awaitable[object]] | Callable[[T], object],
+        send: Callable[[Any], Awaitable[object]] | Callable[[Any], object],
         *,
         max_in_flight: int = 64,
         lane_capacity: int = 1_000,
         lane_bytes: int | None = None,
-        backoff: Backoff | None = None,
+        backoff: RetryPolicy | None = None,
+        batch: BatchLimits | None = None,
+        gate: Gate | None = None,
         halt_on_rejection: bool = False,
         on_retry: RetryObserver[T] | None = None,
+        on_done: Callable[[Receipt[T]], None] | None = None,
+        retry_log_interval: float | None = 10.0,
         clock: Clock | None = None,
     ) -> None:
-        if max_in_flight < 1 or lane_capacity < 1:
-            msg = "max_in_flight and lane_capacity must be at least 1"
+        if not callable(send):
+            msg = f"send must be a function or other callable, not {type(send).__name__}"
+            raise TypeError(msg)
+        if max_in_flight < 1 or lane_capacity < 1 or (batch is not None and batch.max_items < 1):
+            msg = "max_in_flight, lane_capacity and batch.max_items must be at least 1"
             raise ValueError(msg)
         self._send = send
         self._is_async = inspect.iscoroutinefunction(send) or inspect.iscoroutinefunction(
@@ -213,15 +317,26 @@ class OrderedSender(Generic[T]):
         self._max_in_flight = max_in_flight
         self._lane_capacity = lane_capacity
         self._lane_bytes = lane_bytes
-        self._backoff = backoff or Backoff()
+        self._retry: RetryPolicy = backoff or Backoff()
+        self._batch = batch
+        self._gate = gate
         self._halt_on_rejection = halt_on_rejection
         self._on_retry = on_retry
+        self._on_done = on_done
         self._clock = clock or SystemClock()
+        self._retry_log = Repeats(retry_log_interval, self._clock) if retry_log_interval else None
         self._lanes: dict[Lane, _LaneState[T]] = {}
         self._slots = asyncio.Semaphore(max_in_flight)
         self._lane_idled = asyncio.Event()
+        self._deadline_drains: list[frozenset[Lane] | None] = []
+        self._parked_cancels = 0
         self._state = _State.UNOPENED
         self._tasks: asyncio.TaskGroup | None = None
+        self.abandoned_calls = 0
+
+    def __repr__(self) -> str:
+        busy = sum(1 for state in self._lanes.values() if state)
+        return f"<OrderedSender {self._state.value} lanes={len(self._lanes)} busy={busy}>"
 
     # Lifecycle
 
@@ -236,56 +351,89 @@ class OrderedSender(Generic[T]):
         self._state = _State.OPEN
         return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close(timeout=None if exc_info[0] is None else 0)
+    async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        # The lane workers live in a task group, but the caller's own exception must come out of
+        # `async with` as it went in: never wrapped in an ExceptionGroup.
         assert self._tasks is not None  # noqa: S101 - set by __aenter__
-        await self._tasks.__aexit__(*exc_info)  # type: ignore[arg-type]
+        try:
+            await self.close(timeout=None if exc_type is None else 0)
+        finally:
+            self.cancel(list(self._lanes))
+            await self._tasks.__aexit__(None, None, None)
 
     async def close(self, timeout: float | None = None) -> None:
-        """Take no more items, let lanes finish for up to ``timeout`` seconds, cancel the rest.
+        """Take no more items and finish, within ``timeout`` seconds if given.
 
+        Without a timeout every lane is delivered to the end, retries included. With one, this is
+        a drain with a deadline (see :meth:`drain`): attempts on the wire may finish, lanes that
+        would sleep before a retry are cancelled at once, and whatever is left at the deadline is
+        cancelled. Blocking calls still running in their threads are waited for until the
+        deadline too; those that outlive it are abandoned (counted in :attr:`abandoned_calls`).
         Idempotent: later calls return at once.
         """
         if self._state in (_State.CLOSING, _State.CLOSED):
             return
         self._state = _State.CLOSING
-        if not await self.drain(timeout=timeout):
-            dropped = self.cancel(list(self._lanes))
-            log.warning("sender.close_timeout", cancelled=dropped, timeout=timeout)
-        else:
-            self.cancel(list(self._lanes))  # only halted lanes are left
+        deadline = None if timeout is None else self._clock.monotonic() + timeout
+        await self.drain(timeout=timeout)
+        cancelled = self.cancel(list(self._lanes))
+        if cancelled and timeout:
+            log.warning(
+                "sender: close(timeout=%s) cancelled %d unfinished item(s)", timeout, cancelled
+            )
+        self.abandoned_calls = await self._wait_for_threads(deadline)
+        if self.abandoned_calls:
+            log.warning(
+                "sender: %d blocking call(s) still running at the deadline were abandoned",
+                self.abandoned_calls,
+            )
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
         self._state = _State.CLOSED
 
+    async def _wait_for_threads(self, deadline: float | None) -> int:
+        running = [s.thread_call for s in self._lanes.values() if s.busy_in_thread]
+        if not running:
+            return 0
+        timeout = None if deadline is None else max(deadline - self._clock.monotonic(), 0.0)
+        waiting = [asyncio.wrap_future(call) for call in running if call is not None]
+        _, pending = await asyncio.wait(waiting, timeout=timeout)
+        return len(pending)
+
     # Handing items over
 
-    def try_submit(self, item: T, lane: Lane, *, nbytes: int = 0) -> Receipt[T]:
-        """Queue ``item`` on ``lane`` now, or raise :class:`LaneFullError` if there is no room."""
+    def try_submit(self, item: T, lane: Lane, *, nbytes: int = 0, tag: object = None) -> Receipt[T]:
+        """Queue ``item`` on ``lane`` now, or raise :class:`LaneFullError` if there is no room.
+
+        ``tag`` is kept on the receipt for the caller (the stage keeps the partition's state).
+        """
         if self._state is not _State.OPEN:
             raise SenderClosedError("the sender is " + self._state.value)
         state = self._lanes.get(lane)
         if state is None:
             state = self._lanes[lane] = _LaneState()
-        elif state.halted:
+        elif state.halted_by is not None:
             raise LaneHaltedError(lane, state.halted_by)
         elif len(state) >= self._lane_capacity or (
             self._lane_bytes is not None and state.nbytes + nbytes > self._lane_bytes and state
         ):
             raise LaneFullError(lane)
-        receipt = Receipt(item, lane, nbytes, asyncio.get_running_loop().create_future())
+        receipt = Receipt(item, lane, nbytes, tag)
         state.queue.append(receipt)
         state.nbytes += nbytes
-        if state.worker is None:
-            assert self._tasks is not None  # noqa: S101 - OPEN implies entered
-            state.worker = self._tasks.create_task(self._run_lane(lane, state))
+        if state.arrived is not None:
+            state.arrived.set()
+        if state.worker is None and not state.busy_in_thread:
+            self._start_worker(lane, state)
         return receipt
 
-    async def submit(self, item: T, lane: Lane, *, nbytes: int = 0) -> Receipt[T]:
+    async def submit(
+        self, item: T, lane: Lane, *, nbytes: int = 0, tag: object = None
+    ) -> Receipt[T]:
         """Queue ``item`` on ``lane``, waiting (not blocking the loop) while the lane is full."""
         while True:
             try:
-                return self.try_submit(item, lane, nbytes=nbytes)
+                return self.try_submit(item, lane, nbytes=nbytes, tag=tag)
             except LaneFullError:
                 state = self._lanes[lane]
                 if state.space is None:
@@ -295,15 +443,20 @@ class OrderedSender(Generic[T]):
     # Watching and steering lanes
 
     def lanes(self) -> list[Lane]:
-        """The lanes that hold items or are halted."""
+        """The lanes that hold items, run a call, or are halted."""
         return list(self._lanes)
 
     def occupancy(self, lane: Lane) -> tuple[int, int, int]:
-        """``(queued, in_flight, nbytes)`` of a lane; zeros for an unknown one."""
+        """``(queued, in_flight, nbytes)`` of a lane; zeros for an unknown one.
+
+        ``in_flight`` counts the items of an attempt on the wire, not a lane sleeping before a
+        retry, plus a blocking call that still runs after its item was cancelled.
+        """
         state = self._lanes.get(lane)
         if state is None:
             return 0, 0, 0
-        return len(state.queue), int(state.current is not None), state.nbytes
+        on_wire = len(state.current) if state.phase is _Phase.SENDING else 0
+        return len(state.queue), on_wire + state.busy_in_thread, state.nbytes
 
     def halted(self, lane: Lane) -> BaseException | None:
         """The error that halted ``lane``, or ``None`` if it is not halted."""
@@ -313,8 +466,21 @@ class OrderedSender(Generic[T]):
     async def drain(
         self, lanes: Iterable[Lane] | None = None, timeout: float | None = None
     ) -> bool:
-        """Wait until the given lanes (default: all) hold nothing; ``False`` on timeout."""
-        wanted = None if lanes is None else set(lanes)
+        """Wait until the given lanes (default: all) hold nothing.
+
+        Without a timeout this waits for every item, however many retries it takes. With one it
+        is a drain with a deadline, as a shutdown or a rebalance needs: attempts on the wire may
+        finish and lanes go on through their queues, but a lane that would sleep before a retry,
+        or wait at a blocked gate, cannot finish in time, so it is cancelled at once (its items
+        are cancelled, never lost: they were not accepted). Returns ``True`` when the lanes
+        emptied with nothing cancelled, ``False`` otherwise.
+        """
+        wanted = None if lanes is None else frozenset(lanes)
+        cancelled = 0
+        parked_before = self._parked_cancels
+        if timeout is not None:
+            self._deadline_drains.append(wanted)
+            cancelled = self._cancel_parked(wanted)
 
         def idle() -> bool:
             keys = self._lanes.keys() if wanted is None else wanted & self._lanes.keys()
@@ -325,10 +491,13 @@ class OrderedSender(Generic[T]):
                 while True:
                     self._lane_idled.clear()
                     if idle():
-                        return True
+                        return not cancelled and self._parked_cancels == parked_before
                     await self._lane_idled.wait()
         except TimeoutError:
             return False
+        finally:
+            if timeout is not None:
+                self._deadline_drains.remove(wanted)
 
     def discard_queued(self, lanes: Iterable[Lane]) -> int:
         """Cancel the unstarted items of ``lanes``; in-flight ones go on. Returns the count."""
@@ -340,94 +509,262 @@ class OrderedSender(Generic[T]):
             while state.queue:
                 receipt = state.queue.pop()
                 state.nbytes -= receipt.nbytes
-                receipt._settle(None)
-                count += 1
-            self._signal(state)
+                count += self._finish(receipt, _Outcome.CANCELLED)
+            self._signal_space(state)
         return count
 
     def cancel(self, lanes: Iterable[Lane]) -> int:
-        """Drop ``lanes`` entirely: cancel queued and in-flight items, clear any halt."""
+        """Drop ``lanes`` entirely: cancel queued and in-flight items, clear any halt.
+
+        A blocking call already running in a thread cannot be stopped: its lane stays busy until
+        the call returns, and items submitted meanwhile wait for it.
+        """
         count = 0
         for lane in lanes:
             count += self.discard_queued([lane])
-            state = self._lanes.pop(lane, None)
+            state = self._lanes.get(lane)
             if state is None:
                 continue
-            if state.current is not None:
-                count += 1
+            count += sum(self._finish(r, _Outcome.CANCELLED) for r in state.current)
+            state.halted_by = None
             if state.worker is not None:
-                state.worker.cancel()
-        self._notify_idle()
+                state.worker.cancel()  # it forgets the lane, or restarts it for newer items
+            elif not state.busy_in_thread:
+                del self._lanes[lane]
+        self._lane_idled.set()
         return count
 
     # The lane worker
 
-    async def _run_lane(self, lane: Lane, state: _LaneState[T]) -> None:
-        """Send a lane's items one by one; exit when it is empty, so idle lanes cost nothing."""
-        try:
-            while state.queue and not state.halted:
-                receipt = state.current = state.queue.popleft()
-                try:
-                    await self._deliver(lane, state, receipt)
-                finally:
-                    state.current = None
-                    state.nbytes -= receipt.nbytes
-                    if not receipt.done():
-                        receipt._settle(None)
-                self._signal(state)
-        finally:
-            state.worker = None
-            if self._lanes.get(lane) is state and not state and not state.halted:
-                del self._lanes[lane]
-            self._notify_idle()
+    def _start_worker(self, lane: Lane, state: _LaneState[T]) -> None:
+        assert self._tasks is not None  # noqa: S101 - OPEN implies entered
+        worker = state.worker = self._tasks.create_task(self._run_lane(lane, state))
+        worker.add_done_callback(partial(self._worker_done, lane, state))
 
-    async def _deliver(self, lane: Lane, state: _LaneState[T], receipt: Receipt[T]) -> None:
+    async def _run_lane(self, lane: Lane, state: _LaneState[T]) -> None:
+        """Send a lane's items in order; exit when it is empty, so idle lanes cost nothing."""
+        while state.queue and state.halted_by is None:
+            batch = await self._take_batch(state)
+            state.current = batch
+            try:
+                finished = await self._deliver(lane, state, batch)
+            finally:
+                state.current = []
+                for receipt in batch:
+                    state.nbytes -= receipt.nbytes
+                    self._finish(receipt, _Outcome.CANCELLED)
+            if not finished:
+                # An item of this lane ended unaccepted: sending the next would reorder them.
+                self._drop(state)
+                self._parked_cancels += 1
+            self._signal_space(state)
+        state.worker = None
+
+    def _worker_done(self, lane: Lane, state: _LaneState[T], worker: asyncio.Task[None]) -> None:
+        """Clean up after a worker, also one cancelled before it ever ran."""
+        if state.worker is worker:
+            state.worker = None
+        if state.busy_in_thread:
+            assert state.thread_call is not None  # noqa: S101 - busy implies a call
+            loop = asyncio.get_running_loop()
+            state.thread_call.add_done_callback(
+                lambda _: loop.call_soon_threadsafe(self._thread_returned, lane, state)
+            )
+        else:
+            self._resume_or_forget(lane, state)
+        self._signal_space(state)
+        self._lane_idled.set()
+
+    def _thread_returned(self, lane: Lane, state: _LaneState[T]) -> None:
+        """A blocking call whose item was cancelled has returned: its lane may go on."""
+        if not state.busy_in_thread:
+            self._resume_or_forget(lane, state)
+        self._lane_idled.set()
+
+    def _resume_or_forget(self, lane: Lane, state: _LaneState[T]) -> None:
+        if self._lanes.get(lane) is not state or state.worker is not None:
+            return
+        if state.queue and state.halted_by is None and self._state is _State.OPEN:
+            self._start_worker(lane, state)
+        elif not state and state.halted_by is None:
+            del self._lanes[lane]
+
+    def _drop(self, state: _LaneState[T]) -> None:
+        """Cancel everything a lane holds (the worker releases the bytes of its current batch)."""
+        for receipt in state.current:
+            self._finish(receipt, _Outcome.CANCELLED)
+        while state.queue:
+            receipt = state.queue.popleft()
+            state.nbytes -= receipt.nbytes
+            self._finish(receipt, _Outcome.CANCELLED)
+
+    async def _take_batch(self, state: _LaneState[T]) -> list[Receipt[T]]:
+        limits = self._batch
+        if limits is None:
+            return [state.queue.popleft()]
+        queue = state.queue
+        if len(queue) < limits.max_items and limits.linger > 0 and not self._deadline_drains:
+            state.arrived = asyncio.Event()
+            try:
+                async with asyncio.timeout(limits.linger):
+                    while len(queue) < limits.max_items:
+                        state.arrived.clear()
+                        await state.arrived.wait()
+            except TimeoutError:
+                pass
+            finally:
+                state.arrived = None
+        batch = [queue.popleft()]
+        nbytes = batch[0].nbytes
+        while queue and len(batch) < limits.max_items:
+            nbytes += queue[0].nbytes
+            if nbytes > limits.max_bytes:
+                break
+            batch.append(queue.popleft())
+        return batch
+
+    async def _deliver(self, lane: Lane, state: _LaneState[T], batch: list[Receipt[T]]) -> bool:
+        """Try ``batch`` until it is accepted or fails for good; split a failed batch.
+
+        Returns ``False`` when a deadline drain stopped it before a retry (nothing settled).
+        """
         started = self._clock.monotonic()
+        payload: object = [r.item for r in batch] if self._batch is not None else batch[0].item
         attempt = 0
         while True:
             attempt += 1
-            async with self._slots:
-                try:
-                    await self._call(receipt.item)
-                except Exception as error:
-                    failure: Exception = error
-                else:
-                    delivery = Delivery(attempt, started, self._clock.monotonic())
-                    receipt._settle(delivery)
-                    return
-            if not getattr(failure, "retryable", True) or self._backoff.exhausted(attempt):
-                self._fail(lane, state, receipt, failure, attempt)
-                return
-            delay = self._backoff.delay(attempt, getattr(failure, "retry_after", None))
-            if self._on_retry is not None:
-                self._on_retry(receipt.item, lane, failure, attempt, delay)
-            await self._clock.sleep(delay)
+            failure = await self._attempt(state, payload)
+            if failure is None:
+                finished = self._clock.monotonic()
+                if self._retry_log is not None:
+                    self._retry_log.clear(lane)
+                for receipt in batch:
+                    receipt._attempts, receipt._started, receipt._finished = (
+                        attempt,
+                        started,
+                        finished,
+                    )
+                    self._finish(receipt, _Outcome.ACCEPTED)
+                return True
+            delay = self._retry.retry_delay(failure, attempt)
+            if delay is None:
+                if len(batch) > 1:
+                    return await self._split(lane, state, batch)
+                self._fail(lane, state, batch[0], failure, attempt)
+                return True
+            self._note_retry(batch[0], lane, failure, attempt, delay)
+            if self._parked(lane):
+                return False  # a deadline drain cannot wait for a retry
+            state.phase = _Phase.BACKOFF
+            try:
+                await self._clock.sleep(delay)
+            finally:
+                state.phase = _Phase.WAITING
 
-    async def _call(self, item: T) -> object:
+    async def _attempt(self, state: _LaneState[T], payload: object) -> Exception | None:
+        """One attempt: a slot, the gate, the call. Returns its failure, ``None`` on success."""
+        async with self._slots:
+            try:
+                if self._gate is None:
+                    state.phase = _Phase.SENDING
+                    await self._call(state, payload)
+                else:
+                    async with self._gate.attempt():
+                        state.phase = _Phase.SENDING
+                        await self._call(state, payload)
+            except Exception as error:  # every failure is the send function's answer
+                return error
+            finally:
+                state.phase = _Phase.WAITING
+        return None
+
+    async def _split(self, lane: Lane, state: _LaneState[T], batch: list[Receipt[T]]) -> bool:
+        """Deliver each half of a batch that failed for good, until the culprit is alone."""
+        middle = len(batch) // 2
+        for half in (batch[:middle], batch[middle:]):
+            if state.halted_by is not None:
+                for receipt in half:
+                    self._finish(receipt, _Outcome.FAILED, LaneHaltedError(lane, state.halted_by))
+            elif not await self._deliver(lane, state, half):
+                return False
+        return True
+
+    async def _call(self, state: _LaneState[T], payload: object) -> object:
         if self._is_async:
-            return await self._send(item)  # type: ignore[misc]
-        loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(self._executor, partial(self._send, item))
+            return await self._send(payload)  # type: ignore[misc]
+        assert self._executor is not None  # noqa: S101 - blocking mode has a pool
+        call = state.thread_call = self._executor.submit(self._send, payload)
+        result = await asyncio.wrap_future(call)
         if inspect.isawaitable(result):  # a plain function that returned a coroutine
             return await result
         return result
 
+    def _parked(self, lane: Lane) -> bool:
+        return any(d is None or lane in d for d in self._deadline_drains)
+
+    def _cancel_parked(self, lanes: frozenset[Lane] | None) -> int:
+        """At the start of a deadline drain: cancel lanes that sleep or wait at a blocked gate."""
+        gate_blocked = self._gate is not None and self._gate.blocked
+        parked = [
+            lane
+            for lane, state in self._lanes.items()
+            if (lanes is None or lane in lanes)
+            and state.current
+            and (state.phase is _Phase.BACKOFF or (gate_blocked and state.phase is _Phase.WAITING))
+        ]
+        return self.cancel(parked) if parked else 0
+
+    def _note_retry(
+        self, receipt: Receipt[T], lane: Lane, error: BaseException, attempt: int, delay: float
+    ) -> None:
+        if self._on_retry is not None:
+            self._on_retry(receipt.item, lane, error, attempt, delay)
+        if self._retry_log is None or (held := self._retry_log.note(lane)) is None:
+            return
+        if held:
+            log.warning(
+                "sender: lane %r still failing: %d more retries since the last line; attempt %d"
+                " failed, retrying in %.2fs: %r",
+                lane,
+                held,
+                attempt,
+                delay,
+                error,
+            )
+        else:
+            log.warning(
+                "sender: lane %r attempt %d failed, retrying in %.2fs: %r",
+                lane,
+                attempt,
+                delay,
+                error,
+            )
+
     def _fail(
         self, lane: Lane, state: _LaneState[T], receipt: Receipt[T], error: Exception, attempt: int
     ) -> None:
-        log.error("sender.item_failed", lane=repr(lane), attempts=attempt, error=repr(error))
-        receipt._settle(None, error)
+        receipt._attempts = attempt
+        self._finish(receipt, _Outcome.FAILED, error)
         if self._halt_on_rejection:
             state.halted_by = error
             while state.queue:
                 queued = state.queue.popleft()
                 state.nbytes -= queued.nbytes
-                queued._settle(None, LaneHaltedError(lane, error))
+                self._finish(queued, _Outcome.FAILED, LaneHaltedError(lane, error))
 
-    def _signal(self, state: _LaneState[T]) -> None:
+    def _finish(
+        self, receipt: Receipt[T], outcome: _Outcome, error: BaseException | None = None
+    ) -> int:
+        if not receipt._settle(outcome, error):
+            return 0
+        if self._on_done is not None:
+            try:
+                self._on_done(receipt)
+            except Exception:
+                log.exception("sender: on_done failed (lane %r)", receipt.lane)
+        return 1
+
+    def _signal_space(self, state: _LaneState[T]) -> None:
         if state.space is not None:
             state.space.set()
             state.space = None
-
-    def _notify_idle(self) -> None:
-        self._lane_idled.set()

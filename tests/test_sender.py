@@ -133,7 +133,8 @@ async def run_plans(
     )
     async with sender:
         receipts = [sender.try_submit(i, plan.lane) for i, plan in enumerate(plans)]
-        assert await sender.drain(timeout=10)
+        async with asyncio.timeout(10):
+            assert await sender.drain()
     return api, clock, receipts
 
 
@@ -346,7 +347,8 @@ async def test_retries_wait_backoff_delays_that_double_up_to_the_maximum() -> No
         delivery = await sender.try_submit("x", "a")
 
     assert pytest.approx([0.1, 0.2, 0.4, 0.8, 1.0, 1.0]) == clock.sleeps
-    assert Delivery(attempts=7, started=0.0, finished=pytest.approx(3.5)) == delivery
+    expected = Delivery(item="x", lane="a", attempts=7, started=0.0, finished=pytest.approx(3.5))
+    assert expected == delivery
 
 
 @pytest.mark.parametrize(
@@ -390,13 +392,45 @@ async def test_an_error_that_is_not_retryable_fails_the_receipt_at_once(error: E
 
 
 async def test_any_other_exception_is_retried() -> None:
-    """An exception without a ``retryable`` attribute is retried: nothing is dropped."""
-    flaky = Flaky({"x": [ConnectionResetError("reset"), ValueError("odd")]})
+    """An exception without a ``retryable`` attribute is retried (network trouble, a server
+    that hiccups): nothing is dropped."""
+    flaky = Flaky({"x": [ConnectionResetError("reset"), RuntimeError("odd"), TimeoutError()]})
 
     async with OrderedSender(flaky.send, clock=FakeClock()) as sender:
         delivery = await sender.try_submit("x", "a")
 
-    assert 3 == delivery.attempts
+    assert 4 == delivery.attempts
+
+
+@pytest.mark.parametrize(
+    "error",
+    [TypeError("bad call"), ValueError("bad data"), AttributeError("typo"), KeyError("k")],
+)
+async def test_programming_and_data_errors_are_final_by_default(error: Exception) -> None:
+    """The same item through the same code fails the same way: such an error ends the item at
+    once instead of blocking its lane for ever."""
+    flaky = Flaky({"x": [error]})
+    clock = FakeClock()
+
+    async with OrderedSender(flaky.send, clock=clock) as sender:
+        receipt = sender.try_submit("x", "a")
+        with pytest.raises(type(error)):
+            await receipt
+
+    assert ["x"] == flaky.calls
+    assert [] == clock.sleeps
+
+
+async def test_a_retryable_attribute_overrides_the_default_for_any_type() -> None:
+    """A ``ValueError`` that says ``retryable = True`` is retried like any transient error."""
+    error = ValueError("upstream sent garbage, try again")
+    error.retryable = True  # type: ignore[attr-defined]
+    flaky = Flaky({"x": [error]})
+
+    async with OrderedSender(flaky.send, clock=FakeClock()) as sender:
+        delivery = await sender.try_submit("x", "a")
+
+    assert 2 == delivery.attempts
 
 
 async def test_max_attempts_gives_up_with_the_last_error() -> None:
@@ -407,7 +441,8 @@ async def test_max_attempts_gives_up_with_the_last_error() -> None:
 
     async with OrderedSender(flaky.send, backoff=Backoff(max_attempts=3), clock=clock) as sender:
         receipt = sender.try_submit("x", "a")
-        assert await sender.drain(timeout=5)
+        async with asyncio.timeout(5):
+            assert await sender.drain()
 
     assert errors[2] is receipt.exception()
     assert ["x", "x", "x"] == flaky.calls
