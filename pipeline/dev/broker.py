@@ -47,11 +47,18 @@ class EmbeddedBroker:
     """Run ``tansu`` on a free loopback port for as long as the context lasts.
 
     Use as ``async with EmbeddedBroker() as broker: broker.bootstrap_servers``.
+
+    ``advertised_port`` (default: ``port``) is the port the broker names in its metadata, which
+    is where clients go after bootstrapping: give a proxy's port to put every connection but the
+    first behind that proxy.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int | None = None) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int | None = None, advertised_port: int | None = None
+    ) -> None:
         self.host = host
         self.port = port or free_port(host)
+        self.advertised_port = advertised_port or self.port
         self._process: subprocess.Popen[bytes] | None = None
         self._log: Path | None = None
 
@@ -70,12 +77,14 @@ class EmbeddedBroker:
 
     def start(self) -> None:
         """Start the broker process (returns before it listens; see :meth:`wait_ready`)."""
-        url = f"tcp://{self.host}:{self.port}"
+        listen = f"tcp://{self.host}:{self.port}"
+        advertised = f"tcp://{self.host}:{self.advertised_port}"
+        args = ["broker", "--listener-url", listen, "--advertised-listener-url", advertised]
         with tempfile.NamedTemporaryFile(prefix="tansu-", suffix=".log", delete=False) as out:
             self._log = Path(out.name)
         with self._log.open("wb") as sink:
             self._process = subprocess.Popen(  # noqa: S603 - a fixed binary, our own arguments
-                [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
+                [tansu_binary(), *args],
                 stdout=sink,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
