@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     kafka_group_id: str = "space-pipeline"
     kafka_client_id: str = "space-pipeline"
     kafka_auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    kafka_isolation_level: Literal["read_committed", "read_uncommitted"] = "read_committed"
     kafka_session_timeout_ms: PositiveInt = 10_000
     kafka_rebalance_timeout_ms: PositiveInt = 30_000
     kafka_max_poll_records: PositiveInt = 500

@@ -1,38 +1,59 @@
-"""The Kafka side: an aiokafka consumer configured for commit-after-delivery.
+"""The Kafka side: where records come from, where offsets go, and how the group moves partitions.
 
-Auto-commit is off (aiokafka would commit the fetch position, i.e. records not yet delivered), new
-groups start from the earliest record unless told otherwise, and rebalance callbacks are forwarded
-to the stage, which drains and commits before partitions move.
+:class:`KafkaSource` wraps an aiokafka consumer configured for commit-after-delivery: auto-commit
+off (aiokafka would commit the fetch position, i.e. records not yet delivered), new groups start
+from the earliest record unless told otherwise, ``read_committed`` by default so records of
+aborted transactions are never forwarded. Rebalance callbacks go to a :class:`RebalanceListener`
+(the stage), which drains and commits before partitions move.
+
+A few things aiokafka offers only privately are reached here, each with its reason, so no other
+module touches aiokafka's internals: the committed offsets of many partitions in one request, the
+fetch position without waiting, and closing what a ``stop()`` cut short by a deadline left open.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ssl
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from typing import Any, Protocol
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.errors import IllegalStateError, KafkaError
 from aiokafka.helpers import create_ssl_context
 
 from pipeline.config import Settings
 
-PartitionsCallback = Callable[[frozenset[TopicPartition]], Awaitable[None]]
+log = structlog.get_logger("pipeline.consumer")
+
+# How long one poll waits for records; the fetch loop checks nothing else between polls, so this
+# only bounds how soon an idle loop notices nothing.
+POLL_TIMEOUT_MS = 100
 
 
-class RebalanceBridge(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Hand aiokafka's rebalance callbacks to the stage; aiokafka awaits them."""
+class RebalanceListener(Protocol):
+    """Told by the group when partitions move; aiokafka awaits both while the group waits."""
 
-    def __init__(self, *, revoked: PartitionsCallback, assigned: PartitionsCallback) -> None:
-        self._revoked = revoked
-        self._assigned = assigned
+    async def on_revoked(self, revoked: frozenset[TopicPartition]) -> None:
+        """Partitions are about to move away: drain and commit them."""
+        ...
+
+    async def on_assigned(self, assigned: frozenset[TopicPartition]) -> None:
+        """Partitions arrived: start tracking them."""
+        ...
+
+
+class _Bridge(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, listener: RebalanceListener) -> None:
+        self._listener = listener
 
     async def on_partitions_revoked(self, revoked: Any) -> None:  # noqa: ANN401 - aiokafka's type
-        """Drain and commit the revoked partitions before the group hands them on."""
-        await self._revoked(frozenset(revoked))
+        await self._listener.on_revoked(frozenset(revoked))
 
     async def on_partitions_assigned(self, assigned: Any) -> None:  # noqa: ANN401
-        """Start tracking the newly assigned partitions."""
-        await self._assigned(frozenset(assigned))
+        await self._listener.on_assigned(frozenset(assigned))
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:
@@ -58,6 +79,7 @@ def build_consumer(settings: Settings) -> AIOKafkaConsumer:
         client_id=settings.kafka_client_id,
         enable_auto_commit=False,
         auto_offset_reset=settings.kafka_auto_offset_reset,
+        isolation_level=settings.kafka_isolation_level,
         session_timeout_ms=settings.kafka_session_timeout_ms,
         rebalance_timeout_ms=settings.kafka_rebalance_timeout_ms,
         max_poll_records=settings.kafka_max_poll_records,
@@ -67,3 +89,179 @@ def build_consumer(settings: Settings) -> AIOKafkaConsumer:
         sasl_plain_password=password.get_secret_value() if password else None,
         ssl_context=ssl_context(settings),
     )
+
+
+class KafkaSource:
+    """A started consumer subscribed to the configured topics, as an async context manager.
+
+    Args:
+        settings: The validated configuration.
+        listener: Told of every rebalance.
+        consumer_factory: Builds the unstarted aiokafka consumer; tests may wrap it.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        listener: RebalanceListener,
+        *,
+        consumer_factory: Callable[[Settings], AIOKafkaConsumer] = build_consumer,
+    ) -> None:
+        self._settings = settings
+        self._listener = listener
+        self._consumer = consumer_factory(settings)
+        self._read_committed = settings.kafka_isolation_level == "read_committed"
+        self._closed = False
+        self.polling = False  # inside a poll, e.g. waiting out a rebalance
+
+    async def __aenter__(self) -> KafkaSource:
+        self._consumer.subscribe(
+            list(self._settings.kafka_topics), listener=_Bridge(self._listener)
+        )
+        try:
+            await self._consumer.start()
+        except BaseException:
+            await self.close(timeout=1.0)
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close(timeout=self._settings.shutdown_timeout_s / 4)
+
+    # Records
+
+    async def poll(
+        self, max_records: int
+    ) -> Mapping[TopicPartition, list[ConsumerRecord[Any, Any]]]:
+        """Records fetched since the last poll, waiting at most a moment for some.
+
+        While the group rebalances this waits for the new assignment, for as long as that takes:
+        whoever needs to stop meanwhile cancels the poll, which loses nothing (records are only
+        taken from aiokafka's buffer once the wait is over, and handed over in the same step).
+        """
+        self.polling = True
+        try:
+            batch: Mapping[TopicPartition, list[ConsumerRecord[Any, Any]]]
+            batch = await self._consumer.getmany(
+                timeout_ms=POLL_TIMEOUT_MS, max_records=max_records
+            )
+        finally:
+            self.polling = False
+        return batch
+
+    def assigned(self, tp: TopicPartition) -> bool:
+        """Whether ``tp`` belongs to the current assignment."""
+        return tp in self._consumer.assignment()
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        """Fetch ``tp`` again from ``offset`` (ignored once the partition has moved away)."""
+        with contextlib.suppress(IllegalStateError, AssertionError):
+            self._consumer.seek(tp, offset)
+
+    def pause(self, tp: TopicPartition) -> None:
+        """Stop fetching ``tp``; fetched records of it are dropped by aiokafka and fetched again."""
+        with contextlib.suppress(IllegalStateError, AssertionError):
+            self._consumer.pause(tp)
+
+    def resume(self, tp: TopicPartition) -> None:
+        """Fetch ``tp`` again."""
+        with contextlib.suppress(IllegalStateError, AssertionError):
+            self._consumer.resume(tp)
+
+    def position(self, tp: TopicPartition) -> int | None:
+        """The next offset the consumer hands out for ``tp``, without waiting; ``None`` if unknown.
+
+        aiokafka's ``position()`` waits for a position to be known; the commit path needs the
+        current value, read here from the partition's state.
+        """
+        state = self._state(tp)
+        if state is None or not state.has_valid_position:
+            return None
+        position: int = state.position
+        return position
+
+    def end_offset(self, tp: TopicPartition) -> int | None:
+        """The offset after the last record the consumer may read; ``None`` before a fetch.
+
+        That is the last stable offset under ``read_committed`` (records of open transactions
+        are not readable yet), the high watermark otherwise.
+        """
+        state = self._state(tp)
+        if state is None:
+            return None
+        lso = state.lso if self._read_committed else None
+        end: int | None = lso if lso is not None and lso >= 0 else state.highwater
+        return end
+
+    def _state(self, tp: TopicPartition) -> Any:  # noqa: ANN401 - aiokafka's private type
+        assignment = self._consumer._subscription.subscription
+        if assignment is None or assignment.assignment is None or not self.assigned(tp):
+            return None
+        return assignment.assignment.state_value(tp)
+
+    # Offsets
+
+    async def committed(self, tps: Collection[TopicPartition]) -> dict[TopicPartition, int | None]:
+        """The group's committed offsets of ``tps``, in one request.
+
+        ``AIOKafkaConsumer.committed`` asks for one partition per request; a new assignment of many
+        partitions would then wait one round trip per partition.
+        """
+        if not tps:
+            return {}
+        coordinator = self._consumer._coordinator
+        found = await coordinator.fetch_committed_offsets(list(tps))
+        result: dict[TopicPartition, int | None] = {}
+        for tp in tps:
+            meta = found.get(tp)
+            result[tp] = meta.offset if meta is not None and meta.offset >= 0 else None
+        return result
+
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Commit explicit offsets (never the fetch position: that may be ahead of delivery)."""
+        await self._consumer.commit(dict(offsets))
+
+    # Leaving
+
+    async def close(self, timeout: float) -> None:
+        """Leave the group and close, within ``timeout`` seconds; idempotent.
+
+        Leaving waits for any rebalance in progress and for the coordinator to answer. When that
+        takes too long the consumer is closed anyway, so no task or connection outlives it; the
+        group then notices the member is gone after its session timeout.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        consumer = self._consumer
+        try:
+            async with asyncio.timeout(timeout):
+                await consumer.stop()
+        except TimeoutError:
+            log.warning("consumer.leave_timeout", timeout_s=timeout)
+            await _force_close(consumer)
+        except KafkaError as error:
+            log.warning("consumer.leave_failed", error=repr(error))
+            await _force_close(consumer)
+
+
+async def _force_close(consumer: AIOKafkaConsumer) -> None:
+    """Close what an interrupted ``AIOKafkaConsumer.stop()`` did not reach.
+
+    ``stop()`` marks the consumer closed first, so calling it again does nothing; its coordinator
+    tasks, fetcher and connections must be stopped by hand.
+    """
+    coordinator = consumer._coordinator
+    tasks = [
+        getattr(coordinator, name, None)
+        for name in ("_coordination_task", "_heartbeat_task", "_commit_refresh_task")
+    ]
+    running: list[asyncio.Task[Any]] = [t for t in tasks if t is not None and not t.done()]
+    for task in running:
+        task.cancel()
+    waits: list[Awaitable[Any]] = [*running]
+    await asyncio.gather(*waits, return_exceptions=True)
+    with contextlib.suppress(Exception):
+        await consumer._fetcher.close()
+    with contextlib.suppress(Exception):
+        await consumer._client.close()

@@ -6,14 +6,17 @@
     ├── ConfigError            a setting is missing or wrong (the CLI exits with code 2)
     ├── SendError              one attempt to deliver an item failed
     │   ├── RetryableSendError     try again later: 408, 425, 429, 5xx, timeouts, connection errors
+    │   ├── UnexpectedSendError    a failure nobody foresaw (a bug): retried a few times only
     │   └── RejectedError          the API refused the item for good: any other 4xx
+    │       └── InvalidRecordError     the record cannot become a valid request
     ├── LaneFullError          ``try_submit`` found the lane's buffer full
     ├── LaneHaltedError        the lane stopped after a rejection; the item was not sent
     ├── SenderClosedError      the sender no longer takes items
     └── BrokerError            the embedded Kafka broker could not start
 
-Retry decisions read the ``retryable`` and ``retry_after`` attributes, never messages. Any
-exception type may carry them, so a user's own send function can steer the sender the same way.
+Retry decisions read the ``retryable``, ``retry_after`` and ``max_attempts`` attributes, never
+messages. Any exception type may carry them, so a user's own send function can steer the sender
+the same way.
 """
 
 from __future__ import annotations
@@ -72,6 +75,27 @@ class RejectedError(SendError):
     ) -> None:
         super().__init__(message, reason=reason, status=status)
         self.body = body
+
+
+class UnexpectedSendError(SendError):
+    """The send failed in a way nobody classified: most likely a bug, maybe a passing fault.
+
+    Retried, but only ``max_attempts`` times in all: a bug would otherwise block its partition
+    for ever, retrying many times a second without ever being counted as a rejection.
+    """
+
+    retryable = True
+    max_attempts: ClassVar[int] = 5
+
+
+class InvalidRecordError(RejectedError):
+    """The record cannot be turned into a valid request: sending it again could never work.
+
+    For instance a header value that is ``None``, or one holding a line break.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message, reason="invalid_record", status=status)
 
 
 class LaneFullError(PipelineError):

@@ -110,6 +110,12 @@ COMMIT_DURATION = Histogram(
     "Duration of one offset commit call.",
     buckets=LATENCY_BUCKETS,
 )
+ABANDONED_REQUESTS = Counter(
+    "space_pipeline_abandoned_requests_total",
+    "Requests still on the wire when their partition moved away or the stage stopped: the new"
+    " owner may send the same record (same Idempotency-Key) while the API still processes it.",
+    TP,
+)
 REBALANCES = Counter(
     "space_pipeline_rebalances_total",
     "Rebalance callbacks by event: assigned or revoked.",

@@ -85,9 +85,15 @@ class Backoff:
     def retry_delay(self, error: BaseException, attempt: int) -> float | None:
         """Seconds to wait before attempt ``attempt + 1``, or ``None`` when ``error`` is final.
 
-        This is the :class:`~pipeline.sender.RetryPolicy` the sender asks after every failure.
+        This is the :class:`~pipeline.sender.RetryPolicy` the sender asks after every failure. An
+        error may bound its own attempts with a ``max_attempts`` attribute.
         """
-        if not is_retryable(error) or self.exhausted(attempt):
+        own_limit = getattr(error, "max_attempts", None)
+        if (
+            not is_retryable(error)
+            or self.exhausted(attempt)
+            or (own_limit is not None and attempt >= own_limit)
+        ):
             return None
         return self.delay(attempt, getattr(error, "retry_after", None))
 

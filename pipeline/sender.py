@@ -458,6 +458,13 @@ class OrderedSender(Generic[T]):
         on_wire = len(state.current) if state.phase is _Phase.SENDING else 0
         return len(state.queue), on_wire + state.busy_in_thread, state.nbytes
 
+    def sending(self, lane: Lane) -> list[T]:
+        """The items of ``lane`` whose attempt is on the wire right now (empty when none is)."""
+        state = self._lanes.get(lane)
+        if state is None or state.phase is not _Phase.SENDING:
+            return []
+        return [receipt.item for receipt in state.current]
+
     def halted(self, lane: Lane) -> BaseException | None:
         """The error that halted ``lane``, or ``None`` if it is not halted."""
         state = self._lanes.get(lane)

@@ -11,33 +11,27 @@ default does the I/O through aiohttp's transport, which measured about three tim
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
 from pipeline import metrics
-from pipeline.errors import RejectedError, RetryableSendError, SendError
+from pipeline.errors import (
+    InvalidRecordError,
+    RejectedError,
+    RetryableSendError,
+    SendError,
+    UnexpectedSendError,
+)
+from pipeline.records import KafkaRecord, idempotency_key
 from pipeline.retry import parse_retry_after
 
 # RFC 9110 says these may succeed later; every other 4xx is the record's fault.
 RETRYABLE_4XX = frozenset({408, 425, 429})
 BODY_EXCERPT_CHARS = 300
-
-
-class KafkaRecord(Protocol):
-    """What the stage reads from a record; aiokafka's ``ConsumerRecord`` fits."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    key: bytes | None
-    value: bytes | None
-    headers: Sequence[tuple[str, bytes]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,11 +57,6 @@ class SpaceApiConfig:
     max_connections: int = 64
 
 
-def idempotency_key(record: KafkaRecord) -> str:
-    """The key that names a record across redeliveries."""
-    return f"{record.topic}/{record.partition}/{record.offset}"
-
-
 def classify(response: httpx.Response) -> SendError | None:
     """Turn an answer into ``None`` (accepted) or the error that says what to do next."""
     status = response.status_code
@@ -86,6 +75,35 @@ def classify(response: httpx.Response) -> SendError | None:
         reason=f"{status // 100}xx",
         status=status,
         body=response.text[:BODY_EXCERPT_CHARS],
+    )
+
+
+def header_value(name: str, value: str | bytes | None) -> str:
+    """A value fit for an HTTP header, or ``ValueError`` naming what is wrong with it."""
+    if value is None:
+        raise ValueError(f"header {name!r} has no value")
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    if "\r" in text or "\n" in text or "\0" in text:
+        raise ValueError(f"header {name!r} holds a line break or NUL")
+    return text
+
+
+def _transport_failure(error: Exception) -> SendError:
+    """What a failed exchange means: retry later, or give up on a request that cannot be sent."""
+    cause = error.__cause__ or error
+    if isinstance(cause, aiohttp.ClientConnectorError | ConnectionError) or isinstance(
+        error, httpx.ConnectError
+    ):
+        # httpx-aiohttp maps a refused connection to ConnectTimeout: it is not a timeout.
+        return RetryableSendError(f"Space API unreachable: {cause!r}", reason="connection")
+    if isinstance(error, httpx.TimeoutException | TimeoutError):
+        return RetryableSendError(f"Space API timed out: {error!r}", reason="timeout")
+    if isinstance(error, httpx.TransportError | aiohttp.ClientError | OSError):
+        return RetryableSendError(f"Space API unreachable: {error!r}", reason="connection")
+    if isinstance(cause, ValueError | TypeError):  # the client refused to send what it was given
+        return InvalidRecordError(f"the record cannot become a request: {cause}")
+    return UnexpectedSendError(
+        f"unexpected failure sending to the Space API: {error!r}", reason="unexpected"
     )
 
 
@@ -136,45 +154,48 @@ class SpaceApi:
 
     async def send(self, record: KafkaRecord) -> None:
         """POST one record; return on acceptance, raise a :class:`SendError` otherwise."""
-        content_type = self._config.content_type
-        for name, value in record.headers:
-            if name.lower() == "content-type":
-                content_type = value.decode("latin-1")
-                break
-        headers = {
-            **self._headers,
-            "Content-Type": content_type,
-            "Idempotency-Key": idempotency_key(record),
-            "X-Kafka-Topic": record.topic,
-            "X-Kafka-Partition": str(record.partition),
-            "X-Kafka-Offset": str(record.offset),
-        }
+        request = self._request(record)
         started = time.perf_counter()
         try:
-            request = httpx.Request(
+            response = await self._transport.handle_async_request(request)
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
+        except Exception as error:
+            failure = _transport_failure(error)
+            self._observe(failure.reason, started)
+            raise failure from error
+        self._observe(status_class(response.status_code), started)
+        answer = classify(response)
+        if answer is not None:
+            raise answer  # whoever handles it logs it, with status and body, once
+
+    def _request(self, record: KafkaRecord) -> httpx.Request:
+        """The request for ``record``, or :class:`InvalidRecordError` if there can be none."""
+        try:
+            content_type = self._config.content_type
+            for name, value in record.headers:
+                if name.lower() == "content-type":
+                    content_type = header_value(name, value)
+                    break
+            headers = {
+                **self._headers,
+                "Content-Type": content_type,
+                "Idempotency-Key": idempotency_key(record),
+                "X-Kafka-Topic": header_value("topic", record.topic),
+                "X-Kafka-Partition": str(record.partition),
+                "X-Kafka-Offset": str(record.offset),
+            }
+            return httpx.Request(
                 "POST",
                 self._url,
                 content=record.value or b"",
                 headers=headers,
                 extensions=self._extensions,
             )
-            response = await self._transport.handle_async_request(request)
-            try:
-                await response.aread()
-            finally:
-                await response.aclose()
-        except (httpx.TimeoutException, TimeoutError) as error:
-            self._observe("timeout", started)
-            raise RetryableSendError(f"Space API timed out: {error!r}", reason="timeout") from error
-        except (httpx.TransportError, aiohttp.ClientError, OSError) as error:
-            self._observe("connection", started)
-            raise RetryableSendError(
-                f"Space API unreachable: {error!r}", reason="connection"
-            ) from error
-        self._observe(status_class(response.status_code), started)
-        failure = classify(response)
-        if failure is not None:
-            raise failure  # whoever handles it logs it, with status and body, once
+        except (ValueError, TypeError, UnicodeError) as error:
+            raise InvalidRecordError(f"the record cannot become a request: {error}") from error
 
     @staticmethod
     def _observe(outcome: str, started: float) -> None:

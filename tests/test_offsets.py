@@ -175,3 +175,48 @@ def test_the_watermark_is_always_just_past_the_accepted_prefix(
         assert expected == tracker.watermark
         assert all(o in accepted for o in offsets if o < tracker.watermark)
         assert len([o for o in offsets if o >= expected]) == len(tracker)
+
+
+def test_the_tracked_span_counts_its_bytes_until_the_watermark_passes_them() -> None:
+    """Bytes stay counted for every record from the oldest unaccepted one to the newest, also
+    those accepted behind a slow key: that span, not unfinished sends, is what memory holds."""
+    tracker = PartitionOffsets()
+    for offset in (10, 11, 12):
+        tracker.track(offset, timestamp=0.0, received=0.0, nbytes=100)
+
+    tracker.accept(12)
+    tracker.accept(11)
+    held_behind_10 = (len(tracker), tracker.nbytes)
+    tracker.accept(10)
+
+    assert (3, 300) == held_behind_10
+    assert (0, 0) == (len(tracker), tracker.nbytes)
+
+
+def test_forgetting_records_releases_their_bytes() -> None:
+    """A seek back forgets records and their bytes."""
+    tracker = PartitionOffsets()
+    for offset in (10, 11, 12):
+        tracker.track(offset, timestamp=0.0, received=0.0, nbytes=7)
+
+    tracker.forget_after(11)
+
+    assert 7 == tracker.nbytes
+
+
+def test_with_nothing_tracked_the_fetch_position_is_ready_to_commit() -> None:
+    """Transaction markers are skipped by the consumer: once everything handed over is accepted,
+    the fetch position past them may be committed, so such a partition shows no lag."""
+    tracker = tracking(10, committed=10)
+    tracker.accept(10)
+
+    assert 13 == tracker.ready(position=13)
+    assert 11 == tracker.ready(position=None)
+
+
+def test_the_fetch_position_is_ignored_while_records_are_tracked() -> None:
+    """While a record is unaccepted the watermark rules, wherever the consumer has fetched to."""
+    tracker = tracking(10, 11, committed=5)
+    tracker.accept(10)
+
+    assert 11 == tracker.ready(position=50)

@@ -1,0 +1,315 @@
+"""Per-partition state, and the hand-over of fetched records to the sender.
+
+Each assigned partition gets a :class:`Partition`: its tracked span (what the stage holds for it,
+see :mod:`pipeline.offsets`), whether it is paused or halted, and its assignment *epoch*. An
+answer for a partition that was revoked meanwhile finds ``revoked`` set and changes nothing: a
+re-assigned partition is a new object, so a late acceptance can never move its watermark.
+
+:class:`Partitions` is the table of them. It registers partitions synchronously when they are
+assigned, hands records over without ever waiting (a partition whose span is full is sought back
+to the first record that did not fit and paused, so nothing fetched is dropped), and learns each
+record's outcome from the sender.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import structlog
+from aiokafka import TopicPartition
+
+from pipeline import metrics
+from pipeline.errors import LaneFullError, LaneHaltedError
+from pipeline.offsets import PartitionOffsets
+from pipeline.records import KafkaRecord
+from pipeline.sender import Lane, OrderedSender, Receipt
+
+log = structlog.get_logger("pipeline.partition")
+
+
+class FlowControl(Protocol):
+    """What the table needs from the consumer to hold a partition back."""
+
+    def assigned(self, tp: TopicPartition) -> bool:
+        """Whether ``tp`` is in the current assignment."""
+        ...
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        """Fetch ``tp`` again from ``offset``."""
+        ...
+
+    def pause(self, tp: TopicPartition) -> None:
+        """Stop fetching ``tp``."""
+        ...
+
+    def resume(self, tp: TopicPartition) -> None:
+        """Fetch ``tp`` again."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class FlowLimits:
+    """How much a partition's tracked span may hold before the partition is paused.
+
+    It resumes once the span is back to half of both.
+    """
+
+    records: int
+    nbytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Halt:
+    """Why a partition stopped: the record it stopped at, and the final error."""
+
+    offset: int
+    error: BaseException
+
+
+class Partition:
+    """What the stage knows of one assigned partition, for as long as it stays assigned."""
+
+    __slots__ = (
+        "delivered",
+        "epoch",
+        "halted",
+        "labels",
+        "last_progress",
+        "paused",
+        "revoked",
+        "span",
+        "starved_since",
+        "tp",
+    )
+
+    def __init__(self, tp: TopicPartition, epoch: int, now: float) -> None:
+        self.tp = tp
+        self.epoch = epoch
+        self.span = PartitionOffsets()
+        self.paused = False
+        self.halted: Halt | None = None
+        self.revoked = False
+        self.last_progress = now
+        self.starved_since: float | None = None
+        self.labels = (tp.topic, str(tp.partition))
+        self.delivered = metrics.RECORDS_DELIVERED.labels(*self.labels)
+
+    def __repr__(self) -> str:
+        state = "revoked" if self.revoked else "halted" if self.halted else "paused" * self.paused
+        return f"<Partition {self.name} epoch={self.epoch} span={len(self.span)} {state}>"
+
+    @property
+    def name(self) -> str:
+        """``topic/partition``, as logs and probes name it."""
+        return f"{self.tp.topic}/{self.tp.partition}"
+
+    def has_room(self, nbytes: int, limits: FlowLimits) -> bool:
+        """Whether the span may take one more record of ``nbytes`` (an empty one always may)."""
+        span = self.span
+        return not span or (len(span) < limits.records and span.nbytes + nbytes <= limits.nbytes)
+
+    def may_resume(self, limits: FlowLimits) -> bool:
+        """Whether a paused partition has drained to half its limits."""
+        span = self.span
+        return (
+            self.paused
+            and self.halted is None
+            and len(span) <= limits.records // 2
+            and span.nbytes <= limits.nbytes // 2
+        )
+
+
+def record_bytes(record: KafkaRecord) -> int:
+    """What a record weighs for the byte bound: its value (keys and headers are small)."""
+    return len(record.value or b"")
+
+
+class Partitions:
+    """The assigned partitions, and the path of a record from a poll to the sender.
+
+    Args:
+        limits: The tracked-span bound of each partition.
+        ordering: ``"partition"`` (one lane per partition) or ``"key"`` (one per partition and key).
+        flow: Seek, pause and resume on the consumer.
+    """
+
+    def __init__(
+        self,
+        limits: FlowLimits,
+        ordering: Literal["partition", "key"],
+        flow: FlowControl,
+    ) -> None:
+        self._limits = limits
+        self._by_key = ordering == "key"
+        self._flow = flow
+        self._parts: dict[TopicPartition, Partition] = {}
+        self._epoch = 0
+        self._sender: OrderedSender[KafkaRecord] | None = None
+
+    def bind(self, sender: OrderedSender[KafkaRecord]) -> None:
+        """Hand records to ``sender`` (whose ``on_done`` is :meth:`settled`)."""
+        self._sender = sender
+
+    def __iter__(self) -> Iterator[Partition]:
+        return iter(list(self._parts.values()))
+
+    def __len__(self) -> int:
+        return len(self._parts)
+
+    def get(self, tp: TopicPartition) -> Partition | None:
+        """The state of ``tp`` if it is assigned and tracked."""
+        return self._parts.get(tp)
+
+    @property
+    def epoch(self) -> int:
+        """The latest assignment epoch."""
+        return self._epoch
+
+    # Assignment
+
+    def assign(self, tps: Iterable[TopicPartition]) -> list[Partition]:
+        """Start tracking newly assigned partitions.
+
+        Synchronously, before anything is awaited, so no record of theirs can arrive while they
+        are unknown.
+        """
+        now = time.monotonic()
+        added = []
+        for tp in sorted(tps):
+            if tp in self._parts:
+                continue
+            self._epoch += 1
+            part = self._parts[tp] = Partition(tp, self._epoch, now)
+            metrics.HALTED.labels(*part.labels).set(0)
+            metrics.PAUSED.labels(*part.labels).set(0)
+            added.append(part)
+        metrics.ASSIGNED_PARTITIONS.set(len(self._parts))
+        return added
+
+    def set_committed(self, committed: Mapping[TopicPartition, int | None]) -> None:
+        """Record the group's committed offsets of tracked partitions (for lag and commits)."""
+        for tp, offset in committed.items():
+            part = self._parts.get(tp)
+            if part is not None and offset is not None and part.span.committed is None:
+                part.span.committed = offset
+                metrics.COMMITTED_OFFSET.labels(*part.labels).set(offset)
+
+    def lanes_of(self, tps: Iterable[TopicPartition]) -> list[Lane]:
+        """The sender lanes that belong to ``tps``."""
+        assert self._sender is not None  # noqa: S101 - bound before use
+        wanted = set(tps)
+        return [lane for lane in self._sender.lanes() if lane_partition(lane) in wanted]
+
+    def forget(self, parts: Iterable[Partition]) -> None:
+        """Stop tracking partitions that moved away; answers still in flight are fenced off."""
+        for part in parts:
+            part.revoked = True
+            if self._parts.get(part.tp) is part:
+                del self._parts[part.tp]
+            metrics.forget_partition(*part.labels)
+        metrics.ASSIGNED_PARTITIONS.set(len(self._parts))
+
+    # Records in
+
+    def hand_over(self, tp: TopicPartition, records: Sequence[KafkaRecord]) -> None:
+        """Give a poll's records of ``tp`` to the sender, without waiting; never drop one."""
+        part = self._parts.get(tp)
+        if part is None:
+            # aiokafka hands out a new assignment's records before its assignment callback has
+            # run: fetch them again once the partition is tracked, rather than skip them.
+            if records and self._flow.assigned(tp):
+                self._flow.seek(tp, records[0].offset)
+                log.debug(
+                    "partition.refetch_untracked", partition=str(tp), offset=records[0].offset
+                )
+            return
+        assert self._sender is not None  # noqa: S101 - bound before use
+        sender, limits, by_key, span = self._sender, self._limits, self._by_key, part.span
+        now = time.monotonic()
+        handed = 0
+        for record in records:
+            nbytes = record_bytes(record)
+            receipt = None
+            if part.halted is None and not part.paused and part.has_room(nbytes, limits):
+                lane = (tp, record.key) if by_key else tp
+                try:
+                    receipt = sender.try_submit(record, lane, nbytes=nbytes, tag=part)
+                except (LaneFullError, LaneHaltedError):
+                    receipt = None
+            if receipt is None:
+                self._flow.seek(tp, record.offset)  # fetched again on resume
+                self._pause(part)
+                break
+            span.track(
+                record.offset, timestamp=record.timestamp / 1000, received=now, nbytes=nbytes
+            )
+            handed += 1
+        if handed:
+            part.starved_since = None
+            metrics.RECORDS_CONSUMED.labels(*part.labels).inc(handed)
+
+    # Outcomes back
+
+    def settled(self, receipt: Receipt[KafkaRecord]) -> None:
+        """The sender finished a record: move the watermark, or halt the partition."""
+        part: Partition = receipt.tag  # type: ignore[assignment]
+        if part.revoked or receipt.cancelled():
+            return  # fenced: an answer for an assignment that has ended, or nothing to learn
+        error = receipt.exception()
+        record = receipt.item
+        if error is None:
+            part.span.accept(record.offset)
+            part.delivered.inc()
+            part.last_progress = time.monotonic()
+            metrics.END_TO_END_LATENCY.observe(max(time.time() - record.timestamp / 1000, 0.0))
+            if part.paused and part.may_resume(self._limits):
+                self._resume(part)
+        elif not isinstance(error, LaneHaltedError):
+            self.halt(part, record, error)
+
+    def halt(self, part: Partition, record: KafkaRecord, error: BaseException) -> None:
+        """Stop a partition at a rejected record: nothing after it is sent or committed."""
+        assert self._sender is not None  # noqa: S101
+        part.halted = Halt(record.offset, error)
+        self._pause(part)
+        metrics.REJECTIONS.labels(*part.labels).inc()
+        metrics.HALTED.labels(*part.labels).set(1)
+        # With key lanes the other keys of the partition must stop too.
+        self._sender.cancel(self.lanes_of([part.tp]))
+        log.error(
+            "partition.halted",
+            topic=part.tp.topic,
+            partition=part.tp.partition,
+            epoch=part.epoch,
+            offset=record.offset,
+            status=getattr(error, "status", None),
+            error=str(error),
+            body=getattr(error, "body", None),
+        )
+
+    def _pause(self, part: Partition) -> None:
+        if not part.paused:
+            self._flow.pause(part.tp)
+            part.paused = True
+            metrics.PAUSED.labels(*part.labels).set(1)
+
+    def _resume(self, part: Partition) -> None:
+        self._flow.resume(part.tp)
+        part.paused = False
+        metrics.PAUSED.labels(*part.labels).set(0)
+
+
+def lane_partition(lane: Lane) -> TopicPartition:
+    """The partition a lane belongs to: the lane itself, or the first half of ``(tp, key)``."""
+    if isinstance(lane, TopicPartition):
+        return lane
+    tp: TopicPartition = lane[0]  # type: ignore[index]
+    return tp
+
+
+def names(tps: Iterable[Any]) -> list[str]:
+    """``topic/partition`` of each, sorted, for logs."""
+    return sorted(f"{tp.topic}/{tp.partition}" for tp in tps)
