@@ -25,6 +25,9 @@ ENV_PREFIX = "PIPELINE_"
 # Values of these settings may hold credentials: an error names the setting, never echoes it.
 SENSITIVE = ("password", "token", "headers")
 
+# What a revoke needs besides its drain and its commit: cancelling lanes, forgetting partitions.
+REVOKE_MARGIN_MS = 1_000
+
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 
@@ -48,6 +51,7 @@ class Settings(BaseSettings):
     kafka_auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     kafka_isolation_level: Literal["read_committed", "read_uncommitted"] = "read_committed"
     kafka_session_timeout_ms: PositiveInt = 10_000
+    kafka_heartbeat_interval_ms: PositiveInt = 3_000
     kafka_rebalance_timeout_ms: PositiveInt = 30_000
     kafka_max_poll_records: PositiveInt = 500
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
@@ -114,10 +118,20 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Settings:
-        if self.rebalance_drain_timeout_ms >= self.kafka_rebalance_timeout_ms:
+        revoke_ms = self.rebalance_drain_timeout_ms + self.commit_timeout_ms + REVOKE_MARGIN_MS
+        if revoke_ms > self.kafka_rebalance_timeout_ms:
             msg = (
-                "rebalance_drain_timeout_ms must be below kafka_rebalance_timeout_ms, "
-                "or the group evicts this member while it drains"
+                f"PIPELINE_REBALANCE_DRAIN_TIMEOUT_MS ({self.rebalance_drain_timeout_ms}) + "
+                f"PIPELINE_COMMIT_TIMEOUT_MS ({self.commit_timeout_ms}) + {REVOKE_MARGIN_MS} ms "
+                "must not exceed PIPELINE_KAFKA_REBALANCE_TIMEOUT_MS "
+                f"({self.kafka_rebalance_timeout_ms}): a revoke drains, then commits, and the "
+                "group evicts a member that takes longer"
+            )
+            raise ValueError(msg)
+        if self.kafka_heartbeat_interval_ms * 3 > self.kafka_session_timeout_ms:
+            msg = (
+                "PIPELINE_KAFKA_HEARTBEAT_INTERVAL_MS must be at most a third of "
+                "PIPELINE_KAFKA_SESSION_TIMEOUT_MS, or one late heartbeat evicts this member"
             )
             raise ValueError(msg)
         if self.kafka_security_protocol.startswith("SASL_") and not (
@@ -152,6 +166,8 @@ def describe_error(error: ValidationError) -> str:
             return f"{name}: {message}"
         return f"{name}: {message} (got {first.get('input')!r})"
     # A check across settings: the message names them.
+    if message.startswith(ENV_PREFIX):
+        return message
     setting, sep, rest = message.partition(" ")
     if sep and setting.islower():
         return f"{ENV_PREFIX}{setting.rstrip(':').upper()}: {rest}"

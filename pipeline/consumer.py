@@ -81,6 +81,7 @@ def build_consumer(settings: Settings) -> AIOKafkaConsumer:
         auto_offset_reset=settings.kafka_auto_offset_reset,
         isolation_level=settings.kafka_isolation_level,
         session_timeout_ms=settings.kafka_session_timeout_ms,
+        heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
         rebalance_timeout_ms=settings.kafka_rebalance_timeout_ms,
         max_poll_records=settings.kafka_max_poll_records,
         security_protocol=settings.kafka_security_protocol,

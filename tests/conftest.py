@@ -301,6 +301,17 @@ async def eventually(
         await asyncio.sleep(0.05)
 
 
+async def eventually_async(
+    check: Callable[[], Awaitable[bool]], *, timeout: float = 30.0, what: str = "condition"
+) -> None:
+    """Like :func:`eventually`, for a check that must await (a broker query, an HTTP call)."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.2)
+
+
 def run_once(cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
     """Run ``space-pipeline run`` with only the given ``PIPELINE_*`` settings, to its exit."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}

@@ -144,28 +144,42 @@ def test_an_invalid_value_is_named_with_the_reason_and_the_value(
     assert repr(value) in line or repr(value.upper()) in line
 
 
-@pytest.mark.parametrize("drain_ms", ["30000", "45000"])
-def test_a_rebalance_drain_not_shorter_than_the_rebalance_timeout_is_refused(
-    env: pytest.MonkeyPatch, drain_ms: str
+@pytest.mark.parametrize(("drain_ms", "commit_ms"), [("20000", "10000"), ("10000", "19001")])
+def test_a_revoke_budget_beyond_the_rebalance_timeout_is_refused(
+    env: pytest.MonkeyPatch, drain_ms: str, commit_ms: str
 ) -> None:
-    """Draining must finish before the group evicts the member."""
+    """A revoke drains, then commits (waiting for a commit under way included): both, and a
+    margin, must finish before the group evicts the member. The line names all three."""
     env.setenv("PIPELINE_KAFKA_REBALANCE_TIMEOUT_MS", "30000")
     env.setenv("PIPELINE_REBALANCE_DRAIN_TIMEOUT_MS", drain_ms)
+    env.setenv("PIPELINE_COMMIT_TIMEOUT_MS", commit_ms)
 
     line = error_line()
 
-    assert line.startswith("PIPELINE_REBALANCE_DRAIN_TIMEOUT_MS: must be below ")
-    assert "kafka_rebalance_timeout_ms" in line
+    assert line.startswith("PIPELINE_REBALANCE_DRAIN_TIMEOUT_MS ")
+    assert "PIPELINE_COMMIT_TIMEOUT_MS" in line
+    assert "PIPELINE_KAFKA_REBALANCE_TIMEOUT_MS (30000)" in line
 
 
-def test_a_rebalance_drain_just_below_the_rebalance_timeout_is_fine(
+def test_the_default_revoke_budget_fits_the_default_rebalance_timeout() -> None:
+    """Drain 10 s + commit 10 s + 1 s stays within the 30 s rebalance timeout."""
+    defaults = Settings.model_fields
+    budget = (
+        defaults["rebalance_drain_timeout_ms"].default
+        + defaults["commit_timeout_ms"].default
+        + 1_000
+    )
+    assert budget <= defaults["kafka_rebalance_timeout_ms"].default
+
+
+def test_a_revoke_budget_exactly_at_the_rebalance_timeout_is_fine(
     env: pytest.MonkeyPatch,
 ) -> None:
-    """One millisecond less is allowed."""
+    """Drain 19 s + commit 10 s + 1 s = 30 s is allowed."""
     env.setenv("PIPELINE_KAFKA_REBALANCE_TIMEOUT_MS", "30000")
-    env.setenv("PIPELINE_REBALANCE_DRAIN_TIMEOUT_MS", "29999")
+    env.setenv("PIPELINE_REBALANCE_DRAIN_TIMEOUT_MS", "19000")
 
-    assert 29_999 == load().rebalance_drain_timeout_ms
+    assert 19_000 == load().rebalance_drain_timeout_ms
 
 
 @pytest.mark.parametrize(

@@ -363,19 +363,34 @@ async def test_a_second_signal_exits_at_once_with_a_non_zero_code(new_topic, sta
 
 async def test_a_rebalance_bounds_the_drain_of_a_hanging_send_and_loses_nothing(new_topic):
     """A send hangs when a second member joins: the revoke waits only the drain timeout,
-    commits nothing past the unanswered record, and the new owner sends it again with the
-    same Idempotency-Key; everything is delivered and committed."""
+    commits nothing past the unanswered record, counts and logs the abandoned request (with
+    its offset), and the new owner sends it again with the same Idempotency-Key; everything is
+    delivered and committed."""
+    from prometheus_client import REGISTRY  # noqa: PLC0415
+    from structlog.testing import capture_logs  # noqa: PLC0415
+
     topic = await new_topic(2)
     await topic.produce(20)
     async with StubServer(StubConfig(latency_ms=30_000)) as api:
         settings = topic.settings(api.url, rebalance_drain_timeout_ms=1000)
-        async with running_stage(settings):
-            await eventually(lambda: api.stats().in_flight == 2, what="two hanging sends")
-            api.set_config(StubConfig(latency_ms=2))  # new requests are fast again
+        with capture_logs() as logs:
             async with running_stage(settings):
-                # Unbounded, the revoke would wait out the 30 s hang before anything moved.
-                await eventually(lambda: api.stats().unique == 20, timeout=20, what="all 20")
+                await eventually(lambda: api.stats().in_flight == 2, what="two hanging sends")
+                api.set_config(StubConfig(latency_ms=2))  # new requests are fast again
+                async with running_stage(settings):
+                    # Unbounded, the revoke would wait out the 30 s hang before anything moved.
+                    await eventually(lambda: api.stats().unique == 20, timeout=20, what="all 20")
         stats = api.stats()
+    abandoned = [e for e in logs if e["event"] == "stage.request_abandoned"]
+    assert {(0, 0), (1, 0)} == {(e["partition"], e["offset"]) for e in abandoned}
+    assert "warning" == abandoned[0]["log_level"]
+    assert 2.0 == sum(
+        REGISTRY.get_sample_value(
+            "space_pipeline_abandoned_requests_total", {"topic": topic.name, "partition": p}
+        )
+        or 0.0
+        for p in ("0", "1")
+    )
     assert 0 == stats.order_violations
     assert stats.duplicates >= 1, "the unanswered records were sent again"
     assert stats.accepted == stats.unique + stats.duplicates

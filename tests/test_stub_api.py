@@ -175,6 +175,14 @@ async def test_reject_keys_answer_422_with_reason_and_are_not_recorded(
     assert "t/0/1" not in stats.keys
 
 
+async def test_unavailable_keys_answer_503_every_time(client: httpx.AsyncClient) -> None:
+    """A record the API never takes gets a retryable 503 on every attempt; others pass."""
+    config = StubConfig(latency_ms=0, unavailable_keys=frozenset({"t/0/1"}))
+    async with StubServer(config) as stub:
+        codes = [await send(client, stub.url, "t", 0, offset) for offset in (0, 1, 1, 2)]
+    assert codes == [204, 503, 503, 204]
+
+
 async def test_max_concurrent_per_partition_counts_overlapping_requests(
     client: httpx.AsyncClient,
 ) -> None:

@@ -116,6 +116,7 @@ class StubConfig:
     throttle_burst: int = 0
     reject_rate: float = 0.0
     reject_keys: frozenset[str] = frozenset()
+    unavailable_keys: frozenset[str] = frozenset()
     seed: int | None = None
     path: str = "/items"
     token: str | None = None
@@ -559,8 +560,10 @@ class _Recorder:
             return 500, f"error burst ({seq + 1} of {cfg.error_burst})"
         if seq < cfg.error_burst + cfg.throttle_burst:
             return 429, f"throttle burst ({seq + 1 - cfg.error_burst} of {cfg.throttle_burst})"
-        if cfg.reject_keys and (rejected := self._rejected(target)) is not None:
+        if cfg.reject_keys and (rejected := self._listed(target, cfg.reject_keys)) is not None:
             return 422, f"idempotency key {rejected} is on the stub's reject list"
+        if cfg.unavailable_keys and (down := self._listed(target, cfg.unavailable_keys)):
+            return 503, f"idempotency key {down} is on the stub's unavailable list"
         if cfg.error_rate or cfg.throttle_rate or cfg.reject_rate:
             return self._draw(cfg)
         return 204, ""
@@ -573,12 +576,11 @@ class _Recorder:
         self.auth_failures += 1
         return self.config.auth_status
 
-    def _rejected(self, target: _Target) -> str | None:
-        """The rejected key in the target; for a batch, any of its partition from first to last."""
-        reject_keys = self.config.reject_keys
+    def _listed(self, target: _Target, keys: frozenset[str]) -> str | None:
+        """The listed key in the target; for a batch, any of its partition from first to last."""
         if target.size is None:
-            return target.key if target.key in reject_keys else None
-        for key in reject_keys:
+            return target.key if target.key in keys else None
+        for key in keys:
             partition, _, offset = key.rpartition("/")
             if (
                 partition == target.partition
@@ -926,6 +928,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--throttle-burst", type=int, default=d.throttle_burst, help="next N requests get 429")
     add("--reject-rate", type=_rate, default=d.reject_rate, help="fraction answered 422")
     add("--reject-key", action="append", default=[], help="always 422 this key (repeatable)")
+    add(
+        "--unavailable-key",
+        action="append",
+        default=[],
+        help="always 503 this key, a record the API never takes (repeatable)",
+    )
     add("--seed", type=int, default=None, help="seed the fault draws for a repeatable run")
     add(
         "--fault",
@@ -972,6 +980,7 @@ def config_from_args(ns: argparse.Namespace) -> StubConfig:
         throttle_burst=ns.throttle_burst,
         reject_rate=ns.reject_rate,
         reject_keys=frozenset(ns.reject_key),
+        unavailable_keys=frozenset(ns.unavailable_key),
         seed=ns.seed,
         path=ns.path,
         token=ns.token,
