@@ -560,10 +560,8 @@ class _Recorder:
             return 500, f"error burst ({seq + 1} of {cfg.error_burst})"
         if seq < cfg.error_burst + cfg.throttle_burst:
             return 429, f"throttle burst ({seq + 1 - cfg.error_burst} of {cfg.throttle_burst})"
-        if cfg.reject_keys and (rejected := self._listed(target, cfg.reject_keys)) is not None:
-            return 422, f"idempotency key {rejected} is on the stub's reject list"
-        if cfg.unavailable_keys and (down := self._listed(target, cfg.unavailable_keys)):
-            return 503, f"idempotency key {down} is on the stub's unavailable list"
+        if (listed := self._by_key(target)) is not None:
+            return listed
         if cfg.error_rate or cfg.throttle_rate or cfg.reject_rate:
             return self._draw(cfg)
         return 204, ""
@@ -575,6 +573,15 @@ class _Recorder:
             return 429
         self.auth_failures += 1
         return self.config.auth_status
+
+    def _by_key(self, target: _Target) -> tuple[int, str] | None:
+        """422 for a key on the reject list, 503 for one on the unavailable list."""
+        cfg = self.config
+        if cfg.reject_keys and (rejected := self._listed(target, cfg.reject_keys)) is not None:
+            return 422, f"idempotency key {rejected} is on the stub's reject list"
+        if cfg.unavailable_keys and (down := self._listed(target, cfg.unavailable_keys)):
+            return 503, f"idempotency key {down} is on the stub's unavailable list"
+        return None
 
     def _listed(self, target: _Target, keys: frozenset[str]) -> str | None:
         """The listed key in the target; for a batch, any of its partition from first to last."""
