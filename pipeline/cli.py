@@ -1,46 +1,66 @@
-"""The ``space-pipeline`` command: ``run``, ``demo`` and ``stub-api``.
+"""The ``space-pipeline`` command.
+
+``run`` is the stage itself and ``config`` shows what it would run with; ``demo``, ``stub-api``,
+``broker`` and ``produce`` are tools for trying it (``pipeline.dev``), imported only when asked
+for, so ``run`` starts without them.
 
 Exit codes: 0 after a graceful stop, 1 on a fatal error (one log line says which), 2 on bad
-configuration (one line names the setting), 128 + signal number when a second signal forces exit.
+configuration (one line per problem, each naming the setting), 128 + signal number when a second
+signal forces exit.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import structlog
-from pydantic import ValidationError
-from pydantic_settings import SettingsError
 
 from pipeline import __version__
-from pipeline.config import Settings, describe_error
+from pipeline.config import Settings, describe, env_name, load_settings
+from pipeline.errors import ConfigError
 from pipeline.logging import configure_logging
 
 EXIT_FATAL = 1
 EXIT_CONFIG = 2
+FORCE_HINT = "send SIGTERM or SIGINT again to exit at once"
 
 log = structlog.get_logger("pipeline.cli")
 
 
-def _run(_: argparse.Namespace) -> int:
+def _settings_or_exit() -> Settings | int:
     try:
-        settings = Settings()  # type: ignore[call-arg]  # read from the environment
-    except ValidationError as error:
-        print(f"space-pipeline: {describe_error(error)}", file=sys.stderr)
+        return load_settings()
+    except ConfigError as error:
+        for problem in error.problems:
+            print(f"space-pipeline: {problem}", file=sys.stderr)
         return EXIT_CONFIG
-    except SettingsError as error:  # an environment value pydantic-settings could not decode
-        print(f"space-pipeline: {error}", file=sys.stderr)
-        return EXIT_CONFIG
-    configure_logging(settings.log_level)
+
+
+def _run(_: argparse.Namespace) -> int:
+    settings = _settings_or_exit()
+    if isinstance(settings, int):
+        return settings
+    configure_logging(settings.log_level, settings.log_format)
     try:
         asyncio.run(_serve(settings))
     except Exception as error:
         log.error("stage.failed", error=repr(_root_cause(error)))  # noqa: TRY400 - one line
         return EXIT_FATAL
+    return 0
+
+
+def _config(_: argparse.Namespace) -> int:
+    settings = _settings_or_exit()
+    if isinstance(settings, int):
+        return settings
+    print("\n".join(describe(settings)))
     return 0
 
 
@@ -63,7 +83,7 @@ async def _serve(settings: Settings) -> None:
             sys.stdout.flush()
             os._exit(128 + signum)
         log.info("stage.signal", signal=signal.Signals(signum).name)
-        stage.stop()
+        stage.stop(force_hint=FORCE_HINT)
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
@@ -73,7 +93,7 @@ async def _serve(settings: Settings) -> None:
 def _demo(args: argparse.Namespace) -> int:
     from pipeline.dev.demo import DemoOptions, run_demo  # noqa: PLC0415
 
-    configure_logging("WARNING")
+    configure_logging("WARNING", "json")
     options = DemoOptions(
         partitions=args.partitions, records=args.records, latency_ms=args.latency_ms
     )
@@ -89,15 +109,60 @@ def _stub_api(args: argparse.Namespace) -> int:
         print(f"space-pipeline stub-api: {error}", file=sys.stderr)
         return EXIT_CONFIG
     configure_logging("INFO")
-    try:
-        asyncio.run(stub_api.serve(config, args.host, args.port))
-    except KeyboardInterrupt:
-        return 0
+    return _until_interrupted(lambda: stub_api.serve(config, args.host, args.port))
+
+
+def _broker(args: argparse.Namespace) -> int:
+    from pipeline.dev import broker  # noqa: PLC0415
+
+    configure_logging("WARNING")
+    return _until_interrupted(lambda: broker.serve(args.host, args.port))
+
+
+def _produce(args: argparse.Namespace) -> int:
+    from pipeline.dev import produce  # noqa: PLC0415
+
+    return produce.main(args)
+
+
+def _until_interrupted(serve: Callable[[], Coroutine[Any, Any, None]]) -> int:
+    """Run a foreground tool until Ctrl-C or SIGTERM; both are a normal way to stop it."""
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        assert task is not None  # noqa: S101 - inside asyncio.run
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await serve()
+
+    asyncio.run(main())
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser, with one subcommand per job."""
+def _settings_help() -> str:
+    required = [env_name(n) for n, f in Settings.model_fields.items() if f.is_required()]
+    lines = [
+        "Settings are PIPELINE_* environment variables (a .env file in the working directory"
+        " is read too).",
+        "Required: " + ", ".join(required) + ".",
+        "`space-pipeline config` prints every setting with its effective value; the README's"
+        ' "Settings" table explains each. All of them, with their defaults:',
+        "",
+    ]
+    for name, field in Settings.model_fields.items():
+        default = (
+            "required"
+            if field.is_required()
+            else repr(field.get_default(call_default_factory=True))
+        )
+        lines.append(f"  {env_name(name):<44} {default}")
+    return "\n".join(lines)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; a dev tool's options are declared only when it is the command."""
     parser = argparse.ArgumentParser(
         prog="space-pipeline",
         description="Kafka partitions to the Space API, in order, without blocking.",
@@ -106,9 +171,16 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser(
-        "run", help="run the stage (configured by PIPELINE_* environment variables)"
+        "run",
+        help="run the stage (configured by PIPELINE_* environment variables)",
+        epilog=_settings_help() if command == "run" else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.set_defaults(handler=_run)
+    config = commands.add_parser(
+        "config", help="print the effective settings (secrets masked); exit 2 if any is wrong"
+    )
+    config.set_defaults(handler=_config)
 
     demo = commands.add_parser(
         "demo", help="embedded broker + stub Space API + the stage, with live progress"
@@ -120,19 +192,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(handler=_demo)
 
-    from pipeline.dev import stub_api  # noqa: PLC0415
-
-    stub = commands.add_parser(
-        "stub-api", help="a reference Space API receiver for trying the stage"
-    )
-    stub_api.add_arguments(stub)
-    stub.set_defaults(handler=_stub_api)
+    tools: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {
+        "stub-api": ("a reference Space API receiver that checks order", _stub_api),
+        "broker": ("an embedded Kafka-protocol broker (tansu) in the foreground", _broker),
+        "produce": ("write sample records, or stdin lines, to a topic", _produce),
+    }
+    for name, (text, handler) in tools.items():
+        tool = commands.add_parser(name, help=text)
+        tool.set_defaults(handler=handler)
+        if name == command:
+            _tool_arguments(name, tool)
     return parser
+
+
+def _tool_arguments(name: str, parser: argparse.ArgumentParser) -> None:
+    if name == "stub-api":
+        from pipeline.dev import stub_api as module  # noqa: PLC0415
+    elif name == "broker":
+        from pipeline.dev import broker as module  # type: ignore[no-redef]  # noqa: PLC0415
+    else:
+        from pipeline.dev import produce as module  # type: ignore[no-redef]  # noqa: PLC0415
+    module.add_arguments(parser)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run one subcommand; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     code: int = args.handler(args)
     return code
 

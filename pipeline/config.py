@@ -1,14 +1,20 @@
 """Settings for ``space-pipeline run``, read once from ``PIPELINE_*`` environment variables.
 
-Everything is validated at start, so a typo fails the pod at once with one line naming the setting
-(see :func:`describe_error`), rather than hours later in the middle of a rebalance.
+Everything is checked at start, and every problem is reported at once, one line each, naming the
+variable as the operator spells it: a typo fails the pod at once rather than hours later in the
+middle of a rebalance. A ``PIPELINE_*`` variable that names no setting is a problem too (a
+mistyped token would otherwise silently mean no authentication), with the closest real name.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
+import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
     AnyHttpUrl,
@@ -18,12 +24,16 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
+
+from pipeline.errors import ConfigError
 
 ENV_PREFIX = "PIPELINE_"
 
-# Values of these settings may hold credentials: an error names the setting, never echoes it.
-SENSITIVE = ("password", "token", "headers")
+# Values of these settings may hold credentials: an error names the setting, never echoes it,
+# and `space-pipeline config` masks them.
+SENSITIVE = ("password", "token", "headers", "secret")
+MASK = "********"
 
 # What a revoke needs besides its drain and its commit: cancelling lanes, forgetting partitions.
 REVOKE_MARGIN_MS = 1_000
@@ -89,6 +99,8 @@ class Settings(BaseSettings):
     shutdown_timeout_s: PositiveFloat = 20.0
     stall_timeout_s: PositiveFloat = 300.0
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console", "auto"] = "auto"
+    progress_interval_s: Annotated[float, Field(ge=0)] = 30.0
 
     @field_validator("kafka_topics", mode="before")
     @classmethod
@@ -116,59 +128,154 @@ class Settings(BaseSettings):
     def _upper_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower_format(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
     @model_validator(mode="after")
     def _check_combinations(self) -> Settings:
+        problems = list(self._conflicts())
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    def _conflicts(self) -> Iterator[str]:
+        """Problems that no single setting has alone, each naming the variables involved."""
         revoke_ms = self.rebalance_drain_timeout_ms + self.commit_timeout_ms + REVOKE_MARGIN_MS
         if revoke_ms > self.kafka_rebalance_timeout_ms:
-            msg = (
+            yield (
                 f"PIPELINE_REBALANCE_DRAIN_TIMEOUT_MS ({self.rebalance_drain_timeout_ms}) + "
                 f"PIPELINE_COMMIT_TIMEOUT_MS ({self.commit_timeout_ms}) + {REVOKE_MARGIN_MS} ms "
                 "must not exceed PIPELINE_KAFKA_REBALANCE_TIMEOUT_MS "
                 f"({self.kafka_rebalance_timeout_ms}): a revoke drains, then commits, and the "
                 "group evicts a member that takes longer"
             )
-            raise ValueError(msg)
         if self.kafka_heartbeat_interval_ms * 3 > self.kafka_session_timeout_ms:
-            msg = (
+            yield (
                 "PIPELINE_KAFKA_HEARTBEAT_INTERVAL_MS must be at most a third of "
                 "PIPELINE_KAFKA_SESSION_TIMEOUT_MS, or one late heartbeat evicts this member"
             )
-            raise ValueError(msg)
-        if self.kafka_security_protocol.startswith("SASL_") and not (
-            self.kafka_sasl_mechanism and self.kafka_sasl_username and self.kafka_sasl_password
-        ):
-            msg = (
-                "kafka_security_protocol SASL_* needs kafka_sasl_mechanism, "
-                "kafka_sasl_username and kafka_sasl_password"
-            )
-            raise ValueError(msg)
+        if self.kafka_security_protocol.startswith("SASL_"):
+            missing = [
+                env_name(name)
+                for name in ("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password")
+                if not getattr(self, name)
+            ]
+            if missing:
+                yield (
+                    f"PIPELINE_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                    + ", ".join(missing)
+                )
         if bool(self.kafka_ssl_certfile) != bool(self.kafka_ssl_keyfile):
-            msg = "kafka_ssl_certfile and kafka_ssl_keyfile go together (client certificate)"
-            raise ValueError(msg)
+            yield (
+                "PIPELINE_KAFKA_SSL_CERTFILE and PIPELINE_KAFKA_SSL_KEYFILE go together "
+                "(a client certificate and its key)"
+            )
         for name in ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile"):
             path = getattr(self, name)
             if path is not None and not path.is_file():
-                msg = f"{name}: no such file: {path}"
-                raise ValueError(msg)
-        return self
+                yield f"{env_name(name)}: no such file: {path}"
 
 
-def describe_error(error: ValidationError) -> str:
-    """Name the first offending setting as the operator spells it, and say why, on one line."""
-    first = error.errors()[0]
-    loc = [str(part) for part in first.get("loc", ()) if isinstance(part, str)]
-    message = first.get("msg", "invalid").removeprefix("Value error, ")
-    if loc:
-        name = ENV_PREFIX + loc[0].upper()
-        if first.get("type") == "missing":
-            return f"{name}: required setting is not set"
-        if any(word in loc[0] for word in SENSITIVE):
-            return f"{name}: {message}"
-        return f"{name}: {message} (got {first.get('input')!r})"
-    # A check across settings: the message names them.
-    if message.startswith(ENV_PREFIX):
-        return message
-    setting, sep, rest = message.partition(" ")
-    if sep and setting.islower():
-        return f"{ENV_PREFIX}{setting.rstrip(':').upper()}: {rest}"
-    return message
+def env_name(field: str) -> str:
+    """The environment variable of a setting: ``kafka_topics`` is ``PIPELINE_KAFKA_TOPICS``."""
+    return ENV_PREFIX + field.upper()
+
+
+def load_settings(env_file: Path | None = Path(".env")) -> Settings:
+    """Read the settings from the environment (and ``env_file`` when it exists), checked.
+
+    Raises :class:`~pipeline.errors.ConfigError` listing every problem, one line each.
+    """
+    env_file = env_file if env_file is not None and env_file.is_file() else None
+    problems = list(_unknown_variables(os.environ, _read_env_file(env_file)))
+    try:
+        settings = Settings(_env_file=env_file)  # type: ignore[call-arg]
+    except ValidationError as error:
+        problems += describe_errors(error)
+    except SettingsError as error:  # a value pydantic-settings could not even decode
+        problems.append(f"{error}")
+    else:
+        if not problems:
+            return settings
+    raise ConfigError(problems)
+
+
+def _read_env_file(path: Path | None) -> dict[str, str]:
+    if path is None:
+        return {}
+    from dotenv import dotenv_values  # noqa: PLC0415 - pydantic-settings' own dependency
+
+    return {k: v or "" for k, v in dotenv_values(path).items()}
+
+
+def _unknown_variables(environ: Mapping[str, str], env_file: Mapping[str, str]) -> Iterator[str]:
+    """``PIPELINE_*`` variables that name no setting, with the closest real name."""
+    known = [env_name(field) for field in Settings.model_fields]
+    for source, names in (("", environ), (" (in .env)", env_file)):
+        for name in sorted(names):
+            upper = name.upper()
+            if not upper.startswith(ENV_PREFIX) or upper in known:
+                continue
+            close = difflib.get_close_matches(upper, known, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            yield f"{name}{source}: unknown setting{hint}"
+
+
+def describe_errors(error: ValidationError) -> list[str]:
+    """One line per problem, naming the variable as the operator spells it, and saying why."""
+    lines = []
+    for problem in error.errors():
+        loc = [str(part) for part in problem.get("loc", ()) if isinstance(part, str)]
+        message = problem.get("msg", "invalid").removeprefix("Value error, ")
+        if not loc:  # checks across settings: each line names its variables
+            lines += message.splitlines()
+            continue
+        name = env_name(loc[0])
+        if problem.get("type") == "missing":
+            lines.append(f"{name}: required setting is not set")
+        elif any(word in loc[0] for word in SENSITIVE):
+            lines.append(f"{name}: {message}")
+        else:
+            lines.append(f"{name}: {message} (got {problem.get('input')!r})")
+    return lines
+
+
+def describe(settings: Settings) -> list[str]:
+    """The effective configuration as ``PIPELINE_NAME=value`` lines, secrets masked.
+
+    Settings left at their default say so, so an operator sees at once what was set.
+    """
+    lines = []
+    explicit = settings.model_fields_set
+    for field in Settings.model_fields:
+        value = _as_text(getattr(settings, field))
+        if value and any(word in field for word in SENSITIVE):
+            value = MASK
+        note = "" if field in explicit else "  # default"
+        lines.append(f"{env_name(field)}={value}{note}")
+    return lines
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any password in it masked, fit for a log line."""
+    parsed = urlsplit(url)
+    if parsed.password is None:
+        return url
+    netloc = parsed.netloc.replace(f":{parsed.password}@", f":{MASK}@", 1)
+    return urlunsplit(parsed._replace(netloc=netloc))
+
+
+def _as_text(value: Any) -> str:  # noqa: ANN401 - any setting's type
+    if value is None:
+        return ""
+    if isinstance(value, AnyHttpUrl):
+        return mask_url(str(value))
+    if isinstance(value, SecretStr):
+        return MASK if value.get_secret_value() else ""
+    if isinstance(value, tuple):
+        return ",".join(str(item) for item in value)
+    if isinstance(value, dict):
+        return json.dumps(value)
+    return str(value)

@@ -30,7 +30,14 @@ class PipelineError(Exception):
 
 
 class ConfigError(PipelineError):
-    """A setting is missing or invalid; the message is one line that names it."""
+    """Settings are missing or invalid; the CLI prints each problem and exits with code 2.
+
+    ``problems`` holds one line per problem, each naming the setting as the operator spells it.
+    """
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
 
 
 class SendError(PipelineError):

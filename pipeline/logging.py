@@ -1,56 +1,71 @@
-"""JSON logs on stdout: ours through structlog, aiokafka's and httpx's through the same renderer.
+"""Logs on stdout: ours through structlog, aiokafka's and the sender's through the same renderer.
 
-One line per event, with a short dotted event name and key/value context, so a log pipeline can
-filter on ``event`` and never has to parse prose.
+One line per event, with a short dotted event name and key/value context. JSON for machines (a
+log pipeline filters on ``event`` and never parses prose), a readable console rendering for a
+person at a terminal; ``auto`` picks by whether stdout is a terminal.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from typing import Literal, TextIO
 
 import orjson
 import structlog
 from structlog.typing import Processor
+
+LogFormat = Literal["json", "console", "auto"]
 
 
 def _dumps(event: object, **_: object) -> str:
     return orjson.dumps(event, default=repr).decode()
 
 
-def configure_logging(level: str = "INFO") -> None:
-    """Send every log record to stdout as one JSON object per line."""
+def configure_logging(
+    level: str = "INFO", log_format: LogFormat = "auto", stream: TextIO | None = None
+) -> None:
+    """Send every log record to ``stream`` (stdout) as JSON lines or console lines."""
+    stream = stream or sys.stdout
     numeric = logging.getLevelNamesMapping()[level.upper()]
+    console = log_format == "console" or (log_format == "auto" and stream.isatty())
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.TimeStamper(fmt="iso", utc=not console),
     ]
-    renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
+    if console:
+        ours: Processor = structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        foreign: Processor = ours
+        factory: object = structlog.PrintLoggerFactory(stream)
+        tail: list[Processor] = []
+    else:
+        foreign = structlog.processors.JSONRenderer(serializer=_dumps)
+        tail = [structlog.processors.format_exc_info]
+        if hasattr(stream, "buffer"):  # bytes straight from orjson: no decode per line
+            ours = structlog.processors.JSONRenderer(serializer=orjson.dumps)
+            factory = structlog.BytesLoggerFactory(stream.buffer)
+        else:
+            ours, factory = foreign, structlog.PrintLoggerFactory(stream)
     structlog.configure(
-        processors=[
-            *shared,
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=[*shared, *tail, ours],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.BytesLoggerFactory(sys.stdout.buffer),
+        logger_factory=factory,  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                structlog.processors.format_exc_info,
-                structlog.processors.JSONRenderer(serializer=_dumps),
+                *tail,
+                foreign,
             ],
         )
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric)
-    # aiokafka narrates every group join and httpx every request at INFO: keep their warnings.
-    for chatty in ("aiokafka", "httpx"):
-        logging.getLogger(chatty).setLevel(max(numeric, logging.WARNING))
+    # aiokafka narrates every group join at INFO: keep its warnings.
+    logging.getLogger("aiokafka").setLevel(max(numeric, logging.WARNING))

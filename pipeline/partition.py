@@ -14,6 +14,7 @@ record's outcome from the sender.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -77,6 +78,7 @@ class Partition:
         "epoch",
         "halted",
         "labels",
+        "lag",
         "last_progress",
         "paused",
         "revoked",
@@ -94,6 +96,7 @@ class Partition:
         self.revoked = False
         self.last_progress = now
         self.starved_since: float | None = None
+        self.lag = 0  # records after the committed offset, as of the last housekeeping
         self.labels = (tp.topic, str(tp.partition))
         self.delivered = metrics.RECORDS_DELIVERED.labels(*self.labels)
 
@@ -148,6 +151,7 @@ class Partitions:
         self._parts: dict[TopicPartition, Partition] = {}
         self._epoch = 0
         self._sender: OrderedSender[KafkaRecord] | None = None
+        self.delivered: Counter[str] = Counter()  # accepted records per topic, ever
 
     def bind(self, sender: OrderedSender[KafkaRecord]) -> None:
         """Hand records to ``sender`` (whose ``on_done`` is :meth:`settled`)."""
@@ -263,6 +267,7 @@ class Partitions:
         if error is None:
             part.span.accept(record.offset)
             part.delivered.inc()
+            self.delivered[part.tp.topic] += 1
             part.last_progress = time.monotonic()
             metrics.END_TO_END_LATENCY.observe(max(time.time() - record.timestamp / 1000, 0.0))
             if part.paused and part.may_resume(self._limits):

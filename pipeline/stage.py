@@ -22,18 +22,21 @@ from aiokafka.errors import KafkaError
 
 from pipeline import metrics
 from pipeline.commit import Commits
-from pipeline.config import Settings
+from pipeline.config import Settings, mask_url
 from pipeline.consumer import KafkaSource, build_consumer
 from pipeline.health import OpsServer, Verdict
 from pipeline.partition import FlowLimits, Partitions, lane_partition, names
+from pipeline.progress import Progress
 from pipeline.records import KafkaRecord
 from pipeline.retry import Backoff
 from pipeline.sender import Lane, OrderedSender
 from pipeline.space_api import SpaceApi, SpaceApiConfig
+from pipeline.summary import Repeats
 
 log = structlog.get_logger("pipeline.stage")
 
 HOUSEKEEPING_INTERVAL_S = 1.0
+RETRY_LOG_INTERVAL_S = 10.0
 # Shares of the shutdown budget: drain what is on the wire, then commit, then leave the group.
 DRAIN_SHARE, COMMIT_SHARE = 0.6, 0.2
 
@@ -63,6 +66,7 @@ class Stage:
         self._fetching: asyncio.Task[None] | None = None
         self._last_poll = time.monotonic()
         self._unhealthy: str | None = None
+        self._retry_lines = Repeats(RETRY_LOG_INTERVAL_S)
         self.ops_port: int | None = None
 
     @property
@@ -119,13 +123,26 @@ class Stage:
             )
             self.ops_port = ops.port
             await stack.enter_async_context(source)  # from here on, rebalance callbacks come
-            log.info("stage.started", topics=list(s.kafka_topics), group=s.kafka_group_id)
+            log.info(
+                "stage.started",
+                brokers=s.kafka_bootstrap_servers,
+                topics=list(s.kafka_topics),
+                group=s.kafka_group_id,
+                api_url=mask_url(str(s.space_api_url)),
+                ordering=s.ordering,
+                max_in_flight=s.max_in_flight,
+                on_reject="halt",
+                shutdown_timeout_s=s.shutdown_timeout_s,
+                ops_port=ops.port,
+            )
             try:
                 async with asyncio.TaskGroup() as tasks:
                     if not self._stopping.is_set():
                         self._fetching = tasks.create_task(self._poll_and_hand_over())
                     tasks.create_task(self._commit_periodically())
                     tasks.create_task(self._housekeep())
+                    if s.progress_interval_s > 0:
+                        tasks.create_task(self._report_progress(s.progress_interval_s))
             finally:
                 await self._shutdown()
 
@@ -187,13 +204,27 @@ class Stage:
         while await self._running_after(self._settings.commit_interval_ms / 1000):
             await self._commits.commit(self._partitions, timeout=timeout)
 
+    async def _report_progress(self, interval: float) -> None:
+        assert self._partitions is not None  # noqa: S101
+        progress = Progress(time.monotonic())
+        while await self._running_after(interval):
+            progress.report(time.monotonic(), self._partitions.delivered, self._partitions)
+
     def _on_retry(
         self, record: KafkaRecord, lane: Lane, error: BaseException, attempt: int, delay: float
     ) -> None:
+        """Count every retry; log the first of a partition's streak, then a count every so often.
+
+        During an outage every attempt of every partition fails: a line per attempt would bury
+        the log and cost the loop time, while one line now and then still tells the story.
+        """
         reason = getattr(error, "reason", type(error).__name__)
         metrics.RETRIES.labels(record.topic, str(record.partition), reason).inc()
+        held_back = self._retry_lines.note((record.topic, record.partition))
+        if held_back is None:
+            return
         log.warning(
-            "stage.retry_scheduled",
+            "stage.retrying",
             topic=record.topic,
             partition=record.partition,
             offset=record.offset,
@@ -201,6 +232,7 @@ class Stage:
             delay_s=round(delay, 3),
             reason=reason,
             error=str(error),
+            retries_not_logged=held_back,
         )
 
     # Rebalances (aiokafka awaits these while the group waits)
@@ -304,7 +336,8 @@ class Stage:
             metrics.LAST_PROGRESS.labels(*labels).set(wall - (now - part.last_progress))
             end, position = source.end_offset(part.tp), source.position(part.tp)
             if end is not None and span.committed is not None:
-                metrics.LAG_RECORDS.labels(*labels).set(max(end - span.committed, 0))
+                part.lag = max(end - span.committed, 0)
+                metrics.LAG_RECORDS.labels(*labels).set(part.lag)
             waiting_in_kafka = end is not None and position is not None and end > position
             if part.halted is None and not part.paused and not span and waiting_in_kafka:
                 part.starved_since = part.starved_since or now

@@ -1,4 +1,4 @@
-"""Settings from ``PIPELINE_*`` variables: validated at start, errors named on one line."""
+"""Settings from ``PIPELINE_*`` variables: checked at start, every problem named on a line."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from pipeline.config import Settings, describe_error
+from pipeline.config import Settings, describe, load_settings
+from pipeline.errors import ConfigError
 
 REQUIRED = {
     "PIPELINE_KAFKA_BOOTSTRAP_SERVERS": "kafka-0:9092,kafka-1:9092",
@@ -30,16 +31,22 @@ def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
 
 
 def load() -> Settings:
-    return Settings(_env_file=None)  # type: ignore[call-arg]
+    return load_settings(env_file=None)
+
+
+def problems() -> list[str]:
+    """Every problem the current environment has, one line each."""
+    with pytest.raises(ConfigError) as raised:
+        load()
+    assert all("\n" not in line for line in raised.value.problems)
+    return raised.value.problems
 
 
 def error_line() -> str:
-    """The one line ``describe_error`` gives for the current environment."""
-    with pytest.raises(ValidationError) as raised:
-        load()
-    line = describe_error(raised.value)
-    assert "\n" not in line
-    return line
+    """The one problem of the current environment."""
+    found = problems()
+    assert 1 == len(found), found
+    return found[0]
 
 
 # Valid settings
@@ -202,7 +209,7 @@ def test_sasl_without_complete_credentials_is_refused(
 
     line = error_line()
 
-    assert line.startswith("PIPELINE_KAFKA_SECURITY_PROTOCOL: SASL_* needs ")
+    assert line.startswith(f"PIPELINE_KAFKA_SECURITY_PROTOCOL={protocol} needs ")
     assert "pw" not in line
 
 
@@ -214,7 +221,7 @@ def test_a_client_certificate_without_its_key_is_refused(
     certificate.write_text("cert")
     env.setenv("PIPELINE_KAFKA_SSL_CERTFILE", str(certificate))
 
-    assert error_line().startswith("PIPELINE_KAFKA_SSL_CERTFILE: and kafka_ssl_keyfile go")
+    assert error_line().startswith("PIPELINE_KAFKA_SSL_CERTFILE and PIPELINE_KAFKA_SSL_KEYFILE go")
 
 
 def test_a_missing_ca_file_is_named(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -224,14 +231,100 @@ def test_a_missing_ca_file_is_named(env: pytest.MonkeyPatch, tmp_path: Path) -> 
     assert error_line().startswith("PIPELINE_KAFKA_SSL_CAFILE: no such file: ")
 
 
-def test_the_first_error_is_described_when_there_are_several(env: pytest.MonkeyPatch) -> None:
-    """One line, for the first offending setting only."""
+def test_every_problem_is_reported_at_once_one_line_each(env: pytest.MonkeyPatch) -> None:
+    """Fixing one setting should not reveal the next: all of them come at once."""
+    env.delenv("PIPELINE_KAFKA_TOPICS")
     env.setenv("PIPELINE_METRICS_PORT", "70000")
     env.setenv("PIPELINE_ORDERING", "random")
 
-    line = error_line()
+    found = problems()
 
-    assert 1 == line.count("PIPELINE_")
+    assert [
+        "PIPELINE_KAFKA_TOPICS",
+        "PIPELINE_ORDERING",
+        "PIPELINE_METRICS_PORT",
+    ] == [line.split(":")[0] for line in found]
+    assert "PIPELINE_KAFKA_TOPICS: required setting is not set" == found[0]
+
+
+def test_every_conflict_between_settings_is_reported_naming_the_variables(
+    env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Checks across settings are listed together, each with the variables it concerns."""
+    env.setenv("PIPELINE_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    env.setenv("PIPELINE_KAFKA_SASL_USERNAME", "stage")
+    env.setenv("PIPELINE_KAFKA_HEARTBEAT_INTERVAL_MS", "9000")
+    env.setenv("PIPELINE_KAFKA_SSL_CAFILE", str(tmp_path / "nowhere.pem"))
+
+    found = problems()
+
+    assert 3 == len(found), found
+    assert (
+        "PIPELINE_KAFKA_SECURITY_PROTOCOL=SASL_SSL needs PIPELINE_KAFKA_SASL_MECHANISM,"
+        " PIPELINE_KAFKA_SASL_PASSWORD"
+    ) in found
+    assert any(line.startswith("PIPELINE_KAFKA_HEARTBEAT_INTERVAL_MS ") for line in found)
+    assert any(line.startswith("PIPELINE_KAFKA_SSL_CAFILE: no such file") for line in found)
+
+
+def test_an_unknown_variable_is_an_error_with_the_closest_setting(
+    env: pytest.MonkeyPatch,
+) -> None:
+    """A typo must not silently mean "not set": ``PIPELINE_KAFKA_TOPIC`` is refused, and the
+    line says which setting was probably meant."""
+    env.setenv("PIPELINE_KAFKA_TOPIC", "orders")
+    env.setenv("PIPELINE_SPACE_API_TOKN", "s3cret")
+
+    found = problems()
+
+    assert [
+        "PIPELINE_KAFKA_TOPIC: unknown setting (did you mean PIPELINE_KAFKA_TOPICS?)",
+        "PIPELINE_SPACE_API_TOKN: unknown setting (did you mean PIPELINE_SPACE_API_TOKEN?)",
+    ] == found
+
+
+def test_an_unknown_variable_in_the_env_file_is_an_error_too(
+    env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``.env`` is checked like the environment, and the line says where the name came from."""
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("PIPELINE_LOG_LEVL=debug\nOTHER_TOOL_SETTING=1\n")
+
+    with pytest.raises(ConfigError) as raised:
+        load_settings(env_file=dotenv)
+
+    assert [
+        "PIPELINE_LOG_LEVL (in .env): unknown setting (did you mean PIPELINE_LOG_LEVEL?)"
+    ] == raised.value.problems
+
+
+def test_variables_of_other_programs_are_left_alone(env: pytest.MonkeyPatch) -> None:
+    """Only the PIPELINE_ prefix is ours."""
+    env.setenv("PIPELINES_ARE_FUN", "yes")
+    env.setenv("KAFKA_TOPICS", "other")
+
+    assert ("orders",) == load().kafka_topics
+
+
+def test_the_effective_configuration_lists_every_setting_with_secrets_masked(
+    env: pytest.MonkeyPatch,
+) -> None:
+    """``space-pipeline config`` shows each setting once, marks defaults, and never prints a
+    secret: tokens, passwords and a password inside the URL are masked."""
+    env.setenv("PIPELINE_SPACE_API_URL", "https://user:pa55@space.example/v1/records")
+    env.setenv("PIPELINE_SPACE_API_TOKEN", "s3cret")
+    env.setenv("PIPELINE_SPACE_API_HEADERS", '{"X-Api-Key": "k3y"}')
+
+    lines = describe(load())
+    text = "\n".join(lines)
+
+    assert len(Settings.model_fields) == len(lines)
+    assert "PIPELINE_KAFKA_TOPICS=orders" in lines
+    assert "PIPELINE_KAFKA_GROUP_ID=space-pipeline  # default" in lines
+    assert "PIPELINE_SPACE_API_TOKEN=********" in lines
+    assert "PIPELINE_SPACE_API_URL=https://user:********@space.example/v1/records" in lines
+    for secret in ("pa55", "s3cret", "k3y"):
+        assert secret not in text
 
 
 def test_malformed_json_headers_are_an_error_naming_the_setting(env: pytest.MonkeyPatch) -> None:

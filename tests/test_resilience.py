@@ -326,10 +326,10 @@ async def test_a_partition_whose_only_lag_is_markers_is_fully_delivered(new_topi
                     lambda: _committed_is(topic, {0: 11}), what="a commit past the marker"
                 )
                 await eventually(
-                    lambda: REGISTRY.get_sample_value(
-                        "space_pipeline_consumer_lag_records", labels
-                    )
-                    == 0,
+                    lambda: (
+                        REGISTRY.get_sample_value("space_pipeline_consumer_lag_records", labels)
+                        == 0
+                    ),
                     what="no lag",
                 )
                 await asyncio.sleep(1.5)  # longer than the stall timeout

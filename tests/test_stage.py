@@ -395,3 +395,22 @@ async def test_a_rebalance_bounds_the_drain_of_a_hanging_send_and_loses_nothing(
     assert stats.duplicates >= 1, "the unanswered records were sent again"
     assert stats.accepted == stats.unique + stats.duplicates
     assert topic.expected_end(20) == await topic.committed()
+
+
+async def test_sigterm_while_the_api_is_down_does_not_wait_out_retries(new_topic, stage_process):
+    """Every partition sleeps before its next retry when SIGTERM comes: nothing is on the wire,
+    so the stage commits and leaves at once instead of spending its shutdown deadline."""
+    topic = await new_topic(4)
+    await topic.produce(40)
+    async with StubServer(StubConfig(latency_ms=1, error_rate=1.0)) as api:
+        env = topic.env(api.url, retry_initial_backoff_s="3", retry_max_backoff_s="5")
+        proc = stage_process(env)
+        await eventually(lambda: api.stats().requests >= 8, what="failing attempts")
+        await asyncio.sleep(0.3)
+        proc.process.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        code = await asyncio.to_thread(proc.wait, 20)
+        took = time.monotonic() - started
+    assert 0 == code, proc.logs()[-2000:]
+    assert took < 3.0, f"took {took:.1f}s of a 10 s shutdown timeout"
+    assert {p: 0 for p in range(4)} == await topic.committed(), "nothing accepted, nothing past"

@@ -6,6 +6,7 @@ milliseconds and needs no JVM or container engine, and forgets everything when i
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import shutil
@@ -96,7 +97,7 @@ class EmbeddedBroker:
             async with asyncio.timeout(timeout):
                 while True:
                     if self._process is not None and self._process.poll() is not None:
-                        raise BrokerError(f"tansu exited early: {self._tail()}")
+                        raise BrokerError(f"tansu exited early: {self.tail()}")
                     with contextlib.suppress(OSError):
                         _, writer = await asyncio.open_connection(self.host, self.port)
                         writer.close()
@@ -105,7 +106,13 @@ class EmbeddedBroker:
                         return
                     await asyncio.sleep(0.05)
         except TimeoutError:
-            raise BrokerError(f"tansu did not listen within {timeout}s: {self._tail()}") from None
+            raise BrokerError(f"tansu did not listen within {timeout}s: {self.tail()}") from None
+
+    async def wait(self) -> None:
+        """Return when the broker process exits (closing the broker ends the wait too)."""
+        process = self._process
+        if process is not None:
+            await asyncio.to_thread(process.wait)
 
     def close(self) -> None:
         """Stop the broker; later calls do nothing."""
@@ -121,7 +128,8 @@ class EmbeddedBroker:
             self._log.unlink(missing_ok=True)
             self._log = None
 
-    def _tail(self) -> str:
+    def tail(self) -> str:
+        """The end of the broker's own output, to say why it failed."""
         if self._log is None or not self._log.exists():
             return ""
         return self._log.read_text(errors="replace")[-500:]
@@ -165,3 +173,21 @@ async def produce_numbered(
         await asyncio.gather(*sent)
     finally:
         await producer.stop()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare ``space-pipeline broker`` options."""
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (%(default)s)")
+    parser.add_argument("--port", type=int, default=9092, help="port, 0 for any (%(default)s)")
+
+
+async def serve(host: str, port: int) -> None:
+    """Run the broker in the foreground until cancelled; the printed line gives its address."""
+    async with EmbeddedBroker(host, port or None) as broker:
+        print(
+            f"tansu broker on {broker.bootstrap_servers} (in memory: it forgets everything on"
+            f" exit); use PIPELINE_KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers}",
+            flush=True,
+        )
+        await broker.wait()
+        raise BrokerError(f"tansu exited: {broker.tail()}")

@@ -1,0 +1,318 @@
+"""The command as a person meets it: what it says about settings, logs, and the local tools."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from pipeline.config import Settings
+from pipeline.dev.broker import free_port
+from pipeline.dev.stub_api import StubConfig, StubServer
+from tests.conftest import eventually, run_once
+
+VALID = {
+    "PIPELINE_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+    "PIPELINE_KAFKA_TOPICS": "t",
+    "PIPELINE_SPACE_API_URL": "http://127.0.0.1:1/items",
+}
+
+
+def unreachable() -> str:
+    """A broker address nobody listens on."""
+    return f"127.0.0.1:{free_port()}"
+
+
+def command(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``space-pipeline ARGS`` with only the given ``PIPELINE_*`` settings, to its exit."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args],
+        env=clean | env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        check=False,
+    )
+
+
+# Settings
+
+
+def test_a_mistyped_setting_exits_2_and_names_the_setting_it_probably_meant(tmp_path):
+    """``PIPELINE_SPACE_API_TOKN`` would silently mean "no token": it is refused at start."""
+    result = run_once(tmp_path, **VALID, PIPELINE_SPACE_API_TOKN="s3cret")
+
+    assert 2 == result.returncode
+    assert [
+        "space-pipeline: PIPELINE_SPACE_API_TOKN: unknown setting"
+        " (did you mean PIPELINE_SPACE_API_TOKEN?)"
+    ] == result.stderr.splitlines()
+    assert "s3cret" not in result.stderr
+    assert "" == result.stdout
+
+
+def test_a_mistyped_setting_in_dot_env_is_refused_too(tmp_path):
+    """``.env`` in the working directory is read, and checked, like the environment."""
+    (tmp_path / ".env").write_text("PIPELINE_KAFKA_TOPIC=orders\n")
+
+    result = run_once(tmp_path, **VALID)
+
+    assert 2 == result.returncode
+    assert "PIPELINE_KAFKA_TOPIC (in .env): unknown setting" in result.stderr
+
+
+def test_all_problems_are_listed_at_once_one_line_each(tmp_path):
+    """Missing, invalid and conflicting settings: one line each, all in one go."""
+    result = run_once(
+        tmp_path,
+        PIPELINE_KAFKA_TOPICS="t",
+        PIPELINE_METRICS_PORT="70000",
+        PIPELINE_ORDERING="random",
+    )
+
+    lines = result.stderr.splitlines()
+    assert 2 == result.returncode
+    assert 4 == len(lines), lines
+    assert all(line.startswith("space-pipeline: PIPELINE_") for line in lines)
+    named = {line.split(":")[1].strip() for line in lines}
+    assert {
+        "PIPELINE_KAFKA_BOOTSTRAP_SERVERS",
+        "PIPELINE_SPACE_API_URL",
+        "PIPELINE_METRICS_PORT",
+        "PIPELINE_ORDERING",
+    } == named
+
+
+def test_config_prints_the_effective_settings_with_secrets_masked(tmp_path):
+    """``space-pipeline config`` shows every setting, defaults marked, secrets masked; exit 0."""
+    result = command(tmp_path, "config", **VALID, PIPELINE_SPACE_API_TOKEN="s3cret")  # noqa: S106
+
+    assert 0 == result.returncode, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(Settings.model_fields) == len(lines)
+    assert "PIPELINE_SPACE_API_TOKEN=********" in lines
+    assert "PIPELINE_ORDERING=partition  # default" in lines
+    assert "s3cret" not in result.stdout
+
+
+def test_config_exits_2_when_a_setting_is_wrong(tmp_path):
+    """The same checks as ``run``, the same lines, and nothing on stdout."""
+    result = command(tmp_path, "config", **VALID, PIPELINE_ORDERING="random")
+
+    assert 2 == result.returncode
+    assert result.stderr.startswith("space-pipeline: PIPELINE_ORDERING: ")
+    assert "" == result.stdout
+
+
+def test_run_help_lists_every_setting_and_points_to_config(tmp_path):
+    """``run --help`` names each variable with its default, and the ``config`` command."""
+    result = command(tmp_path, "run", "--help")
+
+    assert 0 == result.returncode
+    for name in Settings.model_fields:
+        assert f"PIPELINE_{name.upper()}" in result.stdout
+    assert "space-pipeline config" in result.stdout
+
+
+# Logs
+
+
+def test_auto_logs_json_when_stdout_is_not_a_terminal(tmp_path):
+    """Piped into a collector, every line is one JSON object."""
+    result = run_once(tmp_path, **(VALID | {"PIPELINE_KAFKA_BOOTSTRAP_SERVERS": unreachable()}))
+
+    assert 1 == result.returncode
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert "stage.failed" in {event["event"] for event in events}
+
+
+def test_console_format_renders_lines_for_a_person(tmp_path):
+    """``PIPELINE_LOG_FORMAT=console``: readable lines with the event and its context."""
+    env = VALID | {"PIPELINE_KAFKA_BOOTSTRAP_SERVERS": unreachable()}
+    result = run_once(tmp_path, **env, PIPELINE_LOG_FORMAT="console")
+
+    assert 1 == result.returncode
+    failed = [line for line in result.stdout.splitlines() if "stage.failed" in line]
+    assert 1 == len(failed)
+    assert not failed[0].startswith("{")
+    assert "error=" in failed[0]
+
+
+async def test_start_progress_and_stop_say_what_a_person_needs(new_topic, stage_process):
+    """Start-up names broker, topics, group, API (password masked) and policy; a progress line
+    per topic reports deliveries, rate, lag and partitions; SIGTERM's line gives the deadline
+    and says a second signal forces exit; nothing reports an empty revoke."""
+    topic = await new_topic(2)
+    await topic.produce(40)
+    async with StubServer(StubConfig(latency_ms=1)) as api:
+        url = api.url.replace("http://", "http://user:pa55@")
+        proc = stage_process(topic.env(url, progress_interval_s="0.5"))
+        await eventually(lambda: api.stats().unique == 40, what="all 40")
+        await eventually(lambda: '"stage.progress"' in proc.logs(), what="a progress line")
+        proc.process.send_signal(signal.SIGTERM)
+        assert 0 == await asyncio.to_thread(proc.wait, 20)
+    events = [json.loads(line) for line in proc.logs().splitlines() if line.startswith("{")]
+    by_name: dict[str, list[dict]] = {}
+    for event in events:
+        by_name.setdefault(event["event"], []).append(event)
+    started = by_name["stage.started"][0]
+    assert topic.bootstrap == started["brokers"]
+    assert [topic.name] == started["topics"]
+    assert topic.group == started["group"]
+    assert "pa55" not in started["api_url"]
+    assert "********" in started["api_url"]
+    assert {"ordering", "on_reject", "max_in_flight"} <= started.keys()
+    progress = [e for e in by_name["stage.progress"] if e["total"] == 40]
+    assert progress, by_name["stage.progress"]
+    assert {"delivered", "rate_per_s", "lag_records", "assigned", "paused", "halted"} <= (
+        progress[-1].keys()
+    )
+    assert 2 == progress[-1]["assigned"]
+    stopping = by_name["stage.stopping"][0]
+    assert 10.0 == stopping["deadline_s"]
+    assert "again to exit at once" in stopping["force"]
+    assert all(e["partitions"] for e in by_name.get("stage.partitions_revoked", []))
+    assert "pa55" not in proc.logs()
+
+
+async def test_retry_warnings_are_summarised_per_partition(new_topic, stage_process):
+    """An API answering 503 to everything: the first retry of each partition is logged, then a
+    count now and then, not a line per attempt (the metric still counts each)."""
+    topic = await new_topic(2)
+    await topic.produce(4)
+    async with StubServer(StubConfig(latency_ms=1, error_rate=1.0)) as api:
+        proc = stage_process(topic.env(api.url, retry_max_backoff_s="0.05"))
+        await eventually(lambda: api.stats().requests >= 60, what="many failed attempts")
+        proc.process.send_signal(signal.SIGTERM)
+        assert 0 == await asyncio.to_thread(proc.wait, 20)
+        attempts = api.stats().requests
+    lines = [json.loads(line) for line in proc.logs().splitlines() if '"stage.retrying"' in line]
+    assert {0, 1} == {line["partition"] for line in lines}
+    assert len(lines) <= 4, f"{len(lines)} retry lines for {attempts} attempts"
+
+
+async def test_a_refused_connection_is_reported_as_a_connection_error(new_topic, stage_process):
+    """Nobody listens at the API's address: the retry line says connection, not timeout."""
+    topic = await new_topic(1)
+    await topic.produce(1)
+    proc = stage_process(topic.env(f"http://127.0.0.1:{free_port()}/items"))
+    await eventually(lambda: '"stage.retrying"' in proc.logs(), what="a retry line")
+    proc.process.send_signal(signal.SIGTERM)
+    assert 0 == await asyncio.to_thread(proc.wait, 20)
+    line = next(json.loads(x) for x in proc.logs().splitlines() if '"stage.retrying"' in x)
+    assert "connection" == line["reason"]
+
+
+# The local tools
+
+
+class Tool:
+    """A long-running ``space-pipeline`` tool (broker, stub API) as a child process."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+
+    def first_line(self) -> str:
+        assert self.process.stdout is not None
+        return self.process.stdout.readline()
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGINT)
+        try:
+            return self.process.wait(10)
+        finally:
+            assert self.process.stdout is not None
+            self.process.stdout.close()
+
+
+async def test_the_three_terminal_walk_through_works_as_written(tmp_path):
+    """The README's local walk-through: ``broker`` and ``stub-api`` in the foreground, records
+    from ``produce``, then ``run`` delivers them all, and each tool stops cleanly on Ctrl-C."""
+    broker = Tool("broker", "--port", "0")
+    stub = Tool("stub-api", "--port", "0", "--latency-ms", "1")
+    try:
+        address = re.search(r"on (\S+:\d+)", await asyncio.to_thread(broker.first_line))
+        url = re.search(r"(http://\S+/items)", await asyncio.to_thread(stub.first_line))
+        assert address is not None
+        assert url is not None
+        bootstrap = address.group(1)
+        produced = command(
+            tmp_path, "produce", "--bootstrap", bootstrap, "--topic", "telemetry", "--count", "30"
+        )
+        assert 0 == produced.returncode, produced.stderr
+        assert f"wrote 30 records to telemetry on {bootstrap}" in produced.stdout
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
+        env |= {
+            "PIPELINE_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "PIPELINE_KAFKA_TOPICS": "telemetry",
+            "PIPELINE_SPACE_API_URL": url.group(1),
+            "PIPELINE_METRICS_PORT": str(free_port()),
+        }
+        stage = subprocess.Popen(  # noqa: ASYNC220 - a child that runs beside the test
+            [sys.executable, "-m", "pipeline", "run"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        stats_url = url.group(1).replace("/items", "/stats")
+
+        async def delivered() -> int:
+            async with httpx.AsyncClient() as client:
+                return int((await client.get(stats_url)).json()["unique"])
+
+        for _ in range(200):
+            if await delivered() == 30:
+                break
+            await asyncio.sleep(0.1)
+        stage.send_signal(signal.SIGTERM)
+        assert 0 == await asyncio.to_thread(stage.wait, 20)
+        assert 30 == await delivered()
+    finally:
+        codes = [broker.stop(), stub.stop()]
+    assert [0, 0] == codes
+
+
+def test_produce_writes_one_record_per_line_of_stdin(kafka_bootstrap, tmp_path):
+    """``--stdin`` turns each non-empty line into a record of its own."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
+    args = ["produce", "--bootstrap", kafka_bootstrap, "--topic", f"stdin-{os.getpid()}", "--stdin"]
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", *args],
+        input='{"a": 1}\n\n{"a": 2}\n',
+        capture_output=True,
+        text=True,
+        env=clean,
+        timeout=60,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert 0 == result.returncode, result.stderr
+    assert "wrote 2 records" in result.stdout
+
+
+def test_the_run_command_does_not_import_the_dev_tools():
+    """``run`` starts without the stub, the demo or the broker tooling: they are for trying."""
+    code = (
+        "import sys; from pipeline.cli import build_parser; import pipeline.stage; "
+        "build_parser('run'); "
+        "print(sorted(m for m in sys.modules if m.startswith('pipeline.dev')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert "[]" == result.stdout.strip()
