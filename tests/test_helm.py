@@ -10,20 +10,29 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import re
+import shlex
+import types
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Union, get_args, get_origin
 
+import annotated_types
 import helm_python as helm
 import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from pydantic import AnyHttpUrl
 
-from pipeline.config import ENV_PREFIX, Settings
+from pipeline.config import ENV_PREFIX, Settings, load_settings
+from pipeline.errors import ConfigError
+from pipeline.policy import format_statuses, parse_statuses
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART_DIR = ROOT / "helm" / "space-pipeline"
+CHART_README = CHART_DIR / "README.md"
 ALL_FEATURES = Path(__file__).resolve().parent / "helm-values" / "all-features.yaml"
 K8S_VERSION = "1.33.0"
 RELEASE = "demo"
@@ -31,12 +40,14 @@ NAMESPACE = "streams"
 TMP_DIR = "/tmp"  # noqa: S108 - the emptyDir the read-only root filesystem needs
 
 # What any install must provide: the chart renders nothing without them.
+IMAGE_REPOSITORY = "registry.example.com/space-pipeline"
 REQUIRED: dict[str, Any] = {
+    "image": {"repository": IMAGE_REPOSITORY},
     "config": {
         "kafkaBootstrapServers": "kafka:9092",
         "kafkaTopics": ["orders"],
         "spaceApiUrl": "http://space-api:8080/records",
-    }
+    },
 }
 
 _STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
@@ -190,9 +201,18 @@ def chart() -> Iterator[helm.Chart]:
         yield loaded
 
 
-def render(chart: helm.Chart, *layers: dict[str, Any]) -> list[dict[str, Any]]:
+def render(
+    chart: helm.Chart, *layers: dict[str, Any], release: str = RELEASE
+) -> list[dict[str, Any]]:
     """Render with the required values plus ``layers``; every non-empty manifest, parsed."""
-    files = chart.render(merged(REQUIRED, *layers), name=RELEASE, namespace=NAMESPACE)
+    return render_exactly(chart, merged(REQUIRED, *layers), release=release)
+
+
+def render_exactly(
+    chart: helm.Chart, values: dict[str, Any], release: str = RELEASE
+) -> list[dict[str, Any]]:
+    """Render with ``values`` only (over values.yaml); every non-empty manifest, parsed."""
+    files = chart.render(values, name=release, namespace=NAMESPACE)
     docs: list[dict[str, Any]] = []
     for path, text in sorted(files.items()):
         if path.endswith("NOTES.txt"):
@@ -217,8 +237,8 @@ def container(docs: list[dict[str, Any]]) -> dict[str, Any]:
     return dict(main)
 
 
-def configmap_env(docs: list[dict[str, Any]]) -> dict[str, str]:
-    name = f"{RELEASE}-space-pipeline"
+def configmap_env(docs: list[dict[str, Any]], release: str = RELEASE) -> dict[str, str]:
+    name = f"{release}-space-pipeline"
     (config,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == name]
     data: dict[str, str] = config["data"]
     return data
@@ -430,9 +450,9 @@ def test_security_context_is_hardened(chart: helm.Chart, variant: str) -> None:
 
 
 def test_container_runs_image_entrypoint_on_metrics_port(chart: helm.Chart) -> None:
-    """Image defaults to space-pipeline:<appVersion>, no command override, port `metrics` 9400."""
+    """The image is <image.repository>:<appVersion>, no command override, port `metrics` 9400."""
     main = container(render(chart))
-    assert main["image"] == f"space-pipeline:{chart.metadata['appVersion']}"
+    assert main["image"] == f"{IMAGE_REPOSITORY}:{chart.metadata['appVersion']}"
     assert "command" not in main
     assert "args" not in main
     assert main["ports"] == [{"name": "metrics", "containerPort": 9400, "protocol": "TCP"}]
@@ -661,3 +681,418 @@ def test_extra_objects_are_templated(chart: helm.Chart) -> None:
         d["metadata"]["name"] for d in render(chart, all_features()) if d["kind"] == "ConfigMap"
     }
     assert {f"{RELEASE}-extra", f"{RELEASE}-extra-string"} <= names
+
+
+# --- The image: built and pushed by the user, never a default nobody can pull -------------------
+
+IMAGE_REQUIRED = (
+    "image.repository is required: build and push the image first, see the chart README"
+)
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [{}, {"image": {"repository": ""}}, {"image": {"repository": None, "tag": "1.0.0"}}],
+    ids=["values.yaml default", "empty", "null"],
+)
+def test_image_repository_is_required(chart: helm.Chart, layer: dict[str, Any]) -> None:
+    """No public image exists, so image.repository has no default: without one, rendering fails
+    telling the user to build and push the image, instead of rendering a pod that never pulls."""
+    settings_only = {key: value for key, value in REQUIRED.items() if key != "image"}
+    with pytest.raises(helm.HelmRenderError, match=re.escape(IMAGE_REQUIRED)):
+        render_exactly(chart, merged(settings_only, layer))
+
+
+@pytest.mark.parametrize(
+    ("image", "expected"),
+    [
+        ({}, "{repository}:{appVersion}"),
+        ({"tag": "0.2.0-rc1"}, "{repository}:0.2.0-rc1"),
+        ({"tag": "0.2.0", "digest": "sha256:" + "ab" * 32}, "{repository}@sha256:" + "ab" * 32),
+    ],
+    ids=["tag defaults to appVersion", "explicit tag", "digest wins"],
+)
+def test_image_reference(chart: helm.Chart, image: dict[str, Any], expected: str) -> None:
+    """The pod runs <repository>:<tag>, the tag defaulting to the chart's appVersion; a digest
+    pins the image and wins over the tag."""
+    expected = expected.format(repository=IMAGE_REPOSITORY, appVersion=chart.metadata["appVersion"])
+    assert container(render(chart, {"image": image}))["image"] == expected
+
+
+def chart_readme_section(title: str) -> str:
+    """The text of the chart README's ``## <title>`` section."""
+    text = CHART_README.read_text()
+    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", text, re.MULTILINE | re.DOTALL)
+    assert match, f"{CHART_README.name} has no '## {title}' section"
+    return match.group(1)
+
+
+def shell_commands(section: str) -> list[list[str]]:
+    """The commands of the section's first ```sh block: continuations joined, comments dropped."""
+    block = re.search(r"^```sh\n(.*?)^```", section, re.MULTILINE | re.DOTALL)
+    assert block, "no ```sh block"
+    joined = block.group(1).replace("\\\n", " ")
+    return [shlex.split(line, comments=True) for line in joined.splitlines() if line.strip()]
+
+
+def test_readme_install_pushes_the_image_it_installs(chart: helm.Chart) -> None:
+    """The chart README's install section builds and pushes the image before `helm install`, and
+    its `helm install` flags, rendered as they are, run exactly the image it pushed."""
+    commands = [c for c in shell_commands(chart_readme_section("Install")) if c]
+    programs = [" ".join(c[:2]) for c in commands]
+    build, push, install = (
+        programs.index("docker build"),
+        programs.index("docker push"),
+        programs.index("helm install"),
+    )
+    assert build < push < install, programs
+    built = commands[build][commands[build].index("-t") + 1]
+    pushed = commands[push][2]
+    assert built == pushed
+
+    flags = commands[install]
+    values = merged(
+        *(helm.parse_set_string(flags[i + 1]) for i, flag in enumerate(flags) if flag == "--set")
+    )
+    assert set(values["image"]) == {"repository", "tag"}
+    docs = render_exactly(chart, values)
+    assert container(docs)["image"] == pushed
+
+
+def test_readme_says_tag_defaults_to_app_version() -> None:
+    """The install section tells the user the image tag defaults to the chart's appVersion."""
+    section = " ".join(chart_readme_section("Install").split())
+    assert "`image.tag` defaults to the chart's `appVersion`" in section
+
+
+# --- The chart README's Values table is values.yaml, defaults included ---------------------------
+
+
+def split_outside_code(text: str, separator: str) -> list[str]:
+    """``text`` split on ``separator`` wherever it is not inside `code`, parts stripped."""
+    parts: list[str] = []
+    current: list[str] = []
+    in_code = False
+    i = 0
+    while i < len(text):
+        if text[i] == "`":
+            in_code = not in_code
+        elif not in_code and text.startswith(separator, i):
+            parts.append("".join(current).strip())
+            current = []
+            i += len(separator)
+            continue
+        current.append(text[i])
+        i += 1
+    parts.append("".join(current).strip())
+    return parts
+
+
+def readme_values_rows() -> list[tuple[str, str]]:
+    """(Key cell, Default cell) of every row of the chart README's Values table."""
+    lines = [ln for ln in chart_readme_section("Values").splitlines() if ln.startswith("|")]
+    cells = [split_outside_code(line, "|")[1:-1] for line in lines]
+    assert cells[0] == ["Key", "Default", "Meaning"], "the Values table's header changed"
+    assert all(set(cell) <= set("-: ") for cell in cells[1]), "no separator row"
+    rows = cells[2:]
+    for row in rows:
+        assert len(row) == 3, f"a Values row needs 3 cells: {row}"
+    return [(key, default) for key, default, _ in rows]
+
+
+def code_span(part: str, what: str, row: str) -> str:
+    """The content of ``part``, which must be one `code` span."""
+    match = re.fullmatch(r"`([^`]+)`", part)
+    assert match, f"Values row {row!r}: {what} {part!r} must be one `code` span"
+    return match.group(1)
+
+
+def expand_braces(key: str) -> list[str]:
+    """``probes.{startup,liveness}.path`` -> ``probes.startup.path``, ``probes.liveness.path``."""
+    match = re.search(r"\{([^{}]*)\}", key)
+    if not match:
+        return [key]
+    return [
+        expanded
+        for choice in match.group(1).split(",")
+        for expanded in expand_braces(key[: match.start()] + choice.strip() + key[match.end() :])
+    ]
+
+
+def documented_keys(cell: str) -> list[str]:
+    """The dotted keys a Key cell names. ``a.b`` / ``c`` names ``a.b`` and its sibling ``a.c``."""
+    first, *siblings = (code_span(p, "key", cell) for p in split_outside_code(cell, " / "))
+    parent = first.rpartition(".")[0]
+    paths = [first] + [f"{parent}.{sibling}" if parent else sibling for sibling in siblings]
+    return [expanded for path in paths for expanded in expand_braces(path)]
+
+
+MISSING = object()
+
+
+def lookup(values: dict[str, Any], path: str) -> Any:
+    node: Any = values
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return MISSING
+        node = node[part]
+    return node
+
+
+def test_readme_values_table_matches_values_yaml() -> None:
+    """Every key the chart README's Values table names exists in values.yaml, with the documented
+    default. A Default cell holds one `YAML literal` per key (or one for all of them), separated
+    by ` / `; a row may name a pattern (`config.<camelCaseField>`) only with "see values.yaml"."""
+    values = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
+    rows = readme_values_rows()
+    assert len(rows) >= 30, "the Values table was not found or not parsed"
+    problems: list[str] = []
+    checked = 0
+    for key_cell, default_cell in rows:
+        keys = documented_keys(key_cell)
+        if any("<" in key for key in keys):
+            assert default_cell == "see values.yaml", f"pattern row {key_cell!r}"
+            continue
+        defaults = [
+            code_span(part, "default", key_cell) for part in split_outside_code(default_cell, " / ")
+        ]
+        if len(defaults) == 1:
+            defaults *= len(keys)
+        if len(defaults) != len(keys):
+            problems.append(f"{key_cell}: {len(keys)} keys but {len(defaults)} defaults")
+            continue
+        for key, default in zip(keys, defaults, strict=True):
+            actual = lookup(values, key)
+            if actual is MISSING:
+                problems.append(f"{key}: documented, but values.yaml has no such key")
+                continue
+            documented = yaml.safe_load(default)
+            # json.dumps tells 1 from true and 1 from "1", which == would not.
+            if json.dumps(documented, sort_keys=True) != json.dumps(actual, sort_keys=True):
+                problems.append(f"{key}: README says {default}, values.yaml has {actual!r}")
+            checked += 1
+    assert problems == []
+    assert checked >= 60
+
+
+def test_readme_values_table_documents_every_top_level_value() -> None:
+    """Every top-level key of values.yaml has a row in the chart README's Values table."""
+    values = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
+    documented = {
+        key.split(".")[0]
+        for key_cell, _ in readme_values_rows()
+        for key in documented_keys(key_cell)
+    }
+    assert set(values) - documented == set()
+
+
+# --- No service links: the stage refuses unknown PIPELINE_* variables -----------------------------
+
+
+def pod_environment(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    """Make ``env`` the only PIPELINE_* variables of this process, as in the pod."""
+    for name in [n for n in os.environ if n.startswith(ENV_PREFIX)]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_pod_disables_service_links(chart: helm.Chart, variant: str) -> None:
+    """enableServiceLinks is false: Kubernetes injects no <SERVICE>_SERVICE_HOST/_PORT variables
+    for the namespace's Services (the stage needs none; it uses DNS names)."""
+    assert pod_spec(render(chart, VARIANTS[variant]))["enableServiceLinks"] is False
+
+
+def test_service_link_variables_would_stop_the_stage(
+    chart: helm.Chart, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Why service links are off: a Service named `pipeline...` (here this chart's own metrics
+    Service, in a release named `pipeline`) would inject PIPELINE_*_SERVICE_HOST and friends,
+    which the stage refuses at start as unknown settings."""
+    release = "pipeline"
+    docs = render(chart, {"metricsService": {"enabled": True}}, release=release)
+    prefix = only(docs, "Service")["metadata"]["name"].upper().replace("-", "_")
+    assert prefix.startswith(ENV_PREFIX)
+    links = {
+        f"{prefix}_SERVICE_HOST": "10.0.0.7",
+        f"{prefix}_SERVICE_PORT": "9400",
+        f"{prefix}_PORT": "tcp://10.0.0.7:9400",
+        f"{prefix}_PORT_9400_TCP": "tcp://10.0.0.7:9400",
+    }
+    pod_environment(monkeypatch, configmap_env(docs, release=release))
+    assert load_settings(env_file=None).kafka_topics == ("orders",)  # the pod's own env is fine
+
+    pod_environment(monkeypatch, {**configmap_env(docs, release=release), **links})
+    with pytest.raises(ConfigError) as refused:
+        load_settings(env_file=None)
+    assert {p.split(":")[0] for p in refused.value.problems} == set(links)
+    assert pod_spec(docs)["enableServiceLinks"] is False
+
+
+# --- The `config` block follows the stage's Settings --------------------------------------------
+
+# Settings that never go under `config`, each with the reason.
+NOT_IN_CONFIG = {
+    # Secrets: only referenced from existing Secrets, under `secrets`.
+    "kafka_sasl_password": "secret: secrets.kafkaSaslPassword",
+    "kafka_ssl_keyfile_password": "secret: secrets.kafkaSslKeyfilePassword",
+    "space_api_token": "secret: secrets.spaceApiToken",
+    # Files the chart mounts from kafkaTls.existingSecret and points at itself.
+    "kafka_ssl_cafile": "set by the chart from kafkaTls.caKey",
+    "kafka_ssl_certfile": "set by the chart from kafkaTls.certKey",
+    "kafka_ssl_keyfile": "set by the chart from kafkaTls.keyKey",
+}
+
+
+def camel_case(field: str) -> str:
+    """``kafka_group_id`` -> ``kafkaGroupId``: the chart's spelling of a setting."""
+    first, *rest = field.split("_")
+    return first + "".join(part.title() for part in rest)
+
+
+def config_fields() -> dict[str, str]:
+    """camelCase key -> Settings field, for every setting that belongs under `config`."""
+    return {camel_case(f): f for f in Settings.model_fields if f not in NOT_IN_CONFIG}
+
+
+def config_schema() -> dict[str, Any]:
+    schema = json.loads((CHART_DIR / "values.schema.json").read_text())
+    properties: dict[str, Any] = schema["properties"]["config"]
+    return properties
+
+
+def test_config_schema_lists_exactly_the_non_secret_settings() -> None:
+    """values.schema.json's `config` keys are exactly the camelCase forms of the non-secret
+    Settings fields. When this fails after adding a setting to pipeline/config.py: add it to
+    values.schema.json (config.properties), to values.yaml (a commented default) and to
+    tests/helm-values/all-features.yaml."""
+    assert set(NOT_IN_CONFIG) <= set(Settings.model_fields), "a stale NOT_IN_CONFIG entry"
+    schema = config_schema()
+    assert schema["additionalProperties"] is False
+    assert set(schema["properties"]) == set(config_fields())
+
+
+def json_type(annotation: Any) -> tuple[str, dict[str, Any]]:
+    """The JSON type of a Settings annotation, and what else the schema must say about it."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        (inner,) = [a for a in get_args(annotation) if a is not type(None)]
+        return json_type(inner)
+    if get_origin(annotation) is Literal:
+        return "string", {"enum": list(get_args(annotation))}
+    if annotation == frozenset[int]:  # HTTP statuses: the stage's own "408,500-599" string
+        return "string", {}
+    if get_origin(annotation) in (tuple, frozenset):
+        return "array", {"items": {"type": "string"}}
+    if get_origin(annotation) is dict:
+        return "object", {"additionalProperties": {"type": "string"}}
+    known = {bool: "boolean", int: "integer", float: "number", str: "string", AnyHttpUrl: "string"}
+    assert annotation in known, f"no JSON type known for {annotation}: extend json_type()"
+    return known[annotation], {}
+
+
+def refused_by_settings(field: str, kind: str) -> list[Any]:
+    """Values just outside the bounds of ``field``'s constraints (gt/ge/lt/le)."""
+    step = 1 if kind == "integer" else 0.001
+    refused: list[Any] = []
+    for bound in Settings.model_fields[field].metadata:
+        if isinstance(bound, annotated_types.Gt):
+            refused.append(bound.gt)
+        elif isinstance(bound, annotated_types.Ge):
+            refused.append(bound.ge - step)
+        elif isinstance(bound, annotated_types.Lt):
+            refused.append(bound.lt)
+        elif isinstance(bound, annotated_types.Le):
+            refused.append(bound.le + step)
+    return refused
+
+
+@pytest.mark.parametrize(("key", "field"), sorted(config_fields().items()))
+def test_config_schema_types_follow_settings(key: str, field: str) -> None:
+    """Each `config` key has the JSON type of its setting (integer, number, string, the same enum,
+    an array of strings, a string map); it accepts the stage's default and refuses every value
+    the stage would refuse by its bounds, so `helm install` fails before the pod would."""
+    prop = config_schema()["properties"].get(key)
+    assert prop is not None, f"config.{key} is missing from values.schema.json"
+    info = Settings.model_fields[field]
+    kind, details = json_type(info.annotation)
+    assert prop["type"] == kind
+    if "enum" in details:
+        assert sorted(prop["enum"]) == sorted(details.pop("enum"))
+    for name, expected in details.items():  # items / additionalProperties: at least this
+        assert expected.items() <= prop[name].items(), name
+    validator = jsonschema.Draft7Validator(prop)
+    default = default_in_chart_form(field)
+    if default is not None and not info.is_required():
+        assert validator.is_valid(default), f"config.{key} refuses the default {default!r}"
+    for value in refused_by_settings(field, kind):
+        assert not validator.is_valid(value), f"config.{key} accepts {value}"
+
+
+def default_in_chart_form(field: str) -> Any:
+    """A setting's default as written under `config`: statuses as the stage's own text, other
+    sets and tuples as lists."""
+    info = Settings.model_fields[field]
+    value = info.get_default(call_default_factory=True)
+    if info.annotation == frozenset[int]:
+        return format_statuses(value)
+    if isinstance(value, frozenset):
+        return sorted(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def values_yaml_config_lines() -> dict[str, tuple[bool, Any]]:
+    """camelCase key -> (commented out?, value) for each key line of values.yaml's `config`."""
+    text = (CHART_DIR / "values.yaml").read_text()
+    block = re.search(r"^config:\n(.*?)^(?=\S)", text, re.MULTILINE | re.DOTALL)
+    assert block, "values.yaml has no config block"
+    found: dict[str, tuple[bool, Any]] = {}
+    for line in block.group(1).splitlines():
+        match = re.fullmatch(r"  (# )?([a-z][A-Za-z0-9]*):(.*)", line)
+        if match:
+            value = re.split(r"\s+#", match.group(3), maxsplit=1)[0]
+            found[match.group(2)] = (bool(match.group(1)), yaml.safe_load(value))
+    return found
+
+
+def test_values_yaml_lists_every_setting_with_its_default() -> None:
+    """values.yaml's `config` names every setting, set or as a comment; a commented one shows the
+    stage's own default (empty when it has none), and a required one is a real key."""
+    lines = values_yaml_config_lines()
+    assert set(lines) == set(config_fields())
+    for key, field in config_fields().items():
+        commented, value = lines[key]
+        info = Settings.model_fields[field]
+        if info.is_required():
+            assert not commented, f"config.{key} is required: it must be a real key"
+            continue
+        default = default_in_chart_form(field)
+        if commented:
+            assert value == default, (
+                f"values.yaml says # {key}: {value!r}, the default is {default!r}"
+            )
+
+
+def test_all_features_configmap_is_accepted_by_settings(
+    chart: helm.Chart, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every kind of `config` value (numbers, booleans, lists, maps, status ranges) renders into a
+    variable the stage parses back to what the values said."""
+    values = all_features()
+    env = configmap_env(render(chart, values))
+    # Not settings the stage checks here: the TLS files exist only in the pod, and an
+    # extraConfig name newer than the stage.
+    for name in ("KAFKA_SSL_CAFILE", "KAFKA_SSL_CERTFILE", "KAFKA_SSL_KEYFILE", "FUTURE_SETTING"):
+        del env[ENV_PREFIX + name]
+    pod_environment(monkeypatch, {**env, ENV_PREFIX + "KAFKA_SASL_PASSWORD": "from-a-secret"})
+    settings = Settings(_env_file=None)
+    config = values["config"]
+    assert settings.retry_statuses == parse_statuses(config["retryStatuses"])
+    assert settings.dead_letter_idempotence is config["deadLetterIdempotence"] is False
+    assert settings.skip_records == frozenset(config["skipRecords"])
+    assert list(settings.forward_headers) == config["forwardHeaders"]
+    assert settings.space_api_headers == config["spaceApiHeaders"]
+    assert settings.partition_buffer_bytes == config["partitionBufferBytes"]
+    assert settings.progress_interval_s == config["progressIntervalS"]

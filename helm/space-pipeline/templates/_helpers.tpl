@@ -46,11 +46,12 @@ app.kubernetes.io/component: kafka-http-stage
 {{- end -}}
 
 {{- define "space-pipeline.image" -}}
+{{- $repository := include "space-pipeline.imageRepository" . -}}
 {{- $tag := default .Chart.AppVersion .Values.image.tag -}}
 {{- if .Values.image.digest -}}
-{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- printf "%s@%s" $repository .Values.image.digest -}}
 {{- else -}}
-{{- printf "%s:%s" .Values.image.repository $tag -}}
+{{- printf "%s:%s" $repository $tag -}}
 {{- end -}}
 {{- end -}}
 
@@ -77,10 +78,16 @@ Lists are joined with ",", maps JSON-encoded.
 {{- end -}}
 {{- end -}}
 
-{{/* Every required setting is present; the chart fails to render otherwise. */}}
+{{/* The image's repository: there is no public image, so the user must name the one they pushed. */}}
+{{- define "space-pipeline.imageRepository" -}}
+{{- required "image.repository is required: build and push the image first, see the chart README" .Values.image.repository -}}
+{{- end -}}
+
+{{/* Every required value is present; the chart fails to render otherwise. */}}
 {{- define "space-pipeline.validate" -}}
+{{- $_ := include "space-pipeline.imageRepository" . -}}
 {{- $c := .Values.config -}}
-{{- $_ := required "config.kafkaBootstrapServers is required" $c.kafkaBootstrapServers -}}
+{{- $_ = required "config.kafkaBootstrapServers is required" $c.kafkaBootstrapServers -}}
 {{- if not $c.kafkaTopics -}}
 {{- fail "config.kafkaTopics is required: list at least one topic" -}}
 {{- end -}}
