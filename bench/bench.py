@@ -114,14 +114,15 @@ async def run_stage(
 FOLK = """
 import asyncio, json, resource, sys, time
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from pipeline.space_api import SpaceApi, SpaceApiConfig
+from pipeline.http_client import AiohttpClient, Timeouts
+from pipeline.http_sink import HttpSink, HttpSinkConfig
 
 async def main(bootstrap, topic, partitions, records, url):
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                 auto_offset_reset="earliest")
     await consumer.start()
     consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
-    async with SpaceApi(SpaceApiConfig(url=url)) as api:
+    async with HttpSink(HttpSinkConfig(url=url), AiohttpClient(Timeouts(), 1)) as api:
         sent, started, cpu0 = 0, None, None
         while sent < records:
             batch = await consumer.getmany(timeout_ms=500)

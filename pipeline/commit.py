@@ -19,6 +19,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from pipeline import metrics
+from pipeline.consumer import Committed
 from pipeline.partition import Partition
 
 log = structlog.get_logger("pipeline.commit")
@@ -27,8 +28,8 @@ log = structlog.get_logger("pipeline.commit")
 class Committer(Protocol):
     """Where offsets go: the consumer group, or a fake in tests."""
 
-    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
-        """Commit ``offsets`` (the next offset to read of each partition)."""
+    async def commit(self, offsets: Mapping[TopicPartition, Committed]) -> None:
+        """Commit ``offsets`` (the next offset to read of each partition, and its note)."""
         ...
 
 
@@ -56,16 +57,16 @@ class Commits:
         """
         parts = list(parts)
         started = time.perf_counter()
-        ready: dict[Partition, int] = {}
+        ready: dict[Partition, Committed] = {}
         try:
             async with asyncio.timeout(timeout), self._lock:
                 for part in parts:
-                    mark = part.span.ready(self._position(part.tp))
-                    if mark is not None and not part.revoked:
-                        ready[part] = mark
+                    point = part.commit_point(self._position(part.tp))
+                    if point is not None and not part.revoked:
+                        ready[part] = point
                 if not ready:
                     return True
-                await self._committer.commit({part.tp: mark for part, mark in ready.items()})
+                await self._committer.commit({part.tp: point for part, point in ready.items()})
         except (KafkaError, TimeoutError) as error:
             metrics.COMMITS.labels("failed").inc()
             log.warning("commit.failed", error=repr(error), partitions=len(ready))
@@ -74,8 +75,8 @@ class Commits:
             if ready:
                 metrics.COMMIT_DURATION.observe(time.perf_counter() - started)
         metrics.COMMITS.labels("ok").inc()
-        for part, mark in ready.items():
-            part.span.committed = mark
+        for part, point in ready.items():
+            part.committed(point)
             if not part.revoked:  # a revoked partition's gauges are gone; keep them gone
-                metrics.COMMITTED_OFFSET.labels(*part.labels).set(mark)
+                metrics.COMMITTED_OFFSET.labels(*part.labels).set(point.offset or 0)
         return True

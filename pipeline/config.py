@@ -27,6 +27,14 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from pipeline.errors import ConfigError
+from pipeline.http_sink import check_url_template
+from pipeline.policy import (
+    DEFAULT_AUTH_STATUSES,
+    DEFAULT_RETRY_STATUSES,
+    format_statuses,
+    parse_skip_list,
+    parse_statuses,
+)
 
 ENV_PREFIX = "PIPELINE_"
 
@@ -74,12 +82,29 @@ class Settings(BaseSettings):
     kafka_ssl_keyfile_password: SecretStr | None = None
 
     # The Space API
-    space_api_url: AnyHttpUrl
+    space_api_url: str
+    space_api_method: Literal["POST", "PUT", "PATCH"] = "POST"
     space_api_content_type: str = "application/json"
     space_api_token: SecretStr | None = None
     space_api_headers: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     space_api_timeout_s: PositiveFloat = 10.0
     space_api_connect_timeout_s: PositiveFloat = 5.0
+    forward_headers: Annotated[tuple[str, ...], NoDecode] = ("traceparent", "tracestate")
+    tombstones: Literal["send", "delete"] = "send"
+
+    # Outcomes: what each answer means, and what a rejection leads to
+    retry_statuses: Annotated[frozenset[int], NoDecode] = parse_statuses(DEFAULT_RETRY_STATUSES)
+    auth_statuses: Annotated[frozenset[int], NoDecode] = parse_statuses(DEFAULT_AUTH_STATUSES)
+    on_reject: Literal["halt", "dead-letter"] = "halt"
+    dead_letter_topic: str | None = None
+    dead_letter_max_per_minute: PositiveInt = 60
+    dead_letter_idempotence: bool = True
+    skip_records: Annotated[frozenset[str], NoDecode] = frozenset()
+
+    # The API as one shared resource
+    circuit_failures: PositiveInt = 5
+    rate_limit_per_s: Annotated[float, Field(ge=0)] = 0.0
+    rate_limit_burst: PositiveInt = 10
 
     # Delivery
     ordering: Literal["partition", "key"] = "partition"
@@ -111,6 +136,35 @@ class Settings(BaseSettings):
             msg = "must name at least one topic (comma-separated)"
             raise ValueError(msg)
         return value
+
+    @field_validator("space_api_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        sample = check_url_template(value)
+        AnyHttpUrl(sample)  # raises with pydantic's own words when it is no http(s) URL
+        return value
+
+    @field_validator("space_api_method", mode="before")
+    @classmethod
+    def _upper_method(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("forward_headers", mode="before")
+    @classmethod
+    def _split_names(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(name.strip() for name in value.split(",") if name.strip())
+        return value
+
+    @field_validator("retry_statuses", "auth_statuses", mode="before")
+    @classmethod
+    def _parse_statuses(cls, value: object) -> object:
+        return parse_statuses(value) if isinstance(value, str) else value
+
+    @field_validator("skip_records", mode="before")
+    @classmethod
+    def _parse_skip(cls, value: object) -> object:
+        return parse_skip_list(value) if isinstance(value, str) else value
 
     @field_validator("space_api_headers", mode="before")
     @classmethod
@@ -176,6 +230,18 @@ class Settings(BaseSettings):
             path = getattr(self, name)
             if path is not None and not path.is_file():
                 yield f"{env_name(name)}: no such file: {path}"
+        if both := self.retry_statuses & self.auth_statuses:
+            yield (
+                "PIPELINE_RETRY_STATUSES and PIPELINE_AUTH_STATUSES both hold "
+                + ",".join(str(code) for code in sorted(both))
+            )
+        if self.on_reject == "dead-letter" and not self.dead_letter_topic:
+            yield "PIPELINE_ON_REJECT=dead-letter needs PIPELINE_DEAD_LETTER_TOPIC"
+        if self.dead_letter_topic in self.kafka_topics:
+            yield (
+                "PIPELINE_DEAD_LETTER_TOPIC must not be one of PIPELINE_KAFKA_TOPICS: rejected "
+                "records would come round again"
+            )
 
 
 def env_name(field: str) -> str:
@@ -268,14 +334,15 @@ def mask_url(url: str) -> str:
 
 
 def _as_text(value: Any) -> str:  # noqa: ANN401 - any setting's type
-    if value is None:
-        return ""
-    if isinstance(value, AnyHttpUrl):
-        return mask_url(str(value))
     if isinstance(value, SecretStr):
-        return MASK if value.get_secret_value() else ""
-    if isinstance(value, tuple):
-        return ",".join(str(item) for item in value)
-    if isinstance(value, dict):
-        return json.dumps(value)
-    return str(value)
+        value = MASK if value.get_secret_value() else None
+    elif isinstance(value, str) and "://" in value:
+        value = mask_url(value)
+    elif isinstance(value, frozenset):
+        ints = all(isinstance(item, int) for item in value)
+        value = format_statuses(value) if ints else ",".join(sorted(map(str, value)))
+    elif isinstance(value, tuple):
+        value = ",".join(str(item) for item in value)
+    elif isinstance(value, dict):
+        value = json.dumps(value)
+    return "" if value is None else str(value)

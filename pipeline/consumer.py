@@ -17,10 +17,16 @@ import asyncio
 import contextlib
 import ssl
 from collections.abc import Awaitable, Callable, Collection, Mapping
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import structlog
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka import (
+    AIOKafkaConsumer,
+    ConsumerRebalanceListener,
+    ConsumerRecord,
+    OffsetAndMetadata,
+    TopicPartition,
+)
 from aiokafka.errors import IllegalStateError, KafkaError
 from aiokafka.helpers import create_ssl_context
 
@@ -31,6 +37,13 @@ log = structlog.get_logger("pipeline.consumer")
 # How long one poll waits for records; the fetch loop checks nothing else between polls, so this
 # only bounds how soon an idle loop notices nothing.
 POLL_TIMEOUT_MS = 100
+
+
+class Committed(NamedTuple):
+    """A committed offset (the next record to read) and the note kept with it."""
+
+    offset: int | None
+    metadata: str = ""
 
 
 class RebalanceListener(Protocol):
@@ -113,6 +126,7 @@ class KafkaSource:
         self._consumer = consumer_factory(settings)
         self._read_committed = settings.kafka_isolation_level == "read_committed"
         self._closed = False
+        self.started = False
         self.polling = False  # inside a poll, e.g. waiting out a rebalance
 
     async def __aenter__(self) -> KafkaSource:
@@ -124,6 +138,7 @@ class KafkaSource:
         except BaseException:
             await self.close(timeout=1.0)
             raise
+        self.started = True
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -202,25 +217,30 @@ class KafkaSource:
 
     # Offsets
 
-    async def committed(self, tps: Collection[TopicPartition]) -> dict[TopicPartition, int | None]:
-        """The group's committed offsets of ``tps``, in one request.
+    async def committed(self, tps: Collection[TopicPartition]) -> dict[TopicPartition, Committed]:
+        """The group's committed offsets of ``tps``, with their notes, in one request.
 
         ``AIOKafkaConsumer.committed`` asks for one partition per request; a new assignment of many
         partitions would then wait one round trip per partition.
         """
         if not tps:
             return {}
-        coordinator = self._consumer._coordinator
+        coordinator = self._consumer._coordinator  # one request for all
         found = await coordinator.fetch_committed_offsets(list(tps))
-        result: dict[TopicPartition, int | None] = {}
+        result: dict[TopicPartition, Committed] = {}
         for tp in tps:
             meta = found.get(tp)
-            result[tp] = meta.offset if meta is not None and meta.offset >= 0 else None
+            if meta is None or meta.offset < 0:
+                result[tp] = Committed(None)
+            else:
+                result[tp] = Committed(meta.offset, meta.metadata or "")
         return result
 
-    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+    async def commit(self, offsets: Mapping[TopicPartition, Committed]) -> None:
         """Commit explicit offsets (never the fetch position: that may be ahead of delivery)."""
-        await self._consumer.commit(dict(offsets))
+        await self._consumer.commit(
+            {tp: OffsetAndMetadata(c.offset, c.metadata) for tp, c in offsets.items()}
+        )
 
     # Leaving
 

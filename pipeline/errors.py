@@ -5,9 +5,10 @@
     PipelineError
     ├── ConfigError            a setting is missing or wrong (the CLI exits with code 2)
     ├── SendError              one attempt to deliver an item failed
-    │   ├── RetryableSendError     try again later: 408, 425, 429, 5xx, timeouts, connection errors
+    │   ├── RetryableSendError     try again later: 408, 409, 425, 429, 5xx, timeouts, connections
+    │   ├── AuthError              401/403/407 or no token: an outage of the whole API, retried
     │   ├── UnexpectedSendError    a failure nobody foresaw (a bug): retried a few times only
-    │   └── RejectedError          the API refused the item for good: any other 4xx
+    │   └── RejectedError          the API refused the item for good: any other non-2xx
     │       └── InvalidRecordError     the record cannot become a valid request
     ├── LaneFullError          ``try_submit`` found the lane's buffer full
     ├── LaneHaltedError        the lane stopped after a rejection; the item was not sent
@@ -15,8 +16,8 @@
     └── BrokerError            the embedded Kafka broker could not start
 
 Retry decisions read the ``retryable``, ``retry_after`` and ``max_attempts`` attributes, never
-messages. Any exception type may carry them, so a user's own send function can steer the sender
-the same way.
+messages; the API gate reads ``outage`` and ``reason`` the same way. Any exception type may carry
+them, so a user's own send function can steer the sender and the gate like the HTTP sink does.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class SendError(PipelineError):
     """
 
     retryable: ClassVar[bool] = True
+    # An outage is the API's fault, not the record's: the gate holds every request back.
+    outage: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -70,6 +73,17 @@ class RetryableSendError(SendError):
     """The item may succeed later: the sender keeps it at the head of its lane and retries."""
 
     retryable = True
+
+
+class AuthError(SendError):
+    """The API refused our credentials, or no token could be had.
+
+    Nothing will pass until that is fixed, whatever the record: an outage to wait out, never a
+    bad record.
+    """
+
+    retryable = True
+    outage = "auth"
 
 
 class RejectedError(SendError):

@@ -116,6 +116,47 @@ ABANDONED_REQUESTS = Counter(
     " owner may send the same record (same Idempotency-Key) while the API still processes it.",
     TP,
 )
+DEAD_LETTERS = Counter(
+    "space_pipeline_dead_letters_total",
+    "Rejected records written to the dead-letter topic (the lane moved on after Kafka had them).",
+    TP,
+)
+DEAD_LETTER_GUARD_TRIPS = Counter(
+    "space_pipeline_dead_letter_guard_trips_total",
+    "Partitions halted because they dead-lettered more than allowed in a minute.",
+    TP,
+)
+SKIPPED = Counter(
+    "space_pipeline_skipped_records_total",
+    "Records let past by PIPELINE_SKIP_RECORDS (dead-lettered when a DLQ is configured).",
+    TP,
+)
+AUTH_FAILURES = Counter(
+    "space_pipeline_auth_failures_total",
+    "Attempts the API refused for credentials (401/403/407), or without a token to be had.",
+)
+AUTH_OUTAGE = Gauge(
+    "space_pipeline_auth_outage", "1 while the API refuses our credentials; nothing is sent."
+)
+CIRCUIT_STATE = Gauge(
+    "space_pipeline_circuit_state",
+    "The API circuit breaker: 0 closed, 1 open (no requests), 2 half-open (one probe at a time).",
+)
+CIRCUIT_STATE_SECONDS = Gauge(
+    "space_pipeline_circuit_state_seconds", "How long the circuit has been in its current state."
+)
+THROTTLED = Counter(
+    "space_pipeline_throttled_total",
+    "Answers with Retry-After (429, 503) that held every request to the API back.",
+)
+THROTTLE_WAIT_SECONDS = Counter(
+    "space_pipeline_throttle_wait_seconds_total",
+    "Time attempts spent waiting out a Retry-After, summed over attempts.",
+)
+RATE_LIMIT_WAIT_SECONDS = Counter(
+    "space_pipeline_rate_limit_wait_seconds_total",
+    "Time attempts spent waiting for the rate limit, summed over attempts.",
+)
 REBALANCES = Counter(
     "space_pipeline_rebalances_total",
     "Rebalance callbacks by event: assigned or revoked.",
@@ -131,6 +172,11 @@ PER_PARTITION_GAUGES = (
     INFLIGHT, BUFFERED, BUFFERED_BYTES, PAUSED, HALTED, COMMITTED_OFFSET, LAG_RECORDS, LAG_SECONDS,
     OLDEST_UNACCEPTED_AGE, LAST_PROGRESS,
 )  # fmt: skip
+
+
+def status_class(status: int) -> str:
+    """A bounded label for a status code: ``429`` stands apart from other 4xx."""
+    return "429" if status == 429 else f"{status // 100}xx"
 
 
 def forget_partition(topic: str, partition: str) -> None:

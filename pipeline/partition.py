@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -23,8 +23,10 @@ import structlog
 from aiokafka import TopicPartition
 
 from pipeline import metrics
+from pipeline.consumer import Committed
 from pipeline.errors import LaneFullError, LaneHaltedError
 from pipeline.offsets import PartitionOffsets
+from pipeline.policy import Skips
 from pipeline.records import KafkaRecord
 from pipeline.sender import Lane, OrderedSender, Receipt
 
@@ -70,10 +72,24 @@ class Halt:
     error: BaseException
 
 
+# Kept with the committed offset of a halted partition, so whoever owns it next (after a
+# rebalance or a restart) reports it halted from the start: the alert must not reset.
+HALT_NOTE = "space-pipeline: halted at "
+
+
+def halted_at(note: str) -> int | None:
+    """The offset a commit note says its partition halted at, if it says so."""
+    if note.startswith(HALT_NOTE) and note[len(HALT_NOTE) :].isdecimal():
+        return int(note[len(HALT_NOTE) :])
+    return None
+
+
 class Partition:
     """What the stage knows of one assigned partition, for as long as it stays assigned."""
 
     __slots__ = (
+        "carried_halt",
+        "committed_note",
         "delivered",
         "epoch",
         "halted",
@@ -93,6 +109,8 @@ class Partition:
         self.span = PartitionOffsets()
         self.paused = False
         self.halted: Halt | None = None
+        self.carried_halt: int | None = None  # a previous owner halted here
+        self.committed_note = ""
         self.revoked = False
         self.last_progress = now
         self.starved_since: float | None = None
@@ -108,6 +126,33 @@ class Partition:
     def name(self) -> str:
         """``topic/partition``, as logs and probes name it."""
         return f"{self.tp.topic}/{self.tp.partition}"
+
+    @property
+    def reported_halted(self) -> int | None:
+        """The offset this partition is reported halted at: its own halt, or one carried over."""
+        return self.halted.offset if self.halted is not None else self.carried_halt
+
+    def commit_point(self, position: int | None) -> Committed | None:
+        """What to commit now, if anything.
+
+        The watermark (see :meth:`PartitionOffsets.ready`), with a note saying whether the
+        partition is halted: a new halt is committed even when the offset has not moved.
+        """
+        halt = self.reported_halted
+        note = "" if halt is None else f"{HALT_NOTE}{halt}"
+        mark = self.span.ready(position)
+        if mark is None:
+            if note == self.committed_note:
+                return None
+            mark = self.span.committed if self.span.committed is not None else self.span.watermark
+            if mark is None:
+                return None
+        return Committed(mark, note)
+
+    def committed(self, point: Committed) -> None:
+        """Remember what the group now holds for this partition."""
+        self.span.committed = point.offset
+        self.committed_note = point.metadata
 
     def has_room(self, nbytes: int, limits: FlowLimits) -> bool:
         """Whether the span may take one more record of ``nbytes`` (an empty one always may)."""
@@ -144,18 +189,30 @@ class Partitions:
         limits: FlowLimits,
         ordering: Literal["partition", "key"],
         flow: FlowControl,
+        *,
+        skips: Skips | None = None,
     ) -> None:
         self._limits = limits
         self._by_key = ordering == "key"
         self._flow = flow
+        self._skips = skips or None
+        self._spawn: Callable[[Coroutine[Any, Any, None]], object] | None = None
         self._parts: dict[TopicPartition, Partition] = {}
         self._epoch = 0
         self._sender: OrderedSender[KafkaRecord] | None = None
         self.delivered: Counter[str] = Counter()  # accepted records per topic, ever
 
-    def bind(self, sender: OrderedSender[KafkaRecord]) -> None:
-        """Hand records to ``sender`` (whose ``on_done`` is :meth:`settled`)."""
+    def bind(
+        self,
+        sender: OrderedSender[KafkaRecord],
+        spawn: Callable[[Coroutine[Any, Any, None]], object] | None = None,
+    ) -> None:
+        """Hand records to ``sender`` (whose ``on_done`` is :meth:`settled`).
+
+        ``spawn`` runs side work (letting a skipped record past) in the stage's task group.
+        """
         self._sender = sender
+        self._spawn = spawn
 
     def __iter__(self) -> Iterator[Partition]:
         return iter(list(self._parts.values()))
@@ -193,13 +250,24 @@ class Partitions:
         metrics.ASSIGNED_PARTITIONS.set(len(self._parts))
         return added
 
-    def set_committed(self, committed: Mapping[TopicPartition, int | None]) -> None:
-        """Record the group's committed offsets of tracked partitions (for lag and commits)."""
-        for tp, offset in committed.items():
+    def set_committed(self, committed: Mapping[TopicPartition, Committed]) -> None:
+        """Learn the group's committed offsets of new partitions (lag, commits, carried halts)."""
+        for tp, point in committed.items():
             part = self._parts.get(tp)
-            if part is not None and offset is not None and part.span.committed is None:
-                part.span.committed = offset
-                metrics.COMMITTED_OFFSET.labels(*part.labels).set(offset)
+            if part is None or point.offset is None or part.span.committed is not None:
+                continue
+            part.committed(point)
+            metrics.COMMITTED_OFFSET.labels(*part.labels).set(point.offset)
+            if halted_at(point.metadata) == point.offset:
+                part.carried_halt = point.offset
+                metrics.HALTED.labels(*part.labels).set(1)
+                log.warning(
+                    "partition.halt_carried_over",
+                    topic=tp.topic,
+                    partition=tp.partition,
+                    offset=point.offset,
+                    note="a previous owner halted here; the record is tried again",
+                )
 
     def lanes_of(self, tps: Iterable[TopicPartition]) -> list[Lane]:
         """The sender lanes that belong to ``tps``."""
@@ -234,9 +302,15 @@ class Partitions:
         sender, limits, by_key, span = self._sender, self._limits, self._by_key, part.span
         now = time.monotonic()
         handed = 0
+        skips = self._skips
         for record in records:
             nbytes = record_bytes(record)
             receipt = None
+            if skips is not None and record in skips and self._spawn is not None:
+                span.track(record.offset, timestamp=record.timestamp / 1000, received=now)
+                self._spawn(self._let_past(part, record))
+                handed += 1
+                continue
             if part.halted is None and not part.paused and part.has_room(nbytes, limits):
                 lane = (tp, record.key) if by_key else tp
                 try:
@@ -265,15 +339,28 @@ class Partitions:
         error = receipt.exception()
         record = receipt.item
         if error is None:
-            part.span.accept(record.offset)
+            self._accepted(part, record)
             part.delivered.inc()
             self.delivered[part.tp.topic] += 1
-            part.last_progress = time.monotonic()
             metrics.END_TO_END_LATENCY.observe(max(time.time() - record.timestamp / 1000, 0.0))
-            if part.paused and part.may_resume(self._limits):
-                self._resume(part)
         elif not isinstance(error, LaneHaltedError):
             self.halt(part, record, error)
+
+    def _accepted(self, part: Partition, record: KafkaRecord) -> None:
+        part.span.accept(record.offset)
+        part.last_progress = time.monotonic()
+        if part.carried_halt is not None and record.offset >= part.carried_halt:
+            part.carried_halt = None
+            metrics.HALTED.labels(*part.labels).set(0)
+        if part.paused and part.may_resume(self._limits):
+            self._resume(part)
+
+    async def _let_past(self, part: Partition, record: KafkaRecord) -> None:
+        """A record named in the skip list: dead-letter it (or not), then count it as done."""
+        assert self._skips is not None  # noqa: S101 - only called with a skip list
+        await self._skips.let_past(record)
+        if not part.revoked:
+            self._accepted(part, record)
 
     def halt(self, part: Partition, record: KafkaRecord, error: BaseException) -> None:
         """Stop a partition at a rejected record: nothing after it is sent or committed."""

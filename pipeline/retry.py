@@ -69,7 +69,7 @@ class Backoff:
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        if retry_after is not None:
+        if retry_after:  # `Retry-After: 0` says nothing useful: back off as usual
             return min(max(retry_after, 0.0), self.retry_after_max)
         try:
             growth = self.multiplier ** (attempt - 1)

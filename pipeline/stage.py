@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from contextlib import AsyncExitStack
+from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -24,13 +25,16 @@ from pipeline import metrics
 from pipeline.commit import Commits
 from pipeline.config import Settings, mask_url
 from pipeline.consumer import KafkaSource, build_consumer
+from pipeline.dead_letter import DeadLetters
+from pipeline.gate import ApiGate, GateLimits
 from pipeline.health import OpsServer, Verdict
 from pipeline.partition import FlowLimits, Partitions, lane_partition, names
+from pipeline.policy import RejectRules, Rules, Skips, format_statuses
 from pipeline.progress import Progress
 from pipeline.records import KafkaRecord
 from pipeline.retry import Backoff
 from pipeline.sender import Lane, OrderedSender
-from pipeline.space_api import SpaceApi, SpaceApiConfig
+from pipeline.sink import build_sink
 from pipeline.summary import Repeats
 
 log = structlog.get_logger("pipeline.stage")
@@ -67,6 +71,8 @@ class Stage:
         self._last_poll = time.monotonic()
         self._unhealthy: str | None = None
         self._retry_lines = Repeats(RETRY_LOG_INTERVAL_S)
+        self._gate: ApiGate | None = None
+        self._side_work: set[asyncio.Task[None]] = set()
         self.ops_port: int | None = None
 
     @property
@@ -88,6 +94,8 @@ class Stage:
             # Polling may wait for a rebalance without end; a stop ends it at once. Nothing is
             # lost: records leave aiokafka's buffer only in the step that hands them over.
             self._fetching.cancel()
+        for task in self._side_work:
+            task.cancel()
 
     # Lifecycle
 
@@ -95,14 +103,33 @@ class Stage:
         """Start everything, run until stopped, then shut down within the deadline."""
         s = self._settings
         async with AsyncExitStack() as stack:
-            api = await stack.enter_async_context(SpaceApi(self._api_config()))
+            dead_letters = None
+            if s.dead_letter_topic:
+                dead_letters = await stack.enter_async_context(DeadLetters(s))
+            sink = await stack.enter_async_context(build_sink(s))
+            gate = self._gate = ApiGate(
+                GateLimits(
+                    circuit_failures=s.circuit_failures,
+                    open_initial=min(1.0, s.retry_max_backoff_s),
+                    open_max=s.retry_max_backoff_s,
+                    rate_per_s=s.rate_limit_per_s,
+                    burst=s.rate_limit_burst,
+                    retry_after_max=s.retry_after_max_s,
+                )
+            )
+            rules = Rules(
+                sink.send,
+                RejectRules(s.on_reject, s.dead_letter_max_per_minute),
+                dead_letters,
+            )
             source = self._source = KafkaSource(s, self, consumer_factory=self._consumer_factory)
             self._commits = Commits(source, source.position)
             limits = FlowLimits(s.partition_buffer_records, s.partition_buffer_bytes)
-            partitions = self._partitions = Partitions(limits, s.ordering, source)
+            skips = Skips(s.skip_records, dead_letters)
+            partitions = self._partitions = Partitions(limits, s.ordering, source, skips=skips)
             sender = self._sender = await stack.enter_async_context(
                 OrderedSender(
-                    api.send,
+                    rules,
                     max_in_flight=s.max_in_flight,
                     lane_capacity=s.partition_buffer_records,
                     lane_bytes=s.partition_buffer_bytes,
@@ -111,32 +138,22 @@ class Stage:
                         maximum=s.retry_max_backoff_s,
                         retry_after_max=s.retry_after_max_s,
                     ),
+                    gate=gate,
                     halt_on_rejection=True,
                     on_retry=self._on_retry,
                     on_done=partitions.settled,
                     retry_log_interval=None,  # the stage logs retries itself, per partition
                 )
             )
-            partitions.bind(sender)
             ops = await stack.enter_async_context(
                 OpsServer(s.metrics_host, s.metrics_port, live=self.live, ready=self.ready)
             )
             self.ops_port = ops.port
-            await stack.enter_async_context(source)  # from here on, rebalance callbacks come
-            log.info(
-                "stage.started",
-                brokers=s.kafka_bootstrap_servers,
-                topics=list(s.kafka_topics),
-                group=s.kafka_group_id,
-                api_url=mask_url(str(s.space_api_url)),
-                ordering=s.ordering,
-                max_in_flight=s.max_in_flight,
-                on_reject="halt",
-                shutdown_timeout_s=s.shutdown_timeout_s,
-                ops_port=ops.port,
-            )
             try:
                 async with asyncio.TaskGroup() as tasks:
+                    partitions.bind(sender, spawn=lambda work: self._side(tasks, work))
+                    await stack.enter_async_context(source)  # rebalance callbacks come now
+                    self._log_start(ops.port)
                     if not self._stopping.is_set():
                         self._fetching = tasks.create_task(self._poll_and_hand_over())
                     tasks.create_task(self._commit_periodically())
@@ -144,7 +161,37 @@ class Stage:
                     if s.progress_interval_s > 0:
                         tasks.create_task(self._report_progress(s.progress_interval_s))
             finally:
-                await self._shutdown()
+                if self._commits is not None and source.started:
+                    await self._shutdown()
+
+    def _side(self, tasks: asyncio.TaskGroup, work: Coroutine[Any, Any, None]) -> None:
+        """Run side work (a skipped record's dead letter) in the stage's task group.
+
+        A stop cancels what still runs; its record stays uncommitted for the next owner.
+        """
+        task = tasks.create_task(work)
+        self._side_work.add(task)
+        task.add_done_callback(self._side_work.discard)
+
+    def _log_start(self, ops_port: int) -> None:
+        s = self._settings
+        log.info(
+            "stage.started",
+            brokers=s.kafka_bootstrap_servers,
+            topics=list(s.kafka_topics),
+            group=s.kafka_group_id,
+            api_url=mask_url(s.space_api_url),
+            ordering=s.ordering,
+            max_in_flight=s.max_in_flight,
+            on_reject=s.on_reject,
+            dead_letter_topic=s.dead_letter_topic,
+            skip_records=len(s.skip_records),
+            retry_statuses=format_statuses(s.retry_statuses),
+            auth_statuses=format_statuses(s.auth_statuses),
+            rate_limit_per_s=s.rate_limit_per_s or None,
+            shutdown_timeout_s=s.shutdown_timeout_s,
+            ops_port=ops_port,
+        )
 
     async def _shutdown(self) -> None:
         """Drain what is on the wire, commit, leave the group: within the shutdown timeout."""
@@ -346,6 +393,8 @@ class Stage:
             else:
                 part.starved_since = None
         self._unhealthy = self._own_fault(now, starved)
+        if self._gate is not None:
+            self._gate.refresh_metrics()
 
     def _own_fault(self, now: float, starved: list[str]) -> str | None:
         """A fault of the stage itself, which a restart may cure; ``None`` when there is none.
@@ -375,23 +424,17 @@ class Stage:
         return Verdict(ok=True)
 
     def ready(self) -> Verdict:
-        """``/readyz``: joined the group, and no partition halted on a rejected record."""
+        """``/readyz``: joined the group, credentials accepted, no partition halted."""
         if not self._joined:
             return Verdict(ok=False, reason="not yet joined the consumer group")
         assert self._partitions is not None  # noqa: S101 - joined implies running
-        halted = [f"{p.name}@{p.halted.offset}" for p in self._partitions if p.halted is not None]
+        if self._gate is not None and self._gate.auth_failing:
+            return Verdict(ok=False, reason="the Space API refuses our credentials")
+        halted = [
+            f"{p.name}@{p.reported_halted}"
+            for p in self._partitions
+            if p.reported_halted is not None
+        ]
         if halted:
             return Verdict(ok=False, reason="halted on a rejected record: " + ", ".join(halted))
         return Verdict(ok=True)
-
-    def _api_config(self) -> SpaceApiConfig:
-        s = self._settings
-        return SpaceApiConfig(
-            url=str(s.space_api_url),
-            content_type=s.space_api_content_type,
-            token=s.space_api_token.get_secret_value() if s.space_api_token else None,
-            headers=s.space_api_headers,
-            timeout=s.space_api_timeout_s,
-            connect_timeout=s.space_api_connect_timeout_s,
-            max_connections=s.max_in_flight,
-        )

@@ -143,13 +143,21 @@ def test_a_very_late_attempt_waits_the_maximum() -> None:
 
 @pytest.mark.parametrize(
     ("retry_after", "expected"),
-    [(7.0, 7.0), (0.0, 0.0), (300.0, 300.0), (86_400.0, 300.0), (-3.0, 0.0)],
+    [(7.0, 7.0), (300.0, 300.0), (86_400.0, 300.0), (-3.0, 0.0)],
 )
 def test_retry_after_is_used_as_given_but_capped(retry_after: float, expected: float) -> None:
     """A server's Retry-After replaces the formula, within ``[0, retry_after_max]``."""
     backoff = Backoff(retry_after_max=300.0, random=lambda: 1.0)
 
     assert expected == backoff.delay(1, retry_after)
+
+
+def test_a_retry_after_of_zero_backs_off_as_usual() -> None:
+    """``Retry-After: 0`` gives no useful delay: taken as given it would retry at once, for
+    ever, a hot loop; the formula's growing delay applies instead."""
+    backoff = Backoff(initial=0.1, random=lambda: 1.0)
+
+    assert [0.1, 0.2, 0.4] == [backoff.delay(attempt, 0.0) for attempt in (1, 2, 3)]
 
 
 @settings(max_examples=100, deadline=None)

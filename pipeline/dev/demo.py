@@ -20,7 +20,8 @@ from rich.table import Table
 from pipeline.config import Settings
 from pipeline.dev.broker import EmbeddedBroker, create_topic, produce_numbered
 from pipeline.dev.stub_api import StubConfig, StubServer
-from pipeline.space_api import SpaceApi, SpaceApiConfig
+from pipeline.http_client import AiohttpClient, Timeouts
+from pipeline.http_sink import HttpSink, HttpSinkConfig
 from pipeline.stage import Stage
 
 TOPIC = "space-demo"
@@ -56,7 +57,7 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> int:
             kafka_bootstrap_servers=broker.bootstrap_servers,
             kafka_topics=(TOPIC,),
             kafka_group_id=GROUP,
-            space_api_url=stub.url,  # type: ignore[arg-type]
+            space_api_url=stub.url,
             metrics_host="127.0.0.1",
             metrics_port=0,
             commit_interval_ms=200,
@@ -155,7 +156,7 @@ async def _folk_way(stub: StubServer, bootstrap_servers: str, options: DemoOptio
             records.extend(record for part in batch.values() for record in part)
     finally:
         await consumer.stop()
-    async with SpaceApi(SpaceApiConfig(url=stub.url)) as api:
+    async with HttpSink(HttpSinkConfig(url=stub.url), AiohttpClient(Timeouts(), 1)) as api:
         started = time.perf_counter()
         for record in records:
             await asyncio.create_task(api.send(record))  # the folk answer: serial

@@ -1,0 +1,131 @@
+"""The dead-letter topic: where a rejected record goes, so its partition can move on.
+
+The record keeps its key, value and headers, and gains headers saying where it came from and why
+it was refused (``x-original-*``, ``x-error-*``). The lane moves on only once Kafka acknowledged
+the dead letter (``acks=all``), so an offset is never committed past a record that is neither
+delivered nor dead-lettered; a failed produce is retried, never skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from pipeline.config import Settings
+from pipeline.consumer import ssl_context
+from pipeline.errors import RejectedError
+from pipeline.records import KafkaRecord
+from pipeline.retry import Backoff
+
+log = structlog.get_logger("pipeline.dead_letter")
+
+# Kafka's default limit on a whole record is 1 MiB: a body excerpt must never get near it.
+ERROR_BODY_BYTES = 1024
+
+
+def dead_letter_headers(
+    record: KafkaRecord, error: RejectedError, attempts: int
+) -> list[tuple[str, bytes]]:
+    """The record's own headers, then where it came from and why it was refused."""
+    body = getattr(error, "body", "") or ""
+    extra = {
+        "x-original-topic": record.topic,
+        "x-original-partition": str(record.partition),
+        "x-original-offset": str(record.offset),
+        "x-error-status": "" if error.status is None else str(error.status),
+        "x-error-reason": error.reason,
+        "x-error-body": body.encode("utf-8", "replace")[:ERROR_BODY_BYTES].decode(
+            "utf-8", "ignore"
+        ),
+        "x-error-attempts": str(attempts),
+    }
+    own = [(name, value or b"") for name, value in record.headers]
+    return own + [(name, value.encode()) for name, value in extra.items()]
+
+
+class DeadLetters:
+    """A producer for the dead-letter topic; an async context manager.
+
+    Args:
+        settings: Kafka connection and security, the topic, and whether to produce idempotently.
+        backoff: How long to wait between attempts of a failed produce.
+    """
+
+    def __init__(self, settings: Settings, backoff: Backoff | None = None) -> None:
+        assert settings.dead_letter_topic is not None  # noqa: S101 - checked by the settings
+        self._topic = settings.dead_letter_topic
+        self._backoff = backoff or Backoff(initial=0.2, maximum=settings.retry_max_backoff_s)
+        password = settings.kafka_sasl_password
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            client_id=f"{settings.kafka_client_id}-dead-letters",
+            acks="all",
+            enable_idempotence=settings.dead_letter_idempotence,
+            security_protocol=settings.kafka_security_protocol,
+            sasl_mechanism=settings.kafka_sasl_mechanism or "PLAIN",
+            sasl_plain_username=settings.kafka_sasl_username,
+            sasl_plain_password=password.get_secret_value() if password else None,
+            ssl_context=ssl_context(settings),
+        )
+        self._started = False
+
+    async def __aenter__(self) -> DeadLetters:
+        await self._producer.start()
+        self._started = True
+        partitions = await self._producer.partitions_for(self._topic)
+        if not partitions:
+            await self.close()
+            msg = f"the dead-letter topic {self._topic!r} does not exist"
+            raise KafkaError(msg)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Flush and stop the producer; later calls do nothing."""
+        if self._started:
+            self._started = False
+            await self._producer.stop()
+
+    async def write(self, record: KafkaRecord, error: RejectedError, attempts: int) -> None:
+        """Produce the dead letter and wait for Kafka's acknowledgement, retrying until it comes.
+
+        Cancelling (a rebalance's deadline, a shutdown) is the only way out without it: the
+        record then stays uncommitted, and its next owner meets it again.
+        """
+        headers = dead_letter_headers(record, error, attempts)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await self._producer.send_and_wait(
+                    self._topic, value=record.value, key=record.key, headers=headers
+                )
+            except KafkaError as failure:
+                delay = self._backoff.delay(attempt)
+                log.warning(
+                    "dead_letter.produce_failed",
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    attempt=attempt,
+                    retry_in_s=round(delay, 3),
+                    error=repr(failure),
+                )
+                await asyncio.sleep(delay)
+            else:
+                return
+
+
+def describe(settings: Settings) -> dict[str, Any]:
+    """The dead-letter policy for the start-up log line."""
+    return {
+        "on_reject": settings.on_reject,
+        "dead_letter_topic": settings.dead_letter_topic,
+        "dead_letter_max_per_minute": settings.dead_letter_max_per_minute,
+    }

@@ -1,0 +1,275 @@
+"""The API as one shared resource: every attempt of every lane passes this gate.
+
+Partitions send concurrently, but they all talk to the same API, so what the API says to one of
+them applies to all:
+
+- **Throttling.** A 429 or 503 with ``Retry-After`` holds every request back until it elapses
+  (plus a little jitter each, so lanes do not restart in lockstep), not only the partition that
+  got it. ``Retry-After: 0`` holds nothing back: the lane's own backoff still applies.
+- **Rate limit.** ``PIPELINE_RATE_LIMIT_PER_S`` with a burst: a token bucket shared by all lanes,
+  so no second holds more than rate + burst requests.
+- **Circuit breaker.** After ``PIPELINE_CIRCUIT_FAILURES`` consecutive connection errors,
+  timeouts or 5xx, the circuit opens: no requests but one probe at a time, after an open time
+  that doubles up to the maximum backoff. The first success closes it.
+- **Auth outage.** A 401/403/407 (or no token to be had) blocks everything the same way, from the
+  first one: only a probe at a time, until the API accepts again.
+
+While the gate holds requests back, lanes wait with their records, partitions fill up and pause,
+and memory stays bounded. Nothing is the record's fault, so nothing is dead-lettered or lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+
+import structlog
+
+from pipeline import metrics
+
+log = structlog.get_logger("pipeline.gate")
+
+# A failed attempt of these kinds counts toward opening the circuit.
+CIRCUIT_REASONS = frozenset({"connection", "timeout", "5xx"})
+THROTTLE_JITTER = 0.1  # up to 10% of the pause, per waiting attempt
+
+
+class CircuitState(enum.IntEnum):
+    """The value of ``space_pipeline_circuit_state``."""
+
+    CLOSED = 0
+    OPEN = 1
+    HALF_OPEN = 2
+
+
+@dataclass(frozen=True, slots=True)
+class GateLimits:
+    """How the gate behaves; see the module docstring.
+
+    Args:
+        circuit_failures: Consecutive failures that open the circuit.
+        open_initial: The first open time, in seconds.
+        open_max: The longest open time (doubling stops here).
+        rate_per_s: Requests per second across all lanes; 0 for no limit.
+        burst: Requests a quiet limiter lets through at once.
+        retry_after_max: The longest ``Retry-After`` honoured.
+    """
+
+    circuit_failures: int = 5
+    open_initial: float = 1.0
+    open_max: float = 30.0
+    rate_per_s: float = 0.0
+    burst: int = 1
+    retry_after_max: float = 300.0
+
+
+@dataclass(slots=True)
+class _Outage:
+    kind: str  # "circuit" or "auth"
+    since: float
+    open_for: float
+    retry_at: float
+    probing: bool = False
+
+
+class ApiGate:
+    """Admission to the API for every attempt; the sender's :class:`~pipeline.sender.Gate`.
+
+    Args:
+        limits: Thresholds and limits.
+        random_draw: A draw in ``[0, 1)`` for jitter; injectable for tests.
+    """
+
+    def __init__(
+        self, limits: GateLimits, *, random_draw: Callable[[], float] = random.random
+    ) -> None:
+        self._limits = limits
+        self._random = random_draw
+        self._failures = 0  # consecutive, of the circuit's kinds
+        self._outage: _Outage | None = None
+        self._pause_until = 0.0
+        self._interval = 1.0 / limits.rate_per_s if limits.rate_per_s > 0 else 0.0
+        self._tolerance = (max(limits.burst, 1) - 1) * self._interval
+        self._theoretical_arrival = 0.0
+        self._changed: asyncio.Future[None] | None = None
+        self._state_since = time.monotonic()
+        self._set_state(CircuitState.CLOSED)
+
+    # What the stage and the probes read
+
+    @property
+    def blocked(self) -> bool:
+        """Whether admission now waits for an outage or a throttle to end."""
+        return self._outage is not None or self._pause_until > time.monotonic()
+
+    @property
+    def auth_failing(self) -> bool:
+        """Whether the API refuses our credentials right now."""
+        return self._outage is not None and self._outage.kind == "auth"
+
+    @property
+    def state(self) -> CircuitState:
+        """Closed; open (waiting out its open time); half-open (a probe may go)."""
+        outage = self._outage
+        if outage is None:
+            return CircuitState.CLOSED
+        if outage.probing or time.monotonic() >= outage.retry_at:
+            return CircuitState.HALF_OPEN
+        return CircuitState.OPEN
+
+    def refresh_metrics(self) -> None:
+        """Keep the state gauges current (called once a second)."""
+        state = self.state
+        metrics.CIRCUIT_STATE.set(int(state))
+        metrics.CIRCUIT_STATE_SECONDS.set(time.monotonic() - self._state_since)
+        metrics.AUTH_OUTAGE.set(int(self.auth_failing))
+
+    # Admission
+
+    def attempt(self) -> _Attempt:
+        """An async context manager around one attempt: waits for admission, learns the result."""
+        return _Attempt(self)
+
+    async def _admit(self) -> bool:
+        """Wait until an attempt may go; ``True`` when it goes as the outage's probe."""
+        while True:
+            now = time.monotonic()
+            outage = self._outage
+            if outage is not None:
+                if not outage.probing and now >= outage.retry_at:
+                    outage.probing = True
+                    self._set_state(CircuitState.HALF_OPEN)
+                    return True
+                await self._wait(None if outage.probing else outage.retry_at - now)
+                continue
+            if self._pause_until:
+                if self._pause_until <= now:
+                    self._pause_until = 0.0  # over: back to the fast path
+                    continue
+                pause = self._pause_until - now
+                waited = pause + self._random() * THROTTLE_JITTER * pause
+                metrics.THROTTLE_WAIT_SECONDS.inc(waited)
+                await asyncio.sleep(waited)
+                continue
+            if self._interval:
+                wait = self._reserve(now)
+                if wait > 0:
+                    metrics.RATE_LIMIT_WAIT_SECONDS.inc(wait)
+                    await asyncio.sleep(wait)
+            return False
+
+    def _reserve(self, now: float) -> float:
+        """Take the next slot of the token bucket (GCRA); seconds to wait for it."""
+        start = max(now, self._theoretical_arrival - self._tolerance)
+        self._theoretical_arrival = max(self._theoretical_arrival, start) + self._interval
+        return start - now
+
+    async def _wait(self, timeout: float | None) -> None:
+        """Sleep until the gate changes, or ``timeout`` passes."""
+        if self._changed is None or self._changed.done():
+            self._changed = asyncio.get_running_loop().create_future()
+        await asyncio.wait([self._changed], timeout=timeout)
+
+    def _wake(self) -> None:
+        if self._changed is not None and not self._changed.done():
+            self._changed.set_result(None)
+
+    # Outcomes
+
+    def _record(self, error: BaseException | None, probe: bool) -> None:
+        if error is None or _answered(error):
+            self._succeeded()
+            return
+        if isinstance(error, asyncio.CancelledError):
+            if probe and self._outage is not None:
+                self._outage.probing = False  # another attempt may probe
+                self._wake()
+            return
+        retry_after = getattr(error, "retry_after", None)
+        if retry_after:
+            pause = min(retry_after, self._limits.retry_after_max)
+            self._pause_until = max(self._pause_until, time.monotonic() + pause)
+            metrics.THROTTLED.inc()
+        if getattr(error, "outage", None) == "auth":
+            metrics.AUTH_FAILURES.inc()
+            self._fail("auth", probe)
+        elif getattr(error, "reason", None) in CIRCUIT_REASONS:
+            self._failures += 1
+            if probe or self._failures >= self._limits.circuit_failures:
+                self._fail("circuit", probe)
+        elif self._outage is not None and self._outage.kind == "circuit":
+            self._succeeded()  # answered (a 429, a 408): up, if busy; the pause handles that
+        elif probe and self._outage is not None:
+            self._outage.probing = False  # says nothing about credentials: probe again
+            self._wake()
+
+    def _succeeded(self) -> None:
+        self._failures = 0
+        outage = self._outage
+        if outage is not None:
+            self._outage = None
+            self._set_state(CircuitState.CLOSED)
+            log.warning(
+                "gate.recovered",
+                outage=outage.kind,
+                after_s=round(time.monotonic() - outage.since, 3),
+            )
+            self._wake()
+
+    def _fail(self, kind: str, probe: bool) -> None:
+        now = time.monotonic()
+        outage = self._outage
+        limits = self._limits
+        if outage is None or outage.kind != kind:
+            open_for = limits.open_initial
+            self._outage = _Outage(kind, now, open_for, now + open_for)
+            log.warning(
+                "gate.opened" if kind == "circuit" else "gate.auth_failing",
+                outage=kind,
+                open_s=open_for,
+                consecutive_failures=self._failures,
+            )
+        elif probe:
+            outage.open_for = min(outage.open_for * 2, limits.open_max)
+            outage.retry_at = now + outage.open_for
+            outage.probing = False
+        else:
+            return
+        self._set_state(CircuitState.OPEN)
+        self._wake()
+
+    def _set_state(self, state: CircuitState) -> None:
+        self._state_since = time.monotonic()
+        metrics.CIRCUIT_STATE.set(int(state))
+
+
+def _answered(error: BaseException) -> bool:
+    """A failure that still shows the API up and judging: a rejection of the record."""
+    return getattr(error, "retryable", True) is False
+
+
+class _Attempt:
+    __slots__ = ("_gate", "_probe")
+
+    def __init__(self, gate: ApiGate) -> None:
+        self._gate = gate
+        self._probe = False
+
+    async def __aenter__(self) -> None:
+        gate = self._gate
+        if gate._outage is None and gate._pause_until == 0.0 and not gate._interval:
+            return  # the common case costs nothing more
+        self._probe = await gate._admit()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._gate._record(exc, self._probe)

@@ -1,0 +1,274 @@
+"""The HTTP sink: records become requests to the Space API, answers become outcomes.
+
+One record is one request: its value bytes unchanged as the body, ``Idempotency-Key:
+topic/partition/offset`` (the same on every redelivery, so the API can drop the duplicates that
+at-least-once delivery produces), ``X-Kafka-*`` headers naming it, the chosen Kafka headers
+forwarded (W3C trace context by default). The URL may name the record (``{topic}``,
+``{partition}``, ``{key}``); a tombstone is sent with an empty body or as a DELETE.
+
+A batch is one request for consecutive records of a lane: a JSON array of the values (embedded as
+they are) or newline-delimited values, with ``Idempotency-Key: topic/partition/first-last``.
+
+The answer is classified by :class:`~pipeline.policy.Classification`: accepted, retried, an auth
+outage, or a rejection of the record. A record that cannot become a valid request (a header value
+that is ``None`` or holds a line break, a ``{key}`` URL without a key) is a rejection too, never
+a crash or a retry loop.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+from urllib.parse import quote
+
+from prometheus_client import Counter as PromCounter
+
+from pipeline import metrics
+from pipeline.errors import (
+    AuthError,
+    InvalidRecordError,
+    RejectedError,
+    RetryableSendError,
+    SendError,
+)
+from pipeline.http_client import Answer, HttpClient
+from pipeline.policy import Classification, Outcome
+from pipeline.records import KafkaRecord, idempotency_key
+from pipeline.retry import parse_retry_after
+
+PLACEHOLDERS = ("topic", "partition", "key")
+BatchFormat = Literal["json-array", "ndjson"]
+_BATCH_CONTENT_TYPES = {"json-array": "application/json", "ndjson": "application/x-ndjson"}
+
+
+class TokenSource(Protocol):
+    """Where a bearer token comes from (OAuth2 client credentials); ``None`` means none."""
+
+    async def token(self) -> str:
+        """A token that is valid now (fetched or refreshed as needed)."""
+        ...
+
+    def invalidate(self, token: str) -> None:
+        """The API refused ``token``: the next :meth:`token` fetches a new one."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class HttpSinkConfig:
+    """Where and how records are delivered.
+
+    Args:
+        url: The endpoint; may hold ``{topic}``, ``{partition}`` and ``{key}`` (URL-escaped).
+        method: ``POST``, ``PUT`` or ``PATCH``.
+        content_type: Used when a record carries no ``content-type`` header.
+        token: Sent as ``Authorization: Bearer``; never logged.
+        headers: Static extra headers.
+        forward_headers: Kafka headers sent on as HTTP headers (case-insensitive names).
+        tombstones: A record without a value: ``send`` (empty body) or ``delete`` (a DELETE).
+        batch_format: How a batch is framed; ``None`` sends one record per request.
+        classification: Which statuses are retried or an auth outage.
+    """
+
+    url: str
+    method: Literal["POST", "PUT", "PATCH"] = "POST"
+    content_type: str = "application/json"
+    token: str | None = field(default=None, repr=False)
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    forward_headers: tuple[str, ...] = ("traceparent", "tracestate")
+    tombstones: Literal["send", "delete"] = "send"
+    batch_format: BatchFormat | None = None
+    classification: Classification = field(default_factory=Classification)
+
+
+def check_url_template(url: str) -> str:
+    """``url`` with sample values in its placeholders; ``ValueError`` names a wrong one."""
+    try:
+        return url.format_map({"topic": "t", "partition": "0", "key": "k"})
+    except KeyError as error:
+        msg = f"unknown placeholder {{{error.args[0]}}}: use {{topic}}, {{partition}} or {{key}}"
+        raise ValueError(msg) from None
+    except (ValueError, IndexError) as error:
+        msg = f"not a valid URL template ({error})"
+        raise ValueError(msg) from None
+
+
+def header_value(name: str, value: str | bytes | None) -> str:
+    """A value fit for an HTTP header, or ``ValueError`` naming what is wrong with it."""
+    if value is None:
+        raise ValueError(f"header {name!r} has no value")
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    if "\r" in text or "\n" in text or "\0" in text:
+        raise ValueError(f"header {name!r} holds a line break or NUL")
+    return text
+
+
+class HttpSink:
+    """Deliver records to the Space API through one shared, pooled client.
+
+    Use as an async context manager; ``close()`` is idempotent.
+
+    Args:
+        config: What to send where.
+        client: The HTTP client (see :mod:`pipeline.http_client`).
+        auth: A token source (OAuth2); a static ``config.token`` is used otherwise.
+    """
+
+    def __init__(
+        self, config: HttpSinkConfig, client: HttpClient, *, auth: TokenSource | None = None
+    ) -> None:
+        check_url_template(config.url)
+        self._config = config
+        self._client = client
+        self._auth = auth
+        self._templated = "{" in config.url
+        self._static = {"User-Agent": "space-pipeline", **config.headers}
+        if config.token and auth is None:
+            self._static["Authorization"] = f"Bearer {config.token}"
+        self._forward = {name.lower() for name in config.forward_headers}
+        self._outcomes: dict[str, PromCounter] = {}
+        self._closed = False
+
+    async def __aenter__(self) -> HttpSink:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the client; later calls do nothing."""
+        if not self._closed:
+            self._closed = True
+            await self._client.aclose()
+
+    async def send(self, payload: KafkaRecord | Sequence[KafkaRecord]) -> None:
+        """Deliver a record (or a batch); return on acceptance, raise a SendError otherwise."""
+        try:
+            if self._config.batch_format is None:
+                method, url, headers, body = self._single(payload)  # type: ignore[arg-type]
+            else:
+                method, url, headers, body = self._batch(payload)  # type: ignore[arg-type]
+        except (ValueError, TypeError, UnicodeError) as error:
+            raise InvalidRecordError(f"the record cannot become a request: {error}") from error
+        answer = await self._exchange(method, url, headers, body)
+        outcome = self._config.classification.outcome(answer.status)
+        if outcome is not Outcome.ACCEPTED:
+            raise _failure(outcome, answer)
+
+    async def _exchange(
+        self, method: str, url: str, headers: dict[str, str], body: bytes | None
+    ) -> Answer:
+        """One exchange, with a fresh token and one replay when the API refuses a stale one."""
+        token = None
+        if self._auth is not None:
+            token = await self._auth.token()
+            headers["Authorization"] = f"Bearer {token}"
+        answer = await self._observed(method, url, headers, body)
+        auth = self._config.classification.outcome(answer.status) is Outcome.AUTH
+        if token is not None and auth and self._auth is not None:
+            self._auth.invalidate(token)
+            headers["Authorization"] = f"Bearer {await self._auth.token()}"
+            answer = await self._observed(method, url, headers, body)
+        return answer
+
+    async def _observed(
+        self, method: str, url: str, headers: dict[str, str], body: bytes | None
+    ) -> Answer:
+        started = time.perf_counter()
+        try:
+            answer = await self._client.request(method, url, headers, body)
+        except SendError as error:
+            self._count(error.reason, started)
+            raise
+        self._count(metrics.status_class(answer.status), started)
+        return answer
+
+    def _count(self, outcome: str, started: float) -> None:
+        counter = self._outcomes.get(outcome)
+        if counter is None:
+            counter = self._outcomes[outcome] = metrics.SEND_ATTEMPTS.labels(outcome)
+        counter.inc()
+        metrics.SEND_DURATION.observe(time.perf_counter() - started)
+
+    # Mapping records to requests
+
+    def _url(self, record: KafkaRecord) -> str:
+        if not self._templated:
+            return self._config.url
+        key = record.key
+        if key is None and "{key}" in self._config.url:
+            raise ValueError("the URL names {key} and the record has none")
+        return self._config.url.format_map(
+            {
+                "topic": quote(record.topic, safe=""),
+                "partition": record.partition,
+                "key": quote(key or b"", safe=""),
+            }
+        )
+
+    def _headers(self, record: KafkaRecord) -> dict[str, str]:
+        headers = dict(self._static)
+        content_type = self._config.content_type
+        for name, value in record.headers:
+            lower = name.lower()
+            if lower == "content-type":
+                content_type = header_value(name, value)
+            elif lower in self._forward:
+                headers[name] = header_value(name, value)
+        headers["Content-Type"] = content_type
+        headers["X-Kafka-Topic"] = header_value("topic", record.topic)
+        headers["X-Kafka-Partition"] = str(record.partition)
+        return headers
+
+    def _single(self, record: KafkaRecord) -> tuple[str, str, dict[str, str], bytes | None]:
+        headers = self._headers(record)
+        headers["Idempotency-Key"] = idempotency_key(record)
+        headers["X-Kafka-Offset"] = str(record.offset)
+        if record.value is None and self._config.tombstones == "delete":
+            del headers["Content-Type"]
+            return "DELETE", self._url(record), headers, None
+        return self._config.method, self._url(record), headers, record.value or b""
+
+    def _batch(
+        self, records: Sequence[KafkaRecord]
+    ) -> tuple[str, str, dict[str, str], bytes | None]:
+        first, last = records[0], records[-1]
+        fmt = self._config.batch_format
+        assert fmt is not None  # noqa: S101 - only called in batch mode
+        headers = self._headers(first)
+        headers["Content-Type"] = _BATCH_CONTENT_TYPES[fmt]
+        headers["Idempotency-Key"] = f"{first.topic}/{first.partition}/{first.offset}-{last.offset}"
+        headers["X-Kafka-Offset"] = str(first.offset)
+        headers["X-Kafka-Last-Offset"] = str(last.offset)
+        headers["X-Batch-Size"] = str(len(records))
+        values = [record.value or b"null" for record in records]
+        if fmt == "json-array":
+            body = b"[" + b",".join(values) + b"]"
+        else:
+            if any(b"\n" in value for value in values):
+                raise ValueError("a value holds a line break, which NDJSON cannot frame")
+            body = b"\n".join(values) + b"\n"
+        return self._config.method, self._url(first), headers, body
+
+
+def _failure(outcome: Outcome, answer: Answer) -> SendError:
+    status = answer.status
+    if outcome is Outcome.RETRY:
+        reason = "429" if status == 429 else "5xx" if status >= 500 else str(status)
+        return RetryableSendError(
+            f"Space API answered {status}",
+            reason=reason,
+            status=status,
+            retry_after=parse_retry_after(answer.retry_after),
+        )
+    if outcome is Outcome.AUTH:
+        return AuthError(
+            f"Space API refused our credentials with {status}", reason="auth", status=status
+        )
+    return RejectedError(
+        f"Space API rejected the record with {status}",
+        reason=f"{status // 100}xx" if status != 429 else "429",
+        status=status,
+        body=answer.body.decode("utf-8", "replace"),
+    )

@@ -1,0 +1,51 @@
+"""Sinks: where records go. The HTTP sink by default; a user's own function when configured.
+
+A sink has one job: take a record (or, when batching, a list of consecutive records of one lane)
+and return once the far side accepted it, or raise a :class:`~pipeline.errors.SendError` saying
+whether to retry, to wait out an outage, or to give the record up. Order, retries, the gate and the
+rules live around it, so every sink gets them the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol
+
+from pipeline.config import Settings
+from pipeline.http_client import AiohttpClient, Timeouts
+from pipeline.http_sink import HttpSink, HttpSinkConfig
+from pipeline.policy import Classification
+from pipeline.records import KafkaRecord
+
+
+class Sink(Protocol):
+    """Delivers a record, or a batch of them, and says how it went by returning or raising."""
+
+    async def send(self, payload: KafkaRecord | Sequence[KafkaRecord]) -> None:
+        """Return on acceptance; raise a SendError (or any exception) otherwise."""
+        ...
+
+
+def http_sink_config(settings: Settings) -> HttpSinkConfig:
+    """The HTTP sink's configuration from the settings."""
+    s = settings
+    return HttpSinkConfig(
+        url=s.space_api_url,
+        method=s.space_api_method,
+        content_type=s.space_api_content_type,
+        token=s.space_api_token.get_secret_value() if s.space_api_token else None,
+        headers=s.space_api_headers,
+        forward_headers=s.forward_headers,
+        tombstones=s.tombstones,
+        classification=Classification(retry=s.retry_statuses, auth=s.auth_statuses),
+    )
+
+
+def build_sink(settings: Settings) -> AbstractAsyncContextManager[HttpSink]:
+    """The sink the settings ask for, to be entered as an async context manager."""
+    timeouts = Timeouts(
+        connect=settings.space_api_connect_timeout_s, read=settings.space_api_timeout_s
+    )
+    client = AiohttpClient(timeouts, max_connections=settings.max_in_flight)
+    return HttpSink(http_sink_config(settings), client)
