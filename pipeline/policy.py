@@ -45,7 +45,7 @@ def parse_statuses(text: str) -> frozenset[int]:
         if not 100 <= low <= high <= 599:
             msg = f"{part!r} is not within 100-599 (or a range is backwards)"
             raise ValueError(msg)
-        if low < 300 <= high or 200 <= low < 300:
+        if low <= 299 and high >= 200:
             msg = f"{part!r} includes 2xx, which always means accepted"
             raise ValueError(msg)
         codes.update(range(low, high + 1))

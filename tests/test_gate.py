@@ -1,0 +1,199 @@
+"""The API gate: one shared resource for every lane (throttle, rate limit, circuit, auth)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from pipeline.errors import AuthError, RejectedError, RetryableSendError
+from pipeline.gate import ApiGate, CircuitState, GateLimits
+
+
+def no_jitter() -> float:
+    return 0.0
+
+
+def down() -> RetryableSendError:
+    return RetryableSendError("unreachable", reason="connection")
+
+
+async def attempt(gate: ApiGate, error: BaseException | None = None) -> float:
+    """One attempt through the gate that ends with ``error``; returns when it was admitted."""
+    admitted = 0.0
+    try:
+        async with gate.attempt():
+            admitted = time.monotonic()
+            if error is not None:
+                raise error
+    except BaseException as raised:
+        if raised is not error:
+            raise
+    return admitted
+
+
+# Throttling
+
+
+async def test_a_retry_after_holds_every_attempt_back_until_it_elapses() -> None:
+    """A 429 with ``Retry-After: 0.3`` on one lane pauses the others too."""
+    gate = ApiGate(GateLimits(), random_draw=no_jitter)
+    throttled = RetryableSendError("429", reason="429", status=429, retry_after=0.3)
+
+    await attempt(gate, throttled)
+    started = time.monotonic()
+    admitted = await asyncio.gather(*(attempt(gate) for _ in range(5)))
+
+    assert all(t - started >= 0.29 for t in admitted)
+    assert gate.blocked is False
+
+
+async def test_lanes_leave_a_throttle_with_a_little_jitter() -> None:
+    """Each waiting attempt adds up to 10% of the pause, so they do not restart in lockstep."""
+    draws = iter([0.0, 0.5, 1.0])
+    gate = ApiGate(GateLimits(), random_draw=lambda: next(draws))
+    throttled = RetryableSendError("429", reason="429", status=429, retry_after=0.5)
+
+    await attempt(gate, throttled)
+    started = time.monotonic()
+    admitted = sorted(await asyncio.gather(*(attempt(gate) for _ in range(3))))
+
+    offsets = [t - started for t in admitted]
+    assert offsets[0] == pytest.approx(0.5, abs=0.05)
+    assert offsets[2] == pytest.approx(0.55, abs=0.05)
+
+
+async def test_a_retry_after_of_zero_holds_nothing_back() -> None:
+    """``Retry-After: 0`` pauses nobody (the lane's own backoff keeps it from looping)."""
+    gate = ApiGate(GateLimits(), random_draw=no_jitter)
+
+    await attempt(gate, RetryableSendError("429", reason="429", status=429, retry_after=0.0))
+
+    assert gate.blocked is False
+
+
+# Rate limit
+
+
+async def test_the_rate_limit_lets_a_burst_through_then_spaces_attempts() -> None:
+    """50/s with a burst of 5: five at once, then one every 20 ms, shared by all callers."""
+    gate = ApiGate(GateLimits(rate_per_s=50, burst=5))
+    started = time.monotonic()
+
+    admitted = sorted(await asyncio.gather(*(attempt(gate) for _ in range(25))))
+
+    offsets = [t - started for t in admitted]
+    assert all(offset < 0.02 for offset in offsets[:5])
+    assert offsets[-1] == pytest.approx(20 * 0.02, abs=0.05)
+    per_second = max(sum(1 for t in admitted if s <= t < s + 1) for s in admitted)
+    assert per_second <= 50 + 5
+
+
+# Circuit breaker
+
+
+async def test_consecutive_failures_open_the_circuit_and_one_probe_goes_at_a_time() -> None:
+    """Three connection failures open it for the open time; then exactly one attempt probes
+    while the others wait; the probe's success closes it and lets everyone through."""
+    gate = ApiGate(GateLimits(circuit_failures=3, open_initial=0.2, open_max=1.0))
+    for _ in range(3):
+        await attempt(gate, down())
+    assert CircuitState.OPEN == gate.state
+    assert gate.blocked
+
+    spans: list[tuple[float, float]] = []
+
+    async def probe_or_wait() -> None:
+        async with gate.attempt():
+            admitted = time.monotonic()
+            await asyncio.sleep(0.05)
+            spans.append((admitted, time.monotonic()))
+
+    started = time.monotonic()
+    await asyncio.gather(*(probe_or_wait() for _ in range(4)))
+
+    probe, *others = sorted(spans)
+    assert probe[0] - started >= 0.19, "nothing went before the open time"
+    assert all(admitted >= probe[1] for admitted, _ in others), "the others waited for the probe"
+    assert CircuitState.CLOSED == gate.state
+
+
+async def test_a_failed_probe_doubles_the_open_time_up_to_the_maximum() -> None:
+    """Each failed probe keeps the circuit open twice as long, capped."""
+    gate = ApiGate(GateLimits(circuit_failures=1, open_initial=0.1, open_max=0.25))
+    await attempt(gate, down())
+    times = []
+    for _ in range(3):
+        started = time.monotonic()
+        await attempt(gate, down())
+        times.append(time.monotonic() - started)
+
+    assert times[0] == pytest.approx(0.1, abs=0.04)
+    assert times[1] == pytest.approx(0.2, abs=0.04)
+    assert times[2] == pytest.approx(0.25, abs=0.04)
+
+
+async def test_an_answer_that_rejects_the_record_resets_the_failure_count() -> None:
+    """A 4xx means the API is up: it breaks a run of failures."""
+    gate = ApiGate(GateLimits(circuit_failures=3))
+    for error in (down(), down(), RejectedError("no", reason="4xx", status=422), down()):
+        await attempt(gate, error)
+
+    assert CircuitState.CLOSED == gate.state
+
+
+async def test_a_cancelled_probe_lets_another_attempt_probe() -> None:
+    """A probe that never finished (its lane was cancelled) frees the probe's place."""
+    gate = ApiGate(GateLimits(circuit_failures=1, open_initial=0.05))
+    await attempt(gate, down())
+    await asyncio.sleep(0.06)
+
+    probe = asyncio.create_task(attempt(gate, asyncio.CancelledError()))
+    await asyncio.sleep(0.01)
+    probe.cancel()
+    started = time.monotonic()
+    await attempt(gate)
+
+    assert time.monotonic() - started < 0.05
+    assert CircuitState.CLOSED == gate.state
+
+
+async def test_a_throttled_probe_closes_the_circuit() -> None:
+    """A 429 to the probe shows the API up (if busy): the circuit closes, the pause applies."""
+    gate = ApiGate(GateLimits(circuit_failures=1, open_initial=0.05), random_draw=no_jitter)
+    await attempt(gate, down())
+    await asyncio.sleep(0.06)
+
+    await attempt(gate, RetryableSendError("429", reason="429", status=429, retry_after=0.1))
+
+    assert CircuitState.CLOSED == gate.state
+    assert gate.blocked  # the Retry-After
+
+
+# Auth outage
+
+
+async def test_an_auth_failure_blocks_everything_from_the_first_one_until_a_success() -> None:
+    """One 401 is an outage of the whole API: a probe at a time, then all clear on success."""
+    gate = ApiGate(GateLimits(circuit_failures=5, open_initial=0.1))
+
+    await attempt(gate, AuthError("401", reason="auth", status=401))
+    blocked = (gate.blocked, gate.auth_failing)
+    started = time.monotonic()
+    await attempt(gate)
+
+    assert (True, True) == blocked
+    assert time.monotonic() - started >= 0.09
+    assert (False, False) == (gate.blocked, gate.auth_failing)
+
+
+async def test_an_answer_that_says_nothing_of_credentials_does_not_end_an_auth_outage() -> None:
+    """A 429 to the auth probe leaves the outage in place; the next probe decides."""
+    gate = ApiGate(GateLimits(open_initial=0.05), random_draw=no_jitter)
+    await attempt(gate, AuthError("401", reason="auth", status=401))
+    await asyncio.sleep(0.06)
+
+    await attempt(gate, RetryableSendError("429", reason="429", status=429, retry_after=None))
+
+    assert gate.auth_failing

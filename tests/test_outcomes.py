@@ -1,0 +1,253 @@
+"""Every outcome has a rule, seen end to end: a real broker, real HTTP, the stub API's faults."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client import REGISTRY
+
+from pipeline.dev.broker import create_topic
+from pipeline.dev.stub_api import FaultWindow, StubConfig, StubServer
+from tests.conftest import eventually, running_stage
+
+pytestmark = pytest.mark.integration
+
+# tansu has no idempotent producer (InitProducerId): dead letters go with acks=all only here.
+DLQ = {"on_reject": "dead-letter", "dead_letter_idempotence": False}
+
+
+async def dead_letters(bootstrap: str, topic: str) -> list:
+    """Every record on the dead-letter topic, read from the start."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        consumer.seek(tp, 0)
+        end = (await consumer.end_offsets([tp]))[tp]
+        records = []
+        while len(records) < end:
+            batch = await consumer.getmany(timeout_ms=1000)
+            records += [r for part in batch.values() for r in part]
+        return records
+    finally:
+        await consumer.stop()
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_rejected_records_are_dead_lettered_and_everything_else_flows(new_topic):
+    """Two poisoned records go to the dead-letter topic with their key, value and headers plus
+    where they came from and why; every other record is delivered in order; offsets reach the
+    end; nothing halts, so /readyz stays green."""
+    topic = await new_topic(3)
+    dlq = f"{topic.name}-dlq"
+    await create_topic(topic.bootstrap, dlq, 1)
+    await topic.produce(90)
+    poison = frozenset({f"{topic.name}/1/10", f"{topic.name}/2/20"})
+    async with StubServer(StubConfig(latency_ms=1, reject_keys=poison)) as api:
+        settings = topic.settings(api.url, dead_letter_topic=dlq, **DLQ)
+        async with running_stage(settings) as stage:
+            await eventually(lambda: api.stats().unique == 88, what="all but the two")
+            await eventually(lambda: stage.ready().ok, what="ready")
+        stats = api.stats()
+    letters = await dead_letters(topic.bootstrap, dlq)
+    assert 0 == stats.order_violations
+    assert topic.expected_end(90) == await topic.committed()
+    assert 2 == len(letters)
+    by_offset = {int(dict(r.headers)["x-original-offset"]): r for r in letters}
+    letter = by_offset[10]
+    headers = dict(letter.headers)
+    assert b"item-31" == letter.key  # record 31 is partition 1's offset 10
+    assert b'{"seq": 31' in letter.value
+    assert topic.name.encode() == headers["x-original-topic"]
+    assert b"1" == headers["x-original-partition"]
+    assert b"422" == headers["x-error-status"]
+    assert b"4xx" == headers["x-error-reason"]
+    assert b"reject list" in headers["x-error-body"]
+    assert b"1" == headers["x-error-attempts"]
+    assert 1.0 == sample("space_pipeline_dead_letters_total", topic=topic.name, partition="1")
+
+
+async def test_an_auth_window_is_an_outage_not_bad_records(new_topic):
+    """The API answers 401 to everything for 10 s: nothing is dead-lettered or lost, at most a
+    few requests a second reach it meanwhile (one probe at a time), /readyz says why, and
+    everything continues in order afterwards, without a restart."""
+    topic = await new_topic(4)
+    dlq = f"{topic.name}-dlq"
+    await create_topic(topic.bootstrap, dlq, 1)
+    await topic.produce(400)
+    async with StubServer(StubConfig(latency_ms=2, token="t0k")) as api:
+        settings = topic.settings(api.url, space_api_token="t0k", dead_letter_topic=dlq, **DLQ)
+        async with running_stage(settings) as stage:
+            await eventually(lambda: api.stats().unique >= 40, what="delivery under way")
+            before = api.stats()
+            api.set_config(
+                StubConfig(latency_ms=2, token="t0k", faults=(FaultWindow("auth", 0, 10),))
+            )
+            await eventually(
+                lambda: "credentials" in stage.ready().reason, what="/readyz to show the outage"
+            )
+            reason = stage.ready().reason
+            await asyncio.sleep(9.5)
+            during = api.stats()
+            await eventually(lambda: api.stats().unique == 400, timeout=60, what="all 400")
+        stats = api.stats()
+    window_requests = during.requests - before.requests
+    assert "credentials" in reason
+    assert window_requests <= 3 * 10, f"{window_requests} requests in a 10 s auth outage"
+    assert 0 == stats.order_violations
+    assert [] == await dead_letters(topic.bootstrap, dlq)
+    assert topic.expected_end(400) == await topic.committed()
+    assert sample("space_pipeline_auth_failures_total") >= 1
+
+
+async def test_a_retry_after_holds_back_every_partition(new_topic):
+    """The first answer is a 429 with ``Retry-After: 2``: no request of any partition reaches
+    the API before it has elapsed, and then everything is delivered."""
+    topic = await new_topic(4)
+    await topic.produce(80)
+    config = StubConfig(latency_ms=1, throttle_burst=1, retry_after_s=2)
+    async with StubServer(config) as api:
+        async with running_stage(topic.settings(api.url)):
+            await eventually(lambda: api.stats().unique == 80, what="all 80")
+        stats = api.stats()
+    assert 1 == stats.statuses.get(429)
+    assert 0 == stats.retry_after_violations
+    assert 0 == stats.order_violations
+
+
+async def test_the_rate_limit_holds_across_partitions(new_topic):
+    """100 requests/s with a burst of 10, over 4 partitions: no second sees more than 110."""
+    topic = await new_topic(4)
+    await topic.produce(400)
+    async with StubServer(StubConfig(latency_ms=1)) as api:
+        settings = topic.settings(api.url, rate_limit_per_s=100, rate_limit_burst=10)
+        async with running_stage(settings):
+            await eventually(lambda: api.stats().unique == 400, timeout=30, what="all 400")
+        stats = api.stats()
+    assert stats.max_requests_in_any_1s_window <= 110
+    assert 0 == stats.order_violations
+
+
+async def test_an_outage_opens_the_circuit_and_everything_arrives_after(new_topic):
+    """15 s of 503s: after a few failures the circuit opens and only a probe at a time goes
+    (a few requests a second), /healthz stays green, and all records arrive in order after."""
+    topic = await new_topic(4)
+    await topic.produce(200)
+    async with StubServer(StubConfig(latency_ms=1)) as api:
+        async with running_stage(topic.settings(api.url)) as stage:
+            await eventually(lambda: api.stats().unique >= 20, what="delivery under way")
+            api.set_config(StubConfig(latency_ms=1, faults=(FaultWindow("outage", 0, 15),)))
+            await eventually(
+                lambda: sample("space_pipeline_circuit_state") == 1, what="the circuit to open"
+            )
+            before = api.stats()
+            await asyncio.sleep(12)
+            during = api.stats()
+            live = stage.live()
+            await eventually(lambda: api.stats().unique == 200, timeout=30, what="all 200")
+        stats = api.stats()
+    rate = (during.requests - before.requests) / 12
+    assert rate <= 4, f"{rate:.1f} requests/s while the circuit was open"
+    assert live.ok
+    assert 0 == stats.order_violations
+    assert topic.expected_end(200) == await topic.committed()
+
+
+async def test_the_skip_list_lets_a_halted_record_past(new_topic):
+    """A rejected record halts its partition; with that exact record on the skip list (and a
+    dead-letter topic), a restart lets it past: dead-lettered as skipped, counted, and the
+    rest of the partition delivered and committed."""
+    topic = await new_topic(2)
+    dlq = f"{topic.name}-dlq"
+    await create_topic(topic.bootstrap, dlq, 1)
+    await topic.produce(40)
+    bad = f"{topic.name}/0/5"
+    async with StubServer(StubConfig(latency_ms=1, reject_keys=frozenset({bad}))) as api:
+        async with running_stage(topic.settings(api.url)) as stage:
+            await eventually(lambda: "halted" in stage.ready().reason, what="the halt")
+            await eventually(lambda: api.stats().unique == 25, what="all but the halted part")
+        assert {0: 5, 1: 20} == await topic.committed()
+        settings = topic.settings(
+            api.url,
+            skip_records=bad,
+            dead_letter_topic=dlq,
+            dead_letter_idempotence=False,
+        )
+        async with running_stage(settings) as stage:
+            await eventually(lambda: api.stats().unique == 39, what="all but the skipped")
+            await eventually(lambda: stage.ready().ok, what="no halt")
+    letters = await dead_letters(topic.bootstrap, dlq)
+    assert [b"skipped"] == [dict(r.headers)["x-error-reason"] for r in letters]
+    assert topic.expected_end(40) == await topic.committed()
+    assert 1.0 == sample("space_pipeline_skipped_records_total", topic=topic.name, partition="0")
+
+
+async def test_the_dead_letter_guard_halts_a_partition_that_rejects_too_much(new_topic):
+    """With at most 3 dead letters a minute, the fourth rejection of a partition halts it
+    instead: a misconfigured API cannot drain a topic into the DLQ."""
+    topic = await new_topic(2)
+    dlq = f"{topic.name}-dlq"
+    await create_topic(topic.bootstrap, dlq, 1)
+    await topic.produce(40)
+    poison = frozenset(f"{topic.name}/0/{offset}" for offset in range(10))
+    async with StubServer(StubConfig(latency_ms=1, reject_keys=poison)) as api:
+        settings = topic.settings(
+            api.url, dead_letter_topic=dlq, dead_letter_max_per_minute=3, **DLQ
+        )
+        async with running_stage(settings) as stage:
+            await eventually(lambda: "halted" in stage.ready().reason, what="the guard's halt")
+            await eventually(lambda: api.stats().unique == 20, what="partition 1 in full")
+            reason = stage.ready().reason
+    assert f"{topic.name}/0@3" in reason
+    assert 3 == len(await dead_letters(topic.bootstrap, dlq))
+    assert {0: 3, 1: 20} == await topic.committed()
+    guard = "space_pipeline_dead_letter_guard_trips_total"
+    assert 1.0 == sample(guard, topic=topic.name, partition="0")
+
+
+async def test_a_halt_stays_reported_across_rebalances_until_the_record_passes(new_topic):
+    """A halt is kept with the committed offset: the next owner reports the partition halted
+    from the start (the alert does not reset), tries the record again, and clears the halt
+    once the API takes it."""
+    topic = await new_topic(1)
+    await topic.produce(10)
+    bad = frozenset({f"{topic.name}/0/4"})
+    labels = {"topic": topic.name, "partition": "0"}
+    async with StubServer(StubConfig(latency_ms=1, reject_keys=bad)) as api:
+        async with running_stage(topic.settings(api.url)) as stage:
+            await eventually(lambda: "halted" in stage.ready().reason, what="the halt")
+            await asyncio.sleep(0.5)  # a commit round writes the note
+        api.set_config(StubConfig(latency_ms=300, reject_keys=bad))  # still refused, slowly
+        async with running_stage(topic.settings(api.url)) as stage:
+            await eventually(lambda: stage._joined, what="assigned")
+            await eventually(
+                lambda: sample("space_pipeline_partition_halted", **labels) == 1.0,
+                what="the halt reported from the start",
+            )
+            first_reason = stage.ready().reason
+        api.set_config(StubConfig(latency_ms=1))  # the API now takes it
+        async with running_stage(topic.settings(api.url)) as stage:
+            await eventually(lambda: api.stats().unique == 10, what="all 10")
+            await eventually(lambda: stage.ready().ok, what="the halt cleared")
+    assert f"{topic.name}/0@4" in first_reason
+    assert {0: 10} == await topic.committed()
+
+
+async def test_readyz_names_the_auth_outage_over_http(new_topic):
+    """The probe endpoint answers 503 with the reason while credentials are refused."""
+    topic = await new_topic(1)
+    await topic.produce(3)
+    async with StubServer(StubConfig(latency_ms=1, token="right")) as api:
+        settings = topic.settings(api.url, space_api_token="wrong")
+        async with running_stage(settings) as stage, httpx.AsyncClient() as client:
+            await eventually(lambda: "credentials" in stage.ready().reason, what="the auth outage")
+            readyz = await client.get(f"http://127.0.0.1:{stage.ops_port}/readyz")
+    assert 503 == readyz.status_code
+    assert "credentials" in readyz.json()["reason"]
