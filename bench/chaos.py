@@ -73,6 +73,20 @@ LOG_TAIL_LINES = 25
 PROGRESS_EVERY_S = 15.0
 MAX_RESTARTS_AFTER_CRASH = 3
 
+NOTABLE_EVENTS = (
+    "commit.failed",
+    "stage.committed_unknown",
+    "stage.request_abandoned",
+    "consumer.leave_timeout",
+    "consumer.leave_failed",
+    "partition.halted",
+    "policy.record_skipped",
+    "policy.dead_lettered",
+    "gate.opened",
+    "stage.failed",
+    "stage.forced_exit",
+)
+
 STAGE_SETTINGS = {
     "PIPELINE_KAFKA_SESSION_TIMEOUT_MS": "6000",
     "PIPELINE_KAFKA_HEARTBEAT_INTERVAL_MS": "2000",
@@ -96,6 +110,12 @@ def count_in_logs(log_dir: Path, event: str) -> int:
     """How many times ``event`` was logged by any member incarnation."""
     needle = f'"event":"{event}"'
     return sum(p.read_text(errors="replace").count(needle) for p in log_dir.glob("*.log"))
+
+
+def notable_events(log_dir: Path) -> str:
+    """Counts of the members' log events that a fault explains but a quiet run would not have."""
+    counts = {event: count_in_logs(log_dir, event) for event in NOTABLE_EVENTS}
+    return ", ".join(f"{event} {n}" for event, n in counts.items() if n) or "none"
 
 
 @dataclass
@@ -265,8 +285,9 @@ class Chaos:
         stub: StubServer,
         members: dict[str, Member],
         make_member: Callable[[str], Member],
+        ends_at: float,
     ) -> None:
-        self.run, self.rng = run, rng
+        self.run, self.rng, self.ends_at = run, rng, ends_at
         self.kafka, self.api, self.stub = kafka, api, stub
         self.members, self.make_member = members, make_member
         self.baseline = stub.config
@@ -283,6 +304,12 @@ class Chaos:
             "extra member": self.extra_member,
         }
         self._deck: list[str] = []
+
+    def _hold(self, shortest: float, longest: float) -> float:
+        """A fault's duration, cut short at the end of the chaos phase (never below
+        ``shortest``), so the phase lasts about as long as asked."""
+        left = self.ends_at - time.monotonic()
+        return min(self.rng.uniform(shortest, longest), max(left, shortest))
 
     def draw(self) -> str:
         """The next fault kind: a shuffled deck, so a few minutes cover the whole repertoire."""
@@ -306,14 +333,14 @@ class Chaos:
     # The network to the broker
 
     async def broker_latency(self) -> None:
-        ms, hold = self.rng.uniform(2, 20), self.rng.uniform(10, 20)
+        ms, hold = self.rng.uniform(2, 20), self._hold(10, 20)
         self.run.fault("broker latency", f"{ms:.0f} ms each way for {hold:.0f} s")
         self.kafka.latency_up = self.kafka.latency_down = ms / 1000
         await asyncio.sleep(hold)
         self.kafka.latency_up = self.kafka.latency_down = 0.0
 
     async def broker_cut(self) -> None:
-        hold = self.rng.uniform(5, 20)
+        hold = self._hold(5, 20)
         self.run.fault("broker cut", f"every connection reset, connects refused, for {hold:.0f} s")
         await self.kafka.cut_for(hold)
 
@@ -326,7 +353,7 @@ class Chaos:
             JOIN_GROUP: self.rng.uniform(1.0, 5.0),
             OFFSET_COMMIT: self.rng.uniform(0.2, 1.5),
         }
-        hold = self.rng.uniform(12, 25)
+        hold = self._hold(12, 25)
         with_member = self.rng.random() < 0.5
         shown = ", ".join(f"{name} +{delays[key]:.1f} s" for name, key in _SLOW_NAMES)
         joined = ", an extra member joins and leaves meanwhile" if with_member else ""
@@ -347,12 +374,12 @@ class Chaos:
     # The API
 
     async def api_cut(self) -> None:
-        hold = self.rng.uniform(5, 20)
+        hold = self._hold(5, 20)
         self.run.fault("api cut", f"connections reset and refused for {hold:.0f} s")
         await self.api.cut_for(hold)
 
     async def api_errors(self) -> None:
-        mode, hold = self.rng.choice(("burst", "flaky", "outage")), self.rng.uniform(5, 20)
+        mode, hold = self.rng.choice(("burst", "flaky", "outage")), self._hold(5, 20)
         if mode == "burst":
             burst = self.rng.randint(100, 600)
             config = dataclasses.replace(self.baseline, error_burst=burst)
@@ -368,7 +395,7 @@ class Chaos:
         await self._stub_for(config, hold)
 
     async def api_throttle(self) -> None:
-        retry_after, hold = self.rng.randint(1, 3), self.rng.uniform(5, 20)
+        retry_after, hold = self.rng.randint(1, 3), self._hold(5, 20)
         if self.rng.random() < 0.5:
             window = (FaultWindow("throttle", 0, hold),)
             config = dataclasses.replace(self.baseline, faults=window, retry_after_s=retry_after)
@@ -413,7 +440,7 @@ class Chaos:
         member.start()
 
     async def extra_member(self) -> None:
-        hold = self.rng.uniform(12, 25)
+        hold = self._hold(12, 25)
         member = self._start_extra()
         self.run.fault("extra member", f"{member.name} joins, leaves (SIGTERM) after {hold:.0f} s")
         await asyncio.sleep(hold)
@@ -597,7 +624,8 @@ async def chaos(args: argparse.Namespace, log_dir: Path) -> bool:
 
         members = {name: make_member(name) for name in "abc"[: args.members]}
         producer = Producer(kafka.address, topic, args.partitions, args.rate)
-        faults = Chaos(run, rng, kafka, api, stub, members, make_member)
+        chaos_ends = run.started + args.minutes * 60
+        faults = Chaos(run, rng, kafka, api, stub, members, make_member, chaos_ends)
         try:
             async with asyncio.TaskGroup() as tasks:
                 producing = tasks.create_task(producer.run())
@@ -607,7 +635,6 @@ async def chaos(args: argparse.Namespace, log_dir: Path) -> bool:
                 progress = tasks.create_task(report_progress(run, producer, stub))
                 if not await wait_for(lambda: stub.stats().unique > 0, timeout=60):
                     run.problem("nothing delivered within 60 s of the start", members["a"])
-                chaos_ends = run.started + args.minutes * 60
                 while chaos_ends - time.monotonic() > 10:
                     await asyncio.sleep(rng.uniform(3, 8))
                     await faults.inject(faults.draw())
@@ -701,6 +728,7 @@ def judge(
         Check("faults injected", fault_summary(run), None),
         Check("SIGKILLs", str(run.sigkills), None),
         Check("rebalances seen (stage.partitions_assigned)", str(rebalances), None),
+        Check("stage warnings worth a look", notable_events(run.log_dir), None),
         Check("wall time", f"{run.elapsed:.0f} s", None),
     ]
     ok = not run.problems and all(c.ok is not False for c in checks)

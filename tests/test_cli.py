@@ -94,7 +94,7 @@ def test_all_problems_are_listed_at_once_one_line_each(tmp_path):
 
 def test_config_prints_the_effective_settings_with_secrets_masked(tmp_path):
     """``space-pipeline config`` shows every setting, defaults marked, secrets masked; exit 0."""
-    result = command(tmp_path, "config", **VALID, PIPELINE_SPACE_API_TOKEN="s3cret")  # noqa: S106
+    result = command(tmp_path, "config", **VALID, PIPELINE_SPACE_API_TOKEN="s3cret")
 
     assert 0 == result.returncode, result.stderr
     lines = result.stdout.splitlines()
