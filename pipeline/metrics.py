@@ -42,7 +42,8 @@ REJECTIONS = Counter(
 )
 SEND_ATTEMPTS = Counter(
     "space_pipeline_send_attempts_total",
-    "HTTP attempts by outcome class: 2xx, 4xx, 429, 5xx, timeout, connection.",
+    "Attempts by outcome: 2xx, 4xx, 429, 5xx, timeout, connection, invalid_record, unexpected"
+    " (HTTP), or ok, error (a user's send function).",
     ("status_class",),
 )
 RETRIES = Counter(
@@ -156,6 +157,16 @@ THROTTLE_WAIT_SECONDS = Counter(
 RATE_LIMIT_WAIT_SECONDS = Counter(
     "space_pipeline_rate_limit_wait_seconds_total",
     "Time attempts spent waiting for the rate limit, summed over attempts.",
+)
+TOKEN_REQUESTS = Counter(
+    "space_pipeline_token_requests_total",
+    "OAuth2 client-credentials token requests, by result: ok or failed.",
+    ("result",),
+)
+BATCH_RECORDS = Histogram(
+    "space_pipeline_batch_records",
+    "Records per request when batching (a request of one record when not).",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
 )
 REBALANCES = Counter(
     "space_pipeline_rebalances_total",
