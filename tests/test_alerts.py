@@ -29,6 +29,9 @@ MUST_HAVE_QUIET_CASE = {
     "SpacePipelineNoCommits",
     "SpacePipelineCommitFailures",
     "SpacePipelineRebalanceStorm",
+    "SpacePipelineCircuitOpen",
+    "SpacePipelineAuthFailing",
+    "SpacePipelineDeadLetterRate",
 }
 
 
@@ -77,10 +80,12 @@ def test_alerts_read_only_catalogue_metrics() -> None:
 
 
 def test_expected_alerts_exist() -> None:
-    """Alerts cover lag, stalls, halts, rejections, API errors, commits, rebalances and scraping."""
+    """Alerts cover lag, stalls, halts, rejections, dead letters, the API gate (circuit and
+    credentials), API errors, commits, rebalances and scraping."""
     names = {rule.name for rule in load_rules() if rule.kind == "alert"}
     expected = MUST_HAVE_QUIET_CASE | {
         "SpacePipelinePartitionHalted",
+        "SpacePipelineDeadLetterGuardTripped",
         "SpacePipelineTargetDown",
         "SpacePipelineTargetMissing",
     }

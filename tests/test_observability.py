@@ -8,6 +8,7 @@ import signal
 import httpx
 import pytest
 
+from pipeline.dev.broker import create_topic
 from pipeline.dev.stub_api import StubConfig, StubServer
 from tests.conftest import eventually
 from tests.prometheus_harness import (
@@ -20,7 +21,10 @@ from tests.prometheus_harness import (
 
 pytestmark = pytest.mark.integration
 
-# After a run with some 5xx and one rejection, panels built only from these must show data.
+# After a run with some 5xx, a dead letter, a guard trip that halts a partition and a skipped
+# record, panels built only from these must show data. The API gate's gauges and counters have no
+# labels, so they are exported from the start. Not here: abandoned requests (only at a drain
+# deadline), token requests (no OAuth2 in this run) and batch sizes (no batching).
 MUST_HAVE_DATA = {
     "space_pipeline_records_consumed_total",
     "space_pipeline_records_delivered_total",
@@ -46,33 +50,67 @@ MUST_HAVE_DATA = {
     "space_pipeline_commit_duration_seconds_bucket",
     "space_pipeline_rebalances_total",
     "space_pipeline_build_info",
+    "space_pipeline_dead_letters_total",
+    "space_pipeline_dead_letter_guard_trips_total",
+    "space_pipeline_skipped_records_total",
+    "space_pipeline_circuit_state",
+    "space_pipeline_circuit_state_seconds",
+    "space_pipeline_auth_outage",
+    "space_pipeline_auth_failures_total",
+    "space_pipeline_throttled_total",
+    "space_pipeline_throttle_wait_seconds_total",
+    "space_pipeline_rate_limit_wait_seconds_total",
     "process_cpu_seconds_total",
     "process_resident_memory_bytes",
     "up",
 }
 
 
+# What the run counts once, and on which partition.
+COUNTED = (
+    ("space_pipeline_dead_letters_total", "1"),
+    ("space_pipeline_dead_letter_guard_trips_total", "1"),
+    ("space_pipeline_rejections_total", "1"),
+    ("space_pipeline_skipped_records_total", "0"),
+)
+
+
 @pytest.mark.timeout(180)
 async def test_every_dashboard_query_and_alert_evaluates_against_a_running_stage(
     new_topic, stage_process, tmp_path
 ):
-    """Prometheus scrapes a live stage that met 5xx and a rejection; every dashboard query
-    and alert expression evaluates without error, and the panels that must show data after
-    such a run return series for its topic."""
+    """Prometheus scrapes a live stage that met 5xx, dead-lettered a rejected record, had its
+    dead-letter guard halt a partition and let a named record past; every dashboard query and
+    alert expression evaluates without error, and the panels that must show data after such a
+    run return series for its topic."""
     topic = await new_topic(3)
+    dlq = f"{topic.name}-dlq"
+    await create_topic(topic.bootstrap, dlq, 1)
     await topic.produce(300)
-    faults = StubConfig(latency_ms=2, error_burst=5, reject_keys=frozenset({f"{topic.name}/1/20"}))
+    # Partition 1: offset 10 is refused and dead-lettered; offset 20 is refused within the same
+    # minute, which trips the guard (one dead letter a minute) and halts the partition there.
+    # Partition 0: offset 5 is on the skip list. So the API accepts 99 + 19 + 100 records.
+    rejected = frozenset({f"{topic.name}/1/10", f"{topic.name}/1/20"})
+    faults = StubConfig(latency_ms=2, error_burst=5, reject_keys=rejected)
     async with StubServer(faults) as api:
-        proc = stage_process(topic.env(api.url))
+        env = topic.env(
+            api.url,
+            on_reject="dead-letter",
+            dead_letter_topic=dlq,
+            dead_letter_idempotence="false",  # tansu has no idempotent producer (InitProducerId)
+            dead_letter_max_per_minute="1",
+            skip_records=f"{topic.name}/0/5",
+        )
+        proc = stage_process(env)
         target = proc.ops_url.removeprefix("http://")
         with running_prometheus([target], tmp_path, rule_files=[ALERTS]) as prometheus:
             await eventually(
-                lambda: api.stats().unique == 200 + 20, timeout=60, what="all but the halted"
+                lambda: api.stats().unique == 99 + 19 + 100, timeout=60, what="all but the halted"
             )
             await asyncio.sleep(1.5)  # a commit round and a gauge refresh
-            before = len(prometheus.targets())
+            # Prometheus applies new targets after its discovery interval (5 s): wait for them.
             await asyncio.to_thread(prometheus.wait_for_scrapes, 3)
-            assert before >= 1
+            assert len(prometheus.targets()) >= 1
 
             variables = {"namespace": "test", "pod": "test-0", "topic": topic.name}
             empty = []
@@ -88,6 +126,11 @@ async def test_every_dashboard_query_and_alert_evaluates_against_a_running_stage
                 prometheus.query,
                 f'space_pipeline_partition_halted{{topic="{topic.name}", partition="1"}}',
             )
+            counted = {}
+            for name, partition in COUNTED:
+                selector = f'{name}{{topic="{topic.name}", partition="{partition}"}}'
+                series = await asyncio.to_thread(prometheus.query, selector)
+                counted[name] = [s["value"][1] for s in series]
         async with httpx.AsyncClient() as client:
             readyz = await client.get(f"{proc.ops_url}/readyz")
         proc.process.send_signal(signal.SIGTERM)
@@ -96,4 +139,5 @@ async def test_every_dashboard_query_and_alert_evaluates_against_a_running_stage
     assert [] == empty, "panels without data after a run"
     assert [] == [(r["name"], r.get("lastError")) for r in loaded if r["health"] != "ok"]
     assert ["1"] == [s["value"][1] for s in halted]
+    assert {name: ["1"] for name, _ in COUNTED} == counted
     assert 503 == readyz.status_code
