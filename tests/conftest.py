@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import hypothesis
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -88,6 +89,18 @@ def kafka_bootstrap() -> Iterator[str]:
         broker.close()
 
 
+# The suite runs beside brokers and child processes on two cores: data generation may be slow
+# there, which says nothing about the properties under test.
+hypothesis.settings.register_profile(
+    "suite", suppress_health_check=[hypothesis.HealthCheck.too_slow], deadline=None
+)
+hypothesis.settings.load_profile("suite")
+
+# tansu holds a JoinGroup for about half the session timeout before it answers: with the default
+# 10 s every stage start would wait 5 s. The tests run with a short session instead.
+QUICK_JOIN = {"kafka_session_timeout_ms": 3_000, "kafka_heartbeat_interval_ms": 1_000}
+
+
 @dataclass
 class Topic:
     """A fresh topic (and consumer group) for one test."""
@@ -130,6 +143,7 @@ class Topic:
             "retry_initial_backoff_s": 0.05,
             "retry_max_backoff_s": 0.5,
             "shutdown_timeout_s": 10,
+            **QUICK_JOIN,
         }
         return Settings(_env_file=None, **(values | overrides))  # type: ignore[call-arg]
 
@@ -148,6 +162,7 @@ class Topic:
             "PIPELINE_RETRY_MAX_BACKOFF_S": "0.5",
             "PIPELINE_SHUTDOWN_TIMEOUT_S": "10",
         }
+        env |= {f"PIPELINE_{k.upper()}": str(v) for k, v in QUICK_JOIN.items()}
         return env | {f"PIPELINE_{k.upper()}": v for k, v in overrides.items()}
 
 

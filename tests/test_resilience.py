@@ -26,9 +26,6 @@ from tests.conftest import eventually, eventually_async, running_stage
 pytestmark = pytest.mark.integration
 
 JOIN_GROUP = 11
-# tansu holds a JoinGroup for about half the session timeout: keep joins short.
-QUICK_GROUP = {"kafka_session_timeout_ms": 3_000, "kafka_heartbeat_interval_ms": 1_000}
-QUICK_GROUP_ENV = {k: str(v) for k, v in QUICK_GROUP.items()}
 
 
 class SlowLookups(AIOKafkaConsumer):
@@ -64,7 +61,7 @@ async def test_a_slow_coordinator_loses_no_record_of_a_new_assignment(proxied_ka
     topic = await proxied_kafka.new_topic(16)
     await topic.produce(16 * 50)
     proxied_kafka.proxy.latency_up = proxied_kafka.proxy.latency_down = 0.002
-    stage = Stage(topic.settings(stub.url, **QUICK_GROUP), consumer_factory=slow_lookups)
+    stage = Stage(topic.settings(stub.url), consumer_factory=slow_lookups)
     async with asyncio.TaskGroup() as tasks:
         tasks.create_task(stage.run())
         try:
@@ -89,7 +86,7 @@ async def test_a_broker_cut_for_20s_mid_stream_is_ridden_out(proxied_kafka, stag
     topic = await proxied_kafka.new_topic(4)
     await topic.produce(3000)
     async with StubServer(StubConfig(latency_ms=5)) as api:
-        proc = stage_process(topic.env(api.url, **QUICK_GROUP_ENV))
+        proc = stage_process(topic.env(api.url))
         await eventually(lambda: api.stats().unique >= 300, timeout=60, what="delivery under way")
         proxied_kafka.proxy.cut()
         await asyncio.sleep(20)
@@ -147,10 +144,10 @@ async def test_sigterm_during_a_rebalance_exits_within_the_shutdown_timeout(
     topic = await proxied_kafka.new_topic(4)
     await topic.produce(2000)
     async with StubServer(StubConfig(latency_ms=5)) as api:
-        first = stage_process(topic.env(api.url, shutdown_timeout_s="3", **QUICK_GROUP_ENV))
+        first = stage_process(topic.env(api.url, shutdown_timeout_s="3"))
         await eventually(lambda: api.stats().unique >= 200, timeout=60, what="delivery under way")
         proxied_kafka.proxy.kafka_request_delays[JOIN_GROUP] = 8.0
-        second = stage_process(topic.env(api.url, **QUICK_GROUP_ENV))
+        second = stage_process(topic.env(api.url))
         await eventually(lambda: revoked_some(first.logs()), timeout=30, what="a rebalance")
         await asyncio.sleep(1.0)  # the first member now waits in its poll for an assignment
         first.process.send_signal(signal.SIGTERM)
@@ -264,15 +261,13 @@ async def test_a_revoke_that_fails_midway_leaves_no_stale_partition_state(new_to
     await topic.produce(2000)
     async with StubServer(StubConfig(latency_ms=3)) as api:
         # No periodic commit: the revoke always has progress to commit, and so always fails.
-        failing = topic.settings(
-            api.url, partition_buffer_records=5, commit_interval_ms=600_000, **QUICK_GROUP
-        )
+        failing = topic.settings(api.url, partition_buffer_records=5, commit_interval_ms=600_000)
         first = Stage(failing, consumer_factory=failing_revoke_commits)
         async with asyncio.TaskGroup() as tasks:
             running = tasks.create_task(first.run())
             try:
                 await eventually(lambda: api.stats().unique >= 100, what="delivery under way")
-                async with running_stage(topic.settings(api.url, **QUICK_GROUP)) as second:
+                async with running_stage(topic.settings(api.url)) as second:
                     await eventually(lambda: second.ready().ok, what="the second member in")
                     await eventually(lambda: api.stats().unique == 2000, timeout=60, what="all")
                     await asyncio.sleep(1.5)  # a housekeeping round over the new assignment
