@@ -26,7 +26,7 @@ from pipeline import metrics
 from pipeline.consumer import Committed
 from pipeline.errors import LaneFullError, LaneHaltedError
 from pipeline.offsets import PartitionOffsets
-from pipeline.policy import Skips
+from pipeline.policy import DEAD_LETTERED, Skips
 from pipeline.records import KafkaRecord
 from pipeline.sender import Lane, OrderedSender, Receipt
 
@@ -340,6 +340,8 @@ class Partitions:
         record = receipt.item
         if error is None:
             self._accepted(part, record)
+            if receipt.returned is DEAD_LETTERED:  # done, but not delivered
+                return
             part.delivered.inc()
             self.delivered[part.tp.topic] += 1
             metrics.END_TO_END_LATENCY.observe(max(time.time() - record.timestamp / 1000, 0.0))

@@ -27,6 +27,8 @@ from pipeline.records import KafkaRecord, idempotency_key
 log = structlog.get_logger("pipeline.policy")
 
 DEFAULT_RETRY_STATUSES = "408,409,425,429,500-599"
+# What a delivery returns for a record that went to the dead-letter topic instead of the API.
+DEAD_LETTERED = "dead-lettered"
 DEFAULT_AUTH_STATUSES = "401,403,407"
 
 
@@ -162,7 +164,7 @@ class Rules:
         self._failures: dict[str, int] = {}  # failed attempts of records being retried
         self._recent: dict[tuple[str, int], deque[float]] = {}  # dead letters per partition
 
-    async def __call__(self, payload: Any) -> None:  # noqa: ANN401 - a record or a list
+    async def __call__(self, payload: Any) -> object:  # noqa: ANN401 - a record or a list
         """Deliver ``payload`` (a record, or a batch) under the rules."""
         single = _single(payload) if self._batched else payload
         try:
@@ -171,14 +173,15 @@ class Rules:
             if single is None:
                 raise  # the sender splits the batch until the rejected record is alone
             await self._rejected(single, error)
+            return DEAD_LETTERED
         except BaseException:
             if single is not None:
                 key = idempotency_key(single)
                 self._failures[key] = self._failures.get(key, 0) + 1
             raise
-        else:
-            if self._failures and single is not None:
-                self._failures.pop(idempotency_key(single), None)
+        if self._failures and single is not None:
+            self._failures.pop(idempotency_key(single), None)
+        return None
 
     async def _rejected(self, record: KafkaRecord, error: RejectedError) -> None:
         attempts = self._failures.pop(idempotency_key(record), 0) + 1

@@ -88,7 +88,7 @@ class BatchLimits:
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """How an accepted item got there.
+    """How an accepted item got there, and what ``send`` returned for it.
 
     ``started`` and ``finished`` are seconds on the sender's monotonic clock (not wall time), so
     ``finished - started`` is the time from the first attempt to the acceptance.
@@ -99,6 +99,7 @@ class Delivery:
     attempts: int
     started: float
     finished: float
+    result: Any = None  # what ``send`` returned (for a batch, its one return value)
 
 
 class _Outcome(enum.Enum):
@@ -125,6 +126,7 @@ class Receipt(Generic[T]):
         "_finished",
         "_future",
         "_outcome",
+        "_result",
         "_started",
         "item",
         "lane",
@@ -140,6 +142,7 @@ class Receipt(Generic[T]):
         self._outcome = _Outcome.PENDING
         self._error: BaseException | None = None
         self._attempts = 0
+        self._result: object = None
         self._started = self._finished = 0.0
         self._future: asyncio.Future[None] | None = None
         self._callbacks: list[Callable[[Receipt[T]], None]] | None = None
@@ -159,6 +162,11 @@ class Receipt(Generic[T]):
                 future = self._future = asyncio.get_running_loop().create_future()
             yield from future
         return self.result()
+
+    @property
+    def returned(self) -> object:
+        """What ``send`` returned for this item once accepted (``None`` before)."""
+        return self._result
 
     def done(self) -> bool:
         """Whether the item has finished (accepted, failed or cancelled)."""
@@ -181,7 +189,9 @@ class Receipt(Generic[T]):
         error = self.exception()
         if error is not None:
             raise error
-        return Delivery(self.item, self.lane, self._attempts, self._started, self._finished)
+        return Delivery(
+            self.item, self.lane, self._attempts, self._started, self._finished, self._result
+        )
 
     def add_done_callback(self, callback: Callable[[Receipt[T]], None]) -> None:
         """Call ``callback(receipt)`` the moment the item finishes (at once if it has).
@@ -234,6 +244,7 @@ class _LaneState(Generic[T]):
         "nbytes",
         "phase",
         "queue",
+        "result",
         "space",
         "thread_call",
         "worker",
@@ -248,6 +259,7 @@ class _LaneState(Generic[T]):
         self.space: asyncio.Event | None = None
         self.arrived: asyncio.Event | None = None
         self.phase = _Phase.WAITING
+        self.result: object = None  # what the last accepted call returned
         # A blocking call keeps running in its thread whatever was cancelled: the lane stays busy
         # until it returns, so two calls of one lane never overlap.
         self.thread_call: Future[object] | None = None
@@ -645,12 +657,14 @@ class OrderedSender(Generic[T]):
                 finished = self._clock.monotonic()
                 if self._retry_log is not None:
                     self._retry_log.clear(lane)
+                result, state.result = state.result, None
                 for receipt in batch:
                     receipt._attempts, receipt._started, receipt._finished = (
                         attempt,
                         started,
                         finished,
                     )
+                    receipt._result = result
                     self._finish(receipt, _Outcome.ACCEPTED)
                 return True
             delay = self._retry.retry_delay(failure, attempt)
@@ -674,11 +688,11 @@ class OrderedSender(Generic[T]):
             try:
                 if self._gate is None:
                     state.phase = _Phase.SENDING
-                    await self._call(state, payload)
+                    state.result = await self._call(state, payload)
                 else:
                     async with self._gate.attempt():
                         state.phase = _Phase.SENDING
-                        await self._call(state, payload)
+                        state.result = await self._call(state, payload)
             except Exception as error:  # every failure is the send function's answer
                 return error
             finally:
