@@ -93,9 +93,19 @@ async def _serve(settings: Settings) -> None:
 def _demo(args: argparse.Namespace) -> int:
     from pipeline.dev.demo import DemoOptions, run_demo  # noqa: PLC0415
 
-    configure_logging("WARNING", "json")
+    configure_logging("WARNING", "console")
+    from pipeline.dev.stub_api import FaultWindow  # noqa: PLC0415
+
+    try:
+        fault = None if args.fault == "none" else FaultWindow.parse(args.fault)
+    except ValueError as error:
+        print(f"space-pipeline demo: --fault: {error}", file=sys.stderr)
+        return EXIT_CONFIG
     options = DemoOptions(
-        partitions=args.partitions, records=args.records, latency_ms=args.latency_ms
+        partitions=args.partitions,
+        records=args.records,
+        latency_ms=args.latency_ms,
+        fault=fault,
     )
     return asyncio.run(run_demo(options))
 
@@ -189,6 +199,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     demo.add_argument("--records", type=int, default=4000, help="records to send (default 4000)")
     demo.add_argument(
         "--latency-ms", type=float, default=20.0, help="stub API latency (default 20)"
+    )
+    demo.add_argument(
+        "--fault",
+        default="outage@3+3",
+        help="a fault the stub API injects, KIND@START+SECONDS with KIND outage, throttle or"
+        " auth; 'none' for none (default: %(default)s, 503s for 3 s from 3 s in)",
     )
     demo.set_defaults(handler=_demo)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from rich.console import Console
@@ -19,7 +19,7 @@ from rich.table import Table
 
 from pipeline.config import Settings
 from pipeline.dev.broker import EmbeddedBroker, create_topic, produce_numbered
-from pipeline.dev.stub_api import StubConfig, StubServer
+from pipeline.dev.stub_api import FaultWindow, StubConfig, StubServer
 from pipeline.http_client import AiohttpClient, Timeouts
 from pipeline.http_sink import HttpSink, HttpSinkConfig
 from pipeline.stage import Stage
@@ -36,14 +36,17 @@ class DemoOptions:
     partitions: int = 8
     records: int = 4000
     latency_ms: float = 20.0
+    # One fault to ride out: the API answers 503 to everything for a while.
+    fault: FaultWindow | None = field(default_factory=lambda: FaultWindow("outage", 3.0, 3.0))
 
 
 async def run_demo(options: DemoOptions, console: Console | None = None) -> int:
     """Run the demo and print its summary; returns 0 when every check passed."""
     console = console or Console()
+    faults = (options.fault,) if options.fault is not None else ()
     async with (
         EmbeddedBroker() as broker,
-        StubServer(StubConfig(latency_ms=options.latency_ms)) as stub,
+        StubServer(StubConfig(latency_ms=options.latency_ms, faults=faults)) as stub,
     ):
         console.print(
             f"[bold]broker[/] tansu on {broker.bootstrap_servers}   "
@@ -61,6 +64,10 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> int:
             metrics_host="127.0.0.1",
             metrics_port=0,
             commit_interval_ms=200,
+            retry_max_backoff_s=1.0,
+            # The embedded broker holds a join for half the session: keep it short.
+            kafka_session_timeout_ms=3_000,
+            kafka_heartbeat_interval_ms=1_000,
             log_level="WARNING",
         )
         stage = Stage(settings)
@@ -90,7 +97,19 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> int:
     table.add_row(
         "offsets committed to the end", "yes" if committed == expected else f"no: {committed}"
     )
-    table.add_row("stage throughput", f"{stage_rate:,.0f} records/s ({elapsed:.2f} s)")
+    if options.fault is not None:
+        fault = options.fault
+        failed = sum(n for status, n in stats.statuses.items() if status >= 500)
+        table.add_row(
+            f"fault ridden out: {fault.kind} from {fault.start_s:g} s for {fault.duration_s:g} s",
+            f"{failed} attempts answered 5xx, all retried in order"
+            + ("" if ok else " [red](not all delivered)[/]"),
+        )
+    table.add_row(
+        "stage throughput",
+        f"{stage_rate:,.0f} records/s ({elapsed:.2f} s"
+        + (", the fault included)" if options.fault is not None else ")"),
+    )
     table.add_row(
         "physical limit (partitions / latency)",
         f"{options.partitions / (options.latency_ms / 1000):,.0f} records/s",
