@@ -24,8 +24,8 @@ demo: install
 	$(BIN)/space-pipeline demo
 
 lint: install
-	$(BIN)/ruff check pipeline tests bench
-	$(BIN)/ruff format --check pipeline tests bench
+	$(BIN)/ruff check pipeline tests bench examples
+	$(BIN)/ruff format --check pipeline tests bench examples
 
 typecheck: install
 	$(BIN)/mypy

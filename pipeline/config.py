@@ -27,6 +27,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from pipeline.errors import ConfigError
+from pipeline.function_sink import import_exceptions, import_function
 from pipeline.http_sink import check_url_template
 from pipeline.policy import (
     DEFAULT_AUTH_STATUSES,
@@ -42,6 +43,11 @@ ENV_PREFIX = "PIPELINE_"
 # and `space-pipeline config` masks them.
 SENSITIVE = ("password", "token", "headers", "secret")
 MASK = "********"
+
+NO_SINK = (
+    "PIPELINE_SPACE_API_URL: required setting is not set (or PIPELINE_SINK_FUNCTION, to deliver"
+    " through your own function)"
+)
 
 # What a revoke needs besides its drain and its commit: cancelling lanes, forgetting partitions.
 REVOKE_MARGIN_MS = 1_000
@@ -81,8 +87,8 @@ class Settings(BaseSettings):
     kafka_ssl_keyfile: Path | None = None
     kafka_ssl_keyfile_password: SecretStr | None = None
 
-    # The Space API
-    space_api_url: str
+    # The Space API (or your own function instead)
+    space_api_url: str | None = None
     space_api_method: Literal["POST", "PUT", "PATCH"] = "POST"
     space_api_content_type: str = "application/json"
     space_api_token: SecretStr | None = None
@@ -91,6 +97,21 @@ class Settings(BaseSettings):
     space_api_connect_timeout_s: PositiveFloat = 5.0
     forward_headers: Annotated[tuple[str, ...], NoDecode] = ("traceparent", "tracestate")
     tombstones: Literal["send", "delete"] = "send"
+    oauth2_token_url: str | None = None
+    oauth2_client_id: str | None = None
+    oauth2_client_secret: SecretStr | None = None
+    oauth2_client_secret_file: Path | None = None
+    oauth2_scope: str | None = None
+    oauth2_extra_params: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    sink_function: str | None = None
+    sink_argument: Literal["record", "value", "json"] = "record"
+    sink_reject_exceptions: Annotated[tuple[str, ...], NoDecode] = ()
+
+    # Ordered batching: consecutive records of one lane per request
+    batch_max_records: PositiveInt = 1
+    batch_max_bytes: PositiveInt = 1024 * 1024
+    batch_linger_ms: Annotated[float, Field(ge=0)] = 5.0
+    batch_format: Literal["json-array", "ndjson"] = "json-array"
 
     # Outcomes: what each answer means, and what a rejection leads to
     retry_statuses: Annotated[frozenset[int], NoDecode] = parse_statuses(DEFAULT_RETRY_STATUSES)
@@ -137,9 +158,11 @@ class Settings(BaseSettings):
             raise ValueError(msg)
         return value
 
-    @field_validator("space_api_url")
+    @field_validator("space_api_url", "oauth2_token_url")
     @classmethod
-    def _check_url(cls, value: str) -> str:
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         sample = check_url_template(value)
         AnyHttpUrl(sample)  # raises with pydantic's own words when it is no http(s) URL
         return value
@@ -149,7 +172,28 @@ class Settings(BaseSettings):
     def _upper_method(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("forward_headers", mode="before")
+    @field_validator("sink_function")
+    @classmethod
+    def _import_function(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                import_function(value)
+            except (ImportError, AttributeError, TypeError, ValueError) as error:
+                msg = f"cannot use {value!r}: {type(error).__name__}: {error}"
+                raise ValueError(msg) from None
+        return value
+
+    @field_validator("sink_reject_exceptions")
+    @classmethod
+    def _import_exceptions(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        try:
+            import_exceptions(value)
+        except (ImportError, AttributeError, TypeError, ValueError) as error:
+            msg = f"{type(error).__name__}: {error}"
+            raise ValueError(msg) from None
+        return value
+
+    @field_validator("forward_headers", "sink_reject_exceptions", mode="before")
     @classmethod
     def _split_names(cls, value: object) -> object:
         if isinstance(value, str):
@@ -166,14 +210,14 @@ class Settings(BaseSettings):
     def _parse_skip(cls, value: object) -> object:
         return parse_skip_list(value) if isinstance(value, str) else value
 
-    @field_validator("space_api_headers", mode="before")
+    @field_validator("space_api_headers", "oauth2_extra_params", mode="before")
     @classmethod
     def _parse_headers(cls, value: object) -> object:
         if isinstance(value, str):
             try:
                 return json.loads(value) if value.strip() else {}
             except json.JSONDecodeError as error:
-                msg = f'must be a JSON object such as {{"X-Tenant": "a"}} ({error.msg})'
+                msg = f'must be a JSON object such as {{"name": "value"}} ({error.msg})'
                 raise ValueError(msg) from None
         return value
 
@@ -237,11 +281,62 @@ class Settings(BaseSettings):
             )
         if self.on_reject == "dead-letter" and not self.dead_letter_topic:
             yield "PIPELINE_ON_REJECT=dead-letter needs PIPELINE_DEAD_LETTER_TOPIC"
+        yield from self._sink_conflicts()
         if self.dead_letter_topic in self.kafka_topics:
             yield (
                 "PIPELINE_DEAD_LETTER_TOPIC must not be one of PIPELINE_KAFKA_TOPICS: rejected "
                 "records would come round again"
             )
+
+    def _sink_conflicts(self) -> Iterator[str]:
+        if self.space_api_url is None and self.sink_function is None:
+            yield NO_SINK
+        if self.space_api_url is not None and self.sink_function is not None:
+            yield (
+                "PIPELINE_SPACE_API_URL and PIPELINE_SINK_FUNCTION: set one (records go to the"
+                " HTTP API, or through your own function)"
+            )
+        oauth = {name: getattr(self, name) for name in ("oauth2_token_url", "oauth2_client_id")}
+        secret_given = (
+            self.oauth2_client_secret is not None or self.oauth2_client_secret_file is not None
+        )
+        if self.oauth2_client_secret is not None and self.oauth2_client_secret_file is not None:
+            yield "PIPELINE_OAUTH2_CLIENT_SECRET and PIPELINE_OAUTH2_CLIENT_SECRET_FILE: set one"
+        if secret_given or any(value is not None for value in oauth.values()):
+            missing = [env_name(name) for name, value in oauth.items() if value is None]
+            if not secret_given:
+                missing.append("PIPELINE_OAUTH2_CLIENT_SECRET (or _FILE)")
+            if missing:
+                yield "OAuth2 client credentials also need " + ", ".join(missing)
+            if self.space_api_token is not None:
+                yield "PIPELINE_SPACE_API_TOKEN and PIPELINE_OAUTH2_*: use one way to authenticate"
+        secret_file = self.oauth2_client_secret_file
+        if secret_file is not None and not secret_file.is_file():
+            yield f"PIPELINE_OAUTH2_CLIENT_SECRET_FILE: no such file: {secret_file}"
+        if self.batch_max_records > 1:
+            if self.ordering == "partition" and "{key}" in (self.space_api_url or ""):
+                yield (
+                    "PIPELINE_SPACE_API_URL names {key}, but with PIPELINE_BATCH_MAX_RECORDS > 1"
+                    " a batch holds many keys unless PIPELINE_ORDERING=key"
+                )
+            if self.tombstones == "delete":
+                yield (
+                    "PIPELINE_TOMBSTONES=delete cannot be batched: set PIPELINE_BATCH_MAX_RECORDS=1"
+                )
+            if self.batch_max_records > self.partition_buffer_records:
+                yield (
+                    "PIPELINE_BATCH_MAX_RECORDS must not exceed PIPELINE_PARTITION_BUFFER_RECORDS,"
+                    " or no batch ever fills"
+                )
+
+    @property
+    def oauth2_secret(self) -> str | None:
+        """The OAuth2 client secret, from its variable or its file."""
+        if self.oauth2_client_secret is not None:
+            return self.oauth2_client_secret.get_secret_value()
+        if self.oauth2_client_secret_file is not None:
+            return self.oauth2_client_secret_file.read_text(encoding="utf-8").strip()
+        return None
 
 
 def env_name(field: str) -> str:
@@ -255,7 +350,11 @@ def load_settings(env_file: Path | None = Path(".env")) -> Settings:
     Raises :class:`~pipeline.errors.ConfigError` listing every problem, one line each.
     """
     env_file = env_file if env_file is not None and env_file.is_file() else None
-    problems = list(_unknown_variables(os.environ, _read_env_file(env_file)))
+    from_file = _read_env_file(env_file)
+    problems = list(_unknown_variables(os.environ, from_file))
+    given = {name.upper() for name in (*os.environ, *from_file)}
+    if not given & {"PIPELINE_SPACE_API_URL", "PIPELINE_SINK_FUNCTION"}:
+        problems.append(NO_SINK)  # said here too: checks across settings need valid fields
     try:
         settings = Settings(_env_file=env_file)  # type: ignore[call-arg]
     except ValidationError as error:
@@ -265,7 +364,7 @@ def load_settings(env_file: Path | None = Path(".env")) -> Settings:
     else:
         if not problems:
             return settings
-    raise ConfigError(problems)
+    raise ConfigError(list(dict.fromkeys(problems)))
 
 
 def _read_env_file(path: Path | None) -> dict[str, str]:

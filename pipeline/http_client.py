@@ -54,9 +54,15 @@ class HttpClient(Protocol):
     """Sends one request; raises a :class:`~pipeline.errors.SendError` when there is no answer."""
 
     async def request(
-        self, method: str, url: str, headers: Mapping[str, str], body: bytes | None
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        *,
+        read_body: bool = False,
     ) -> Answer:
-        """Send and return the answer (any status)."""
+        """Send and return the answer (any status); the body of a 2xx only with ``read_body``."""
         ...
 
     async def aclose(self) -> None:
@@ -122,7 +128,13 @@ class AiohttpClient:
         return self._session
 
     async def request(
-        self, method: str, url: str, headers: Mapping[str, str], body: bytes | None
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        *,
+        read_body: bool = False,
     ) -> Answer:
         """Send one request and read what the sink needs of the answer."""
         session = self._session or self._open()
@@ -130,8 +142,8 @@ class AiohttpClient:
             async with session.request(method, url, data=body, headers=headers) as response:
                 status = response.status
                 if 200 <= status < 300:
-                    await response.read()  # drain, so the connection goes back to the pool
-                    return Answer(status)
+                    payload = await response.read()  # drained: the connection goes back
+                    return Answer(status, body=payload if read_body else b"")
                 payload = await response.content.read(BODY_EXCERPT_BYTES)
                 return Answer(status, response.headers.get("Retry-After"), payload)
         except asyncio.CancelledError:
@@ -168,7 +180,13 @@ class HttpxClient:
         await self.aclose()
 
     async def request(
-        self, method: str, url: str, headers: Mapping[str, str], body: bytes | None
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        *,
+        read_body: bool = False,
     ) -> Answer:
         """Send one request through the transport and read what the sink needs."""
         try:
@@ -186,7 +204,7 @@ class HttpxClient:
             raise failure(error) from error
         status = response.status_code
         if 200 <= status < 300:
-            return Answer(status)
+            return Answer(status, body=payload if read_body else b"")
         return Answer(status, response.headers.get("retry-after"), payload[:BODY_EXCERPT_BYTES])
 
     async def aclose(self) -> None:

@@ -149,6 +149,7 @@ class HttpSink:
                 method, url, headers, body = self._single(payload)  # type: ignore[arg-type]
             else:
                 method, url, headers, body = self._batch(payload)  # type: ignore[arg-type]
+                metrics.BATCH_RECORDS.observe(len(payload))  # type: ignore[arg-type]
         except (ValueError, TypeError, UnicodeError) as error:
             raise InvalidRecordError(f"the record cannot become a request: {error}") from error
         answer = await self._exchange(method, url, headers, body)

@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Generator, Hashable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Generic, Protocol, TypeVar
@@ -33,11 +34,32 @@ from pipeline.retry import Backoff
 from pipeline.summary import Repeats
 
 T = TypeVar("T")
+R = TypeVar("R")
 T_contra = TypeVar("T_contra", contravariant=True)
 Lane = Hashable
 
 # A library logs through the standard library and leaves output to the application.
 log = logging.getLogger("pipeline.sender")
+
+# Which sender and lane the running task works for: set by each lane worker in its own task.
+_LANE: ContextVar[tuple[OrderedSender[Any], _LaneState[Any]] | None] = ContextVar(
+    "pipeline_sender_lane", default=None
+)
+
+
+async def call_blocking(function: Callable[..., R], *args: object) -> R:
+    """Run a blocking ``function(*args)`` without blocking the loop, as the current lane's call.
+
+    An async send function that must call blocking code (a client library nobody can change)
+    uses this: in a lane it runs in the sender's thread pool and the lane stays busy until the
+    call returns, even if the lane is cancelled meanwhile, so two calls of one lane never
+    overlap; outside a lane it is ``asyncio.to_thread``.
+    """
+    current = _LANE.get()
+    if current is None:
+        return await asyncio.to_thread(function, *args)
+    sender, state = current
+    return await sender._in_thread(state, function, *args)
 
 
 class RetryPolicy(Protocol):
@@ -562,6 +584,7 @@ class OrderedSender(Generic[T]):
 
     async def _run_lane(self, lane: Lane, state: _LaneState[T]) -> None:
         """Send a lane's items in order; exit when it is empty, so idle lanes cost nothing."""
+        _LANE.set((self, state))  # this task's own context: for `call_blocking`
         while state.queue and state.halted_by is None:
             batch = await self._take_batch(state)
             state.current = batch
@@ -713,12 +736,23 @@ class OrderedSender(Generic[T]):
     async def _call(self, state: _LaneState[T], payload: object) -> object:
         if self._is_async:
             return await self._send(payload)  # type: ignore[misc]
-        assert self._executor is not None  # noqa: S101 - blocking mode has a pool
-        call = state.thread_call = self._executor.submit(self._send, payload)
-        result = await asyncio.wrap_future(call)
+        result = await self._in_thread(state, self._send, payload)
         if inspect.isawaitable(result):  # a plain function that returned a coroutine
             return await result
         return result
+
+    async def _in_thread(
+        self, state: _LaneState[T], function: Callable[..., R], *args: object
+    ) -> R:
+        """Run a blocking call of ``state``'s lane in the pool.
+
+        The lane stays busy until the call returns, even if the lane is cancelled meanwhile.
+        """
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self._max_in_flight, "ordered-sender")
+        call = self._executor.submit(function, *args)
+        state.thread_call = call  # type: ignore[assignment]
+        return await asyncio.wrap_future(call)
 
     def _parked(self, lane: Lane) -> bool:
         return any(d is None or lane in d for d in self._deadline_drains)

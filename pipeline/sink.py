@@ -9,12 +9,13 @@ rules live around it, so every sink gets them the same way.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 from pipeline.config import Settings
+from pipeline.function_sink import FunctionSink, import_exceptions, import_function
 from pipeline.http_client import AiohttpClient, Timeouts
 from pipeline.http_sink import HttpSink, HttpSinkConfig
+from pipeline.oauth2 import ClientCredentials, TokenSource
 from pipeline.policy import Classification
 from pipeline.records import KafkaRecord
 
@@ -27,9 +28,15 @@ class Sink(Protocol):
         ...
 
 
+def batched(settings: Settings) -> bool:
+    """Whether records go in batches (``PIPELINE_BATCH_MAX_RECORDS`` above 1)."""
+    return settings.batch_max_records > 1
+
+
 def http_sink_config(settings: Settings) -> HttpSinkConfig:
     """The HTTP sink's configuration from the settings."""
     s = settings
+    assert s.space_api_url is not None  # noqa: S101 - checked by the settings
     return HttpSinkConfig(
         url=s.space_api_url,
         method=s.space_api_method,
@@ -38,14 +45,31 @@ def http_sink_config(settings: Settings) -> HttpSinkConfig:
         headers=s.space_api_headers,
         forward_headers=s.forward_headers,
         tombstones=s.tombstones,
+        batch_format=s.batch_format if batched(s) else None,
         classification=Classification(retry=s.retry_statuses, auth=s.auth_statuses),
     )
 
 
-def build_sink(settings: Settings) -> AbstractAsyncContextManager[HttpSink]:
+def build_sink(settings: Settings) -> HttpSink | FunctionSink:
     """The sink the settings ask for, to be entered as an async context manager."""
-    timeouts = Timeouts(
-        connect=settings.space_api_connect_timeout_s, read=settings.space_api_timeout_s
-    )
-    client = AiohttpClient(timeouts, max_connections=settings.max_in_flight)
-    return HttpSink(http_sink_config(settings), client)
+    s = settings
+    if s.sink_function is not None:
+        return FunctionSink(
+            import_function(s.sink_function),
+            s.sink_argument,
+            reject=import_exceptions(s.sink_reject_exceptions),
+            batched=batched(s),
+        )
+    timeouts = Timeouts(connect=s.space_api_connect_timeout_s, read=s.space_api_timeout_s)
+    client = AiohttpClient(timeouts, max_connections=s.max_in_flight + 1)
+    auth = None
+    if s.oauth2_token_url is not None and s.oauth2_client_id is not None:
+        credentials = ClientCredentials(
+            s.oauth2_token_url,
+            s.oauth2_client_id,
+            s.oauth2_secret or "",
+            s.oauth2_scope,
+            s.oauth2_extra_params,
+        )
+        auth = TokenSource(credentials, client)
+    return HttpSink(http_sink_config(s), client, auth=auth)

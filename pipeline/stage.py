@@ -33,8 +33,8 @@ from pipeline.policy import RejectRules, Rules, Skips, format_statuses
 from pipeline.progress import Progress
 from pipeline.records import KafkaRecord
 from pipeline.retry import Backoff
-from pipeline.sender import Lane, OrderedSender
-from pipeline.sink import build_sink
+from pipeline.sender import BatchLimits, Lane, OrderedSender
+from pipeline.sink import batched, build_sink
 from pipeline.summary import Repeats
 
 log = structlog.get_logger("pipeline.stage")
@@ -106,7 +106,8 @@ class Stage:
             dead_letters = None
             if s.dead_letter_topic:
                 dead_letters = await stack.enter_async_context(DeadLetters(s))
-            sink = await stack.enter_async_context(build_sink(s))
+            sink = build_sink(s)
+            await stack.enter_async_context(sink)
             gate = self._gate = ApiGate(
                 GateLimits(
                     circuit_failures=s.circuit_failures,
@@ -121,6 +122,7 @@ class Stage:
                 sink.send,
                 RejectRules(s.on_reject, s.dead_letter_max_per_minute),
                 dead_letters,
+                batched=batched(s),
             )
             source = self._source = KafkaSource(s, self, consumer_factory=self._consumer_factory)
             self._commits = Commits(source, source.position)
@@ -138,6 +140,11 @@ class Stage:
                         maximum=s.retry_max_backoff_s,
                         retry_after_max=s.retry_after_max_s,
                     ),
+                    batch=BatchLimits(
+                        s.batch_max_records, s.batch_max_bytes, s.batch_linger_ms / 1000
+                    )
+                    if batched(s)
+                    else None,
                     gate=gate,
                     halt_on_rejection=True,
                     on_retry=self._on_retry,
@@ -180,7 +187,9 @@ class Stage:
             brokers=s.kafka_bootstrap_servers,
             topics=list(s.kafka_topics),
             group=s.kafka_group_id,
-            api_url=mask_url(s.space_api_url),
+            sink=f"function {s.sink_function}" if s.sink_function else "http",
+            api_url=mask_url(s.space_api_url) if s.space_api_url else None,
+            batch_max_records=s.batch_max_records,
             ordering=s.ordering,
             max_in_flight=s.max_in_flight,
             on_reject=s.on_reject,

@@ -347,6 +347,7 @@ class StageProcess:
 
     env: dict[str, str]
     log_path: Path
+    cwd: Path | None = None
     process: subprocess.Popen[bytes] | None = None
     _log: Any = field(default=None, repr=False)
 
@@ -359,6 +360,7 @@ class StageProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            cwd=self.cwd,
         )
         return self
 
@@ -387,12 +389,12 @@ class StageProcess:
 
 
 @pytest.fixture
-def stage_process(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], StageProcess]]:
+def stage_process(tmp_path: Path) -> Iterator[Callable[..., StageProcess]]:
     """Start ``space-pipeline run`` processes; any left running are killed at teardown."""
     started: list[StageProcess] = []
 
-    def start(env: dict[str, str]) -> StageProcess:
-        proc = StageProcess(env, tmp_path / f"stage-{len(started)}.log").start()
+    def start(env: dict[str, str], cwd: Path | None = None) -> StageProcess:
+        proc = StageProcess(env, tmp_path / f"stage-{len(started)}.log", cwd).start()
         started.append(proc)
         return proc
 

@@ -113,10 +113,18 @@ def test_settings_are_frozen(env: pytest.MonkeyPatch) -> None:
 def test_a_missing_required_setting_is_named_and_said_to_be_required(
     env: pytest.MonkeyPatch, name: str
 ) -> None:
-    """The line names the variable the operator must set."""
+    """The line names the variable the operator must set (for the API URL, or the function
+    that replaces it)."""
     env.delenv(name)
 
-    assert f"{name}: required setting is not set" == error_line()
+    assert error_line().startswith(f"{name}: required setting is not set")
+
+
+def test_the_api_url_and_a_sink_function_are_one_or_the_other(env: pytest.MonkeyPatch) -> None:
+    """Records go to the HTTP API or through a function: naming both is refused."""
+    env.setenv("PIPELINE_SINK_FUNCTION", "json:dumps")
+
+    assert error_line().startswith("PIPELINE_SPACE_API_URL and PIPELINE_SINK_FUNCTION: set one")
 
 
 # Invalid settings

@@ -312,3 +312,27 @@ async def test_close_without_leftovers_abandons_nothing() -> None:
         await sender.close(timeout=1)
 
     assert 0 == sender.abandoned_calls
+
+
+async def test_a_blocking_call_made_by_an_async_send_keeps_its_lane_busy_too() -> None:
+    """An async send that runs blocking code through ``call_blocking`` (as the function sink
+    does) gets the same guarantee: after ``cancel()`` the lane waits for the running call."""
+    from pipeline.sender import call_blocking  # noqa: PLC0415
+
+    blocking = Blocking()
+
+    async def send(item: int) -> None:
+        await call_blocking(blocking, item)
+
+    async with OrderedSender(send) as sender:
+        sender.try_submit(1, "a")
+        await asyncio.to_thread(blocking.started.wait, 5)
+        sender.cancel(["a"])
+        second = sender.try_submit(2, "a")
+        await asyncio.sleep(0.2)
+        calls_while_busy = list(blocking.calls)
+        blocking.release.set()
+        await second
+
+    assert [1] == calls_while_busy
+    assert 1 == blocking.max_running

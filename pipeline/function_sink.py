@@ -1,0 +1,154 @@
+"""Your own function as the sink: ``PIPELINE_SINK_FUNCTION=package.module:function``.
+
+For teams whose Space API comes as a client library they cannot change, say a blocking
+``send_to_space(item)``: the stage calls it instead of making HTTP requests itself, with everything
+else unchanged (order, retries, the gate, the rules, commit after acceptance). A blocking function
+runs in the sender's thread pool, never on the event loop, as its lane's call; an ``async def``
+function is awaited.
+
+It gets the record as a frozen :class:`~pipeline.records.Record`, its value bytes, or the value
+parsed as JSON (a value that is not JSON is a rejection of that record); with batching, a list.
+Returning is acceptance. An exception whose ``retryable`` attribute is false, or of a type named in
+``PIPELINE_SINK_REJECT_EXCEPTIONS``, rejects the record; any other is retried under the policy
+(``retry_after`` and ``outage = "auth"`` attributes are honoured, as for HTTP answers).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import orjson
+
+from pipeline import metrics
+from pipeline.errors import AuthError, InvalidRecordError, RejectedError, RetryableSendError
+from pipeline.records import KafkaRecord, Record
+from pipeline.sender import call_blocking
+
+Argument = Literal["record", "value", "json"]
+
+
+def import_object(path: str) -> Any:  # noqa: ANN401 - whatever the user names
+    """``package.module:attribute`` (or ``package.module.attribute``) as an object.
+
+    The working directory is importable, as for ``python -m``: a module next to where the stage
+    runs is found without installing it. ``ImportError`` or ``AttributeError`` says what failed.
+    """
+    module_name, colon, attribute = path.partition(":")
+    if not colon:
+        module_name, _, attribute = path.rpartition(".")
+    if not module_name:
+        module_name = "builtins"
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    found: Any = importlib.import_module(module_name)
+    for part in attribute.split("."):
+        found = getattr(found, part)
+    return found
+
+
+def import_function(path: str) -> Callable[..., Any]:
+    """The callable at ``path``; ``TypeError`` when it is not one."""
+    function = import_object(path)
+    if not callable(function):
+        msg = f"{path} is a {type(function).__name__}, not a function"
+        raise TypeError(msg)
+    return function  # type: ignore[no-any-return]
+
+
+def import_exceptions(paths: Sequence[str]) -> tuple[type[BaseException], ...]:
+    """The exception classes at ``paths``; ``TypeError`` for anything else."""
+    found = []
+    for path in paths:
+        kind = import_object(path)
+        if not (isinstance(kind, type) and issubclass(kind, BaseException)):
+            msg = f"{path} is not an exception class"
+            raise TypeError(msg)
+        found.append(kind)
+    return tuple(found)
+
+
+class FunctionSink:
+    """Deliver through a user's function (async or plain blocking).
+
+    Args:
+        function: Called with one converted record, or a list of them when ``batched``.
+        argument: What the function gets of a record: ``record``, ``value`` or ``json``.
+        reject: Exception types that reject the record rather than retry it.
+        batched: Whether payloads are lists of records.
+    """
+
+    def __init__(
+        self,
+        function: Callable[..., Any],
+        argument: Argument = "record",
+        *,
+        reject: tuple[type[BaseException], ...] = (),
+        batched: bool = False,
+    ) -> None:
+        self._function = function
+        self._is_async = inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
+            getattr(function, "__call__", None)  # noqa: B004 - an object with `async def __call__`
+        )
+        self._convert = {"record": Record.of, "value": _value, "json": _json}[argument]
+        self._reject = reject
+        self._batched = batched
+        self._ok = metrics.SEND_ATTEMPTS.labels("ok")
+        self._error = metrics.SEND_ATTEMPTS.labels("error")
+
+    async def __aenter__(self) -> FunctionSink:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+    async def send(self, payload: KafkaRecord | Sequence[KafkaRecord]) -> None:
+        """Call the function; classify what it raises."""
+        convert = self._convert
+        if self._batched:
+            records: Sequence[KafkaRecord] = payload  # type: ignore[assignment]
+            argument: object = [convert(record) for record in records]
+            metrics.BATCH_RECORDS.observe(len(records))
+        else:
+            argument = convert(payload)  # type: ignore[arg-type]
+        started = time.perf_counter()
+        try:
+            if self._is_async:
+                await self._function(argument)
+            else:
+                await call_blocking(self._function, argument)
+        except Exception as error:
+            self._error.inc()
+            metrics.SEND_DURATION.observe(time.perf_counter() - started)
+            raise self._classify(error) from error
+        self._ok.inc()
+        metrics.SEND_DURATION.observe(time.perf_counter() - started)
+
+    def _classify(self, error: Exception) -> Exception:
+        message = f"the sink function raised {error!r}"
+        if isinstance(error, self._reject) or getattr(error, "retryable", None) is False:
+            return RejectedError(message, reason="rejected", body=repr(error))
+        if getattr(error, "outage", None) == "auth":
+            return AuthError(message, reason="auth")
+        return RetryableSendError(
+            message, reason="error", retry_after=getattr(error, "retry_after", None)
+        )
+
+
+def _value(record: KafkaRecord) -> bytes | None:
+    return record.value
+
+
+def _json(record: KafkaRecord) -> Any:  # noqa: ANN401 - whatever the JSON holds
+    if record.value is None:
+        return None
+    try:
+        return orjson.loads(record.value)
+    except orjson.JSONDecodeError as error:
+        msg = f"the value is not JSON ({error})"
+        raise InvalidRecordError(msg) from None

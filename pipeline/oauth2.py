@@ -1,0 +1,118 @@
+"""OAuth2 client credentials: a bearer token for the Space API, fetched and kept fresh.
+
+One fetch at a time (however many lanes need a token at once), refreshed before it expires
+(``expires_in``), and fetched anew when the API refuses it (the sink then replays the request
+once). A token endpoint that fails is an auth outage of the whole API, handled by the gate like a
+401: never a bad record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlencode
+
+import orjson
+import structlog
+
+from pipeline import metrics
+from pipeline.errors import AuthError, SendError
+from pipeline.http_client import HttpClient
+
+log = structlog.get_logger("pipeline.oauth2")
+
+# Refresh this share of a token's life before it ends (and at least a few seconds before).
+REFRESH_SHARE = 0.1
+MIN_REFRESH_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCredentials:
+    """Where and how to ask for a token.
+
+    Args:
+        token_url: The token endpoint.
+        client_id: The client's id.
+        client_secret: The client's secret; never logged.
+        scope: Space-separated scopes, if the API wants any.
+        extra_params: More form fields, e.g. an ``audience``.
+    """
+
+    token_url: str
+    client_id: str
+    client_secret: str = field(repr=False)
+    scope: str | None = None
+    extra_params: Mapping[str, str] = field(default_factory=dict)
+
+
+class TokenSource:
+    """Tokens for the HTTP sink (:class:`~pipeline.http_sink.TokenSource`).
+
+    Args:
+        credentials: What to ask the token endpoint with.
+        client: The HTTP client to ask through (the sink's own).
+    """
+
+    def __init__(self, credentials: ClientCredentials, client: HttpClient) -> None:
+        self._credentials = credentials
+        self._client = client
+        self._token: str | None = None
+        self._refresh_at = 0.0
+        self._lock = asyncio.Lock()
+
+    async def token(self) -> str:
+        """A token valid now: the one held, or a fresh one (fetched by one caller at a time)."""
+        if self._token is not None and time.monotonic() < self._refresh_at:
+            return self._token
+        async with self._lock:  # the others wait for this fetch rather than start their own
+            if self._token is not None and time.monotonic() < self._refresh_at:
+                return self._token
+            return await self._fetch()
+
+    def invalidate(self, token: str) -> None:
+        """The API refused ``token``: the next caller fetches a new one."""
+        if token == self._token:
+            self._refresh_at = 0.0
+
+    async def _fetch(self) -> str:
+        c = self._credentials
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": c.client_id,
+            "client_secret": c.client_secret,
+            **({"scope": c.scope} if c.scope else {}),
+            **c.extra_params,
+        }
+        headers = {
+            "Content-Type": "application/x-www-form-urlencoded",
+            "Accept": "application/json",
+        }
+        try:
+            answer = await self._client.request(
+                "POST", c.token_url, headers, urlencode(form).encode(), read_body=True
+            )
+        except SendError as error:
+            raise self._failed(f"the token endpoint is unreachable: {error}") from error
+        if not 200 <= answer.status < 300:
+            excerpt = answer.body[:200].decode("utf-8", "replace")
+            raise self._failed(f"the token endpoint answered {answer.status}: {excerpt}")
+        try:
+            payload = orjson.loads(answer.body)
+            token = str(payload["access_token"])
+            lifetime = float(payload.get("expires_in") or 3600)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise self._failed("the token endpoint gave no access_token") from None
+        margin = max(MIN_REFRESH_S, REFRESH_SHARE * lifetime)
+        self._token = token
+        self._refresh_at = time.monotonic() + max(lifetime - margin, 0.0)
+        metrics.TOKEN_REQUESTS.labels("ok").inc()
+        log.info(
+            "oauth2.token_fetched", expires_in_s=lifetime, refresh_in_s=round(lifetime - margin, 1)
+        )
+        return token
+
+    def _failed(self, why: str) -> AuthError:
+        metrics.TOKEN_REQUESTS.labels("failed").inc()
+        return AuthError(why, reason="auth")
