@@ -33,7 +33,10 @@ from pipeline.policy import format_statuses, parse_statuses
 ROOT = Path(__file__).resolve().parents[1]
 CHART_DIR = ROOT / "helm" / "space-pipeline"
 CHART_README = CHART_DIR / "README.md"
-ALL_FEATURES = Path(__file__).resolve().parent / "helm-values" / "all-features.yaml"
+HELM_VALUES = Path(__file__).resolve().parent / "helm-values"
+ALL_FEATURES = HELM_VALUES / "all-features.yaml"
+# What all-features.yaml cannot hold at once: your own function as the sink, a rate limit per pod.
+FUNCTION_SINK = HELM_VALUES / "function-sink.yaml"
 K8S_VERSION = "1.33.0"
 RELEASE = "demo"
 NAMESPACE = "streams"
@@ -195,6 +198,11 @@ def all_features() -> dict[str, Any]:
     return loaded
 
 
+def function_sink() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(FUNCTION_SINK.read_text())
+    return loaded
+
+
 @pytest.fixture(scope="module")
 def chart() -> Iterator[helm.Chart]:
     with helm.Chart.load(CHART_DIR) as loaded:
@@ -244,7 +252,7 @@ def configmap_env(docs: list[dict[str, Any]], release: str = RELEASE) -> dict[st
     return data
 
 
-VARIANTS = {"defaults": {}, "all-features": all_features()}
+VARIANTS = {"defaults": {}, "all-features": all_features(), "function-sink": function_sink()}
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -296,15 +304,57 @@ def test_all_features_render_every_optional_kind(chart: helm.Chart) -> None:
     [
         ({"config": {"kafkaBootstrapServers": ""}}, "config.kafkaBootstrapServers is required"),
         ({"config": {"kafkaTopics": []}}, "config.kafkaTopics is required"),
-        ({"config": {"spaceApiUrl": ""}}, "config.spaceApiUrl is required"),
     ],
 )
 def test_required_settings_fail_rendering(
     chart: helm.Chart, values: dict[str, Any], message: str
 ) -> None:
-    """Rendering fails naming the missing bootstrap servers, topics or Space API URL."""
+    """Rendering fails naming the missing bootstrap servers or topics."""
     with pytest.raises(helm.HelmRenderError, match=message):
         render(chart, values)
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"spaceApiUrl": ""}, r"config\.spaceApiUrl or config\.sinkFunction is required"),
+        ({"spaceApiUrl": None}, r"config\.spaceApiUrl or config\.sinkFunction is required"),
+        ({"spaceApiUrl": "", "sinkFunction": ""}, r"or config\.sinkFunction is required"),
+        (
+            {"sinkFunction": "my_sink:send"},
+            r"config\.spaceApiUrl and config\.sinkFunction are both",
+        ),
+    ],
+    ids=["neither", "url null", "both empty", "both"],
+)
+def test_either_url_or_function_else_rendering_fails(
+    chart: helm.Chart, config: dict[str, Any], message: str
+) -> None:
+    """Records go to the Space API or through your own function: exactly one of
+    config.spaceApiUrl and config.sinkFunction (an empty string is unset), or rendering fails."""
+    with pytest.raises(helm.HelmRenderError, match=message):
+        render(chart, {"config": config})
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ({}, {"PIPELINE_SPACE_API_URL": REQUIRED["config"]["spaceApiUrl"]}),
+        (
+            {"spaceApiUrl": "", "sinkFunction": "my_sink:send"},
+            {"PIPELINE_SINK_FUNCTION": "my_sink:send"},
+        ),
+    ],
+    ids=["url", "function"],
+)
+def test_either_url_or_function_renders_only_that_one(
+    chart: helm.Chart, config: dict[str, Any], expected: dict[str, str]
+) -> None:
+    """The one that is set reaches the ConfigMap; the empty other one is left out, so the stage
+    sees exactly one (it refuses both, and an empty URL)."""
+    env = configmap_env(render(chart, {"config": config}))
+    names = {"PIPELINE_SPACE_API_URL", "PIPELINE_SINK_FUNCTION"}
+    assert {name: value for name, value in env.items() if name in names} == expected
 
 
 @pytest.mark.parametrize(
@@ -338,15 +388,19 @@ def test_config_keys_are_settings_fields(chart: helm.Chart) -> None:
     schema = chart.schema
     assert schema is not None
     fields = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
-    rendered = configmap_env(render(chart, all_features()))
+    files = {ALL_FEATURES.name: all_features(), FUNCTION_SINK.name: function_sink()}
     for key in schema["properties"]["config"]["properties"]:
-        assert key in all_features()["config"], f"all-features.yaml does not exercise {key}"
-    unknown = {name for name in rendered if name not in fields} - {"PIPELINE_FUTURE_SETTING"}
-    assert unknown == set()
-    secret_env = {
-        e["name"] for e in container(render(chart, all_features()))["env"] if "valueFrom" in e
-    }
-    assert secret_env <= fields
+        assert any(key in values["config"] for values in files.values()), (
+            f"neither {' nor '.join(files)} exercises config.{key}"
+        )
+    for values in files.values():
+        rendered = configmap_env(render(chart, values))
+        unknown = {name for name in rendered if name not in fields} - {"PIPELINE_FUTURE_SETTING"}
+        assert unknown == set()
+        secret_env = {
+            e["name"] for e in container(render(chart, values))["env"] if "valueFrom" in e
+        }
+        assert secret_env <= fields
 
 
 def test_default_configmap_is_accepted_by_settings(
@@ -539,29 +593,114 @@ def test_keda_requires_partition_count(chart: helm.Chart) -> None:
         render(chart, {"keda": {"enabled": True}})
 
 
+SECRET_ENV = {
+    "PIPELINE_SPACE_API_TOKEN",
+    "PIPELINE_KAFKA_SASL_PASSWORD",
+    "PIPELINE_KAFKA_SSL_KEYFILE_PASSWORD",
+    "PIPELINE_OAUTH2_CLIENT_SECRET",
+}
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_secrets_are_references_only(chart: helm.Chart, variant: str) -> None:
     """No Secret is ever rendered; secret env vars only use secretKeyRef, never a value."""
     docs = render(chart, VARIANTS[variant])
     assert [d for d in docs if d["kind"] == "Secret"] == []
     env = configmap_env(docs)
-    for name in ("PIPELINE_SPACE_API_TOKEN", "PIPELINE_KAFKA_SASL_PASSWORD"):
-        assert name not in env
+    assert SECRET_ENV.isdisjoint(env)
     main = container(docs)
     for entry in main.get("env", []):
-        if entry["name"] in {"PIPELINE_SPACE_API_TOKEN", "PIPELINE_KAFKA_SASL_PASSWORD"}:
+        if entry["name"] in SECRET_ENV:
             assert "value" not in entry
             assert set(entry["valueFrom"]) == {"secretKeyRef"}
 
 
-def test_secret_references_and_tls_mount(chart: helm.Chart) -> None:
-    """Token, SASL password and TLS files point at the named existing Secrets and mount path."""
-    docs = render(chart, all_features())
+def test_space_api_token_reference(chart: helm.Chart) -> None:
+    """secrets.spaceApiToken becomes PIPELINE_SPACE_API_TOKEN from the named Secret and key."""
+    docs = render(chart, {"secrets": {"spaceApiToken": {"existingSecret": "space-api"}}})
     env = {e["name"]: e for e in container(docs)["env"]}
     assert env["PIPELINE_SPACE_API_TOKEN"]["valueFrom"]["secretKeyRef"] == {
         "name": "space-api",
         "key": "token",
     }
+
+
+OAUTH2_CONFIG = {
+    "oauth2TokenUrl": "https://auth.example.com/token",
+    "oauth2ClientId": "space-pipeline",
+}
+
+
+@pytest.mark.parametrize(
+    ("secret", "key"),
+    [({"existingSecret": "oauth2"}, "client-secret"), ({"existingSecret": "idp", "key": "s"}, "s")],
+    ids=["default key", "explicit key"],
+)
+def test_oauth2_client_secret_reference(
+    chart: helm.Chart, monkeypatch: pytest.MonkeyPatch, secret: dict[str, str], key: str
+) -> None:
+    """secrets.oauth2ClientSecret becomes PIPELINE_OAUTH2_CLIENT_SECRET from the named Secret
+    (key `client-secret` unless set), never a value nor a ConfigMap entry; with the token URL
+    and client id from `config`, the pod's environment is valid OAuth2 client credentials."""
+    docs = render(chart, {"config": OAUTH2_CONFIG, "secrets": {"oauth2ClientSecret": secret}})
+    (entry,) = [e for e in container(docs)["env"] if e["name"] == "PIPELINE_OAUTH2_CLIENT_SECRET"]
+    assert entry == {
+        "name": "PIPELINE_OAUTH2_CLIENT_SECRET",
+        "valueFrom": {"secretKeyRef": {"name": secret["existingSecret"], "key": key}},
+    }
+    env = configmap_env(docs)
+    assert "PIPELINE_OAUTH2_CLIENT_SECRET" not in env
+    pod_environment(monkeypatch, {**env, "PIPELINE_OAUTH2_CLIENT_SECRET": "from-the-secret"})
+    settings = load_settings(env_file=None)
+    assert settings.oauth2_token_url == OAUTH2_CONFIG["oauth2TokenUrl"]
+    assert settings.oauth2_secret == "from-the-secret"
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {
+                "config": OAUTH2_CONFIG,
+                "secrets": {
+                    "spaceApiToken": {"existingSecret": "space-api"},
+                    "oauth2ClientSecret": {"existingSecret": "oauth2"},
+                },
+            },
+            "use one way to authenticate",
+        ),
+        (
+            {"config": OAUTH2_CONFIG, "secrets": {"spaceApiToken": {"existingSecret": "api"}}},
+            "use one way to authenticate",
+        ),
+        (
+            {
+                "config": {"oauth2ClientId": "space-pipeline"},
+                "secrets": {"oauth2ClientSecret": {"existingSecret": "oauth2"}},
+            },
+            r"secrets\.oauth2ClientSecret also needs config\.oauth2TokenUrl",
+        ),
+    ],
+    ids=["token and oauth2 secret", "token and oauth2 config", "secret without token url"],
+)
+def test_oauth2_conflicts_fail_rendering(
+    chart: helm.Chart, values: dict[str, Any], message: str
+) -> None:
+    """A bearer token and OAuth2 together, or an OAuth2 secret without its token URL and client
+    id, fail rendering (the stage would refuse to start)."""
+    with pytest.raises(helm.HelmRenderError, match=message):
+        render(chart, values)
+
+
+def test_secret_references_and_tls_mount(chart: helm.Chart) -> None:
+    """OAuth2 secret, SASL password and TLS files point at the named Secrets and mount path."""
+    docs = render(chart, all_features())
+    env = {e["name"]: e for e in container(docs)["env"]}
+    assert env["PIPELINE_OAUTH2_CLIENT_SECRET"]["valueFrom"]["secretKeyRef"] == {
+        "name": "space-api-oauth2",
+        "key": "client-secret",
+    }
+    assert "PIPELINE_SPACE_API_TOKEN" not in env
     assert env["PIPELINE_KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
         "name": "kafka-user",
         "key": "password",
@@ -938,6 +1077,10 @@ NOT_IN_CONFIG = {
     "kafka_sasl_password": "secret: secrets.kafkaSaslPassword",
     "kafka_ssl_keyfile_password": "secret: secrets.kafkaSslKeyfilePassword",
     "space_api_token": "secret: secrets.spaceApiToken",
+    "oauth2_client_secret": "secret: secrets.oauth2ClientSecret",
+    # A path in the pod, alternative to secrets.oauth2ClientSecret: mount the Secret yourself
+    # (extraVolumes, extraVolumeMounts) and set the variable with extraEnv (chart README).
+    "oauth2_client_secret_file": "a mounted secret file: extraVolumes + extraEnv",
     # Files the chart mounts from kafkaTls.existingSecret and points at itself.
     "kafka_ssl_cafile": "set by the chart from kafkaTls.caKey",
     "kafka_ssl_certfile": "set by the chart from kafkaTls.certKey",
@@ -1086,9 +1229,17 @@ def test_all_features_configmap_is_accepted_by_settings(
     # extraConfig name newer than the stage.
     for name in ("KAFKA_SSL_CAFILE", "KAFKA_SSL_CERTFILE", "KAFKA_SSL_KEYFILE", "FUTURE_SETTING"):
         del env[ENV_PREFIX + name]
-    pod_environment(monkeypatch, {**env, ENV_PREFIX + "KAFKA_SASL_PASSWORD": "from-a-secret"})
+    secrets = {name: "from-a-secret" for name in ("KAFKA_SASL_PASSWORD", "OAUTH2_CLIENT_SECRET")}
+    pod_environment(monkeypatch, {**env, **{ENV_PREFIX + k: v for k, v in secrets.items()}})
     settings = Settings(_env_file=None)
     config = values["config"]
+    assert settings.oauth2_extra_params == config["oauth2ExtraParams"]
+    assert settings.batch_max_records == config["batchMaxRecords"]
+    assert settings.batch_format == config["batchFormat"]
+    # rateLimit.globalPerS / globalBurst split across keda.partitionCount pods.
+    pods = values["keda"]["partitionCount"]
+    assert settings.rate_limit_per_s == values["rateLimit"]["globalPerS"] / pods
+    assert settings.rate_limit_burst == values["rateLimit"]["globalBurst"] // pods
     assert settings.retry_statuses == parse_statuses(config["retryStatuses"])
     assert settings.dead_letter_idempotence is config["deadLetterIdempotence"] is False
     assert settings.skip_records == frozenset(config["skipRecords"])
@@ -1096,3 +1247,168 @@ def test_all_features_configmap_is_accepted_by_settings(
     assert settings.space_api_headers == config["spaceApiHeaders"]
     assert settings.partition_buffer_bytes == config["partitionBufferBytes"]
     assert settings.progress_interval_s == config["progressIntervalS"]
+
+
+# --- Your own function as the sink, its module mounted on PYTHONPATH ----------------------------
+
+
+def test_function_sink_configmap_is_accepted_by_settings(
+    chart: helm.Chart, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """function-sink.yaml's ConfigMap is a valid Settings delivering through the example client:
+    no URL, the function, its argument and the exceptions that reject, a per-pod rate limit."""
+    values = function_sink()
+    env = configmap_env(render(chart, values))
+    assert "PIPELINE_SPACE_API_URL" not in env
+    # In the pod, PYTHONPATH holds the mounted module (see the next test); here, its source.
+    monkeypatch.syspath_prepend(str(ROOT / "examples"))
+    pod_environment(monkeypatch, env)
+    settings = load_settings(env_file=None)
+    config = values["config"]
+    assert settings.space_api_url is None
+    assert settings.sink_function == config["sinkFunction"]
+    assert settings.sink_argument == config["sinkArgument"]
+    assert list(settings.sink_reject_exceptions) == config["sinkRejectExceptions"]
+    assert settings.rate_limit_per_s == config["rateLimitPerS"]
+    assert settings.rate_limit_burst == config["rateLimitBurst"]
+
+
+def test_function_sink_module_is_mounted_on_pythonpath(chart: helm.Chart) -> None:
+    """The way values.yaml and the README give to bring the function's module: a ConfigMap in
+    extraVolumes, mounted read-only by extraVolumeMounts at a directory extraEnv puts on
+    PYTHONPATH, and the module named by config.sinkFunction in it."""
+    values = function_sink()
+    docs = render(chart, values)
+    main = container(docs)
+    env = {e["name"]: e.get("value") for e in main["env"]}
+    (mount,) = [m for m in main["volumeMounts"] if m["mountPath"] == env["PYTHONPATH"]]
+    assert mount["readOnly"] is True
+    (volume,) = [v for v in pod_spec(docs)["volumes"] if v["name"] == mount["name"]]
+    assert "configMap" in volume
+    module = values["config"]["sinkFunction"].partition(":")[0]
+    assert (ROOT / "examples" / f"{module}.py").is_file()
+
+
+# --- rateLimit.globalPerS: one limit for all pods, split across them ----------------------------
+
+
+def rate_share(docs: list[dict[str, Any]]) -> tuple[float, int]:
+    """The per-pod PIPELINE_RATE_LIMIT_PER_S and _BURST the ConfigMap gives every pod."""
+    env = configmap_env(docs)
+    return float(env["PIPELINE_RATE_LIMIT_PER_S"]), int(env["PIPELINE_RATE_LIMIT_BURST"])
+
+
+@pytest.mark.parametrize(
+    ("values", "per_s", "burst"),
+    [
+        ({"rateLimit": {"globalPerS": 100}}, 100, 10),
+        ({"replicas": 3, "rateLimit": {"globalPerS": 100}}, 100 / 3, 3),
+        ({"replicas": 4, "rateLimit": {"globalPerS": 50, "globalBurst": 20}}, 12.5, 5),
+        ({"replicas": 6, "rateLimit": {"globalPerS": 0.5, "globalBurst": 4}}, 0.5 / 6, 1),
+        ({"replicas": 0, "rateLimit": {"globalPerS": 100}}, 100, 10),
+        (
+            {
+                "replicas": 3,
+                "keda": {"enabled": True, "partitionCount": 8},
+                "rateLimit": {"globalPerS": 400, "globalBurst": 40},
+            },
+            50,
+            5,
+        ),
+        (
+            {
+                "keda": {"enabled": True, "partitionCount": 12, "minReplicaCount": 4},
+                "rateLimit": {"globalPerS": 30},
+            },
+            2.5,
+            1,
+        ),
+    ],
+    ids=[
+        "1 replica",
+        "3 replicas",
+        "4 replicas",
+        "burst at least 1",
+        "0 replicas",
+        "keda: partitionCount, not replicas",
+        "keda: partitionCount, not minReplicaCount",
+    ],
+)
+def test_global_rate_limit_is_split_across_pods(
+    chart: helm.Chart,
+    monkeypatch: pytest.MonkeyPatch,
+    values: dict[str, Any],
+    per_s: float,
+    burst: int,
+) -> None:
+    """Every pod gets globalPerS / pods and max(1, globalBurst // pods), pods being `replicas`
+    (at least 1), or keda.partitionCount (the ScaledObject's maxReplicaCount) with KEDA; the
+    stage reads the share back as the same number."""
+    docs = render(chart, values)
+    assert rate_share(docs) == (pytest.approx(per_s), burst)
+    keda = values.get("keda", {})
+    pods = keda["partitionCount"] if keda.get("enabled") else max(1, values.get("replicas", 1))
+    if keda.get("enabled"):
+        assert only(docs, "ScaledObject")["spec"]["maxReplicaCount"] == pods
+    assert rate_share(docs)[0] * pods == pytest.approx(values["rateLimit"]["globalPerS"])
+    pod_environment(monkeypatch, configmap_env(docs))
+    settings = load_settings(env_file=None)
+    assert (settings.rate_limit_per_s, settings.rate_limit_burst) == (pytest.approx(per_s), burst)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [{}, {"replicas": 3, "config": {"rateLimitPerS": 20, "rateLimitBurst": 4}}],
+    ids=["defaults", "per pod"],
+)
+def test_no_global_rate_limit_leaves_config_alone(
+    chart: helm.Chart, values: dict[str, Any]
+) -> None:
+    """With rateLimit.globalPerS at 0 (the default), config.rateLimitPerS / rateLimitBurst are
+    each pod's own limit, unsplit, and unset ones are not rendered."""
+    env = configmap_env(render(chart, values))
+    rendered = {k: v for k, v in env.items() if k.startswith("PIPELINE_RATE_LIMIT_")}
+    config = values.get("config", {})
+    assert rendered == (
+        {"PIPELINE_RATE_LIMIT_PER_S": "20", "PIPELINE_RATE_LIMIT_BURST": "4"} if config else {}
+    )
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"config": {"rateLimitPerS": 10}}, r"rateLimit\.globalPerS and config\.rateLimitPerS"),
+        ({"config": {"rateLimitPerS": 0}}, r"rateLimit\.globalPerS and config\.rateLimitPerS"),
+        ({"config": {"rateLimitBurst": 5}}, r"rateLimit\.globalPerS and config\.rateLimitBurst"),
+        (
+            {"extraConfig": {"PIPELINE_RATE_LIMIT_PER_S": "9"}},
+            r"extraConfig must not set PIPELINE_RATE_LIMIT_PER_S: use rateLimit\.globalPerS",
+        ),
+        (
+            {"extraEnv": [{"name": "PIPELINE_RATE_LIMIT_BURST", "value": "9"}]},
+            r"extraEnv must not set PIPELINE_RATE_LIMIT_BURST: use rateLimit\.globalBurst",
+        ),
+        ({"keda": {"enabled": True}}, r"keda\.partitionCount is required"),
+    ],
+    ids=["per_s", "per_s 0", "burst", "extraConfig", "extraEnv", "keda without partitions"],
+)
+def test_global_rate_limit_conflicts_fail_rendering(
+    chart: helm.Chart, values: dict[str, Any], message: str
+) -> None:
+    """With rateLimit.globalPerS set, the chart owns PIPELINE_RATE_LIMIT_PER_S and _BURST:
+    setting them in `config`, extraConfig or extraEnv too fails rendering."""
+    with pytest.raises(helm.HelmRenderError, match=message):
+        render(chart, {"rateLimit": {"globalPerS": 100}}, values)
+
+
+def test_global_rate_limit_share_rolls_pods_when_replicas_change(chart: helm.Chart) -> None:
+    """The share lives in the ConfigMap, so a new `replicas` rolls the pods with their new share
+    (without a global limit, `replicas` leaves the pods alone)."""
+
+    def checksum(*layers: dict[str, Any]) -> str:
+        deployment = only(render(chart, *layers), "Deployment")
+        value: str = deployment["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+        return value
+
+    on = {"rateLimit": {"globalPerS": 100}}
+    assert checksum(on, {"replicas": 2}) != checksum(on, {"replicas": 4})

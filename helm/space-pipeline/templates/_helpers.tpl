@@ -91,20 +91,85 @@ Lists are joined with ",", maps JSON-encoded.
 {{- if not $c.kafkaTopics -}}
 {{- fail "config.kafkaTopics is required: list at least one topic" -}}
 {{- end -}}
-{{- $_ = required "config.spaceApiUrl is required" $c.spaceApiUrl -}}
-{{- $reserved := list "PIPELINE_SHUTDOWN_TIMEOUT_S" "PIPELINE_METRICS_PORT" -}}
+{{- include "space-pipeline.validateSink" . -}}
+{{- include "space-pipeline.validateRateLimit" . -}}
+{{- /* Variables the chart derives itself, and the value to set instead. */ -}}
+{{- $reserved := dict "PIPELINE_SHUTDOWN_TIMEOUT_S" "config.shutdownTimeoutS" "PIPELINE_METRICS_PORT" "config.metricsPort" -}}
+{{- if .Values.rateLimit.globalPerS -}}
+{{- $_ = set $reserved "PIPELINE_RATE_LIMIT_PER_S" "rateLimit.globalPerS" -}}
+{{- $_ = set $reserved "PIPELINE_RATE_LIMIT_BURST" "rateLimit.globalBurst" -}}
+{{- end -}}
 {{- range $name, $_ := .Values.extraConfig -}}
-{{- if has $name $reserved -}}
-{{- fail (printf "extraConfig must not set %s: use config.%s" $name (camelcase (lower (trimPrefix "PIPELINE_" $name)) | untitle)) -}}
+{{- if hasKey $reserved $name -}}
+{{- fail (printf "extraConfig must not set %s: use %s" $name (get $reserved $name)) -}}
 {{- end -}}
 {{- end -}}
 {{- range .Values.extraEnv -}}
-{{- if has .name $reserved -}}
-{{- fail (printf "extraEnv must not set %s: use config.%s" .name (camelcase (lower (trimPrefix "PIPELINE_" .name)) | untitle)) -}}
+{{- if hasKey $reserved .name -}}
+{{- fail (printf "extraEnv must not set %s: use %s" .name (get $reserved .name)) -}}
 {{- end -}}
 {{- end -}}
 {{- if and .Values.podMonitor.enabled .Values.serviceMonitor.enabled -}}
 {{- fail "enable podMonitor or serviceMonitor, not both: every series would be scraped twice" -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Where records go, and how the stage authenticates: exactly one of config.spaceApiUrl (the HTTP
+API) and config.sinkFunction (your own function), an empty string meaning unset; a bearer token or
+OAuth2 client credentials, not both.
+*/}}
+{{- define "space-pipeline.validateSink" -}}
+{{- $c := .Values.config -}}
+{{- $url := get $c "spaceApiUrl" -}}
+{{- $function := get $c "sinkFunction" -}}
+{{- if and $url $function -}}
+{{- fail "config.spaceApiUrl and config.sinkFunction are both set: set one (records go to the Space API over HTTP, or through your own function)" -}}
+{{- end -}}
+{{- if not (or $url $function) -}}
+{{- fail "config.spaceApiUrl or config.sinkFunction is required: the Space API's URL, or your own function as package.module:function" -}}
+{{- end -}}
+{{- $secrets := .Values.secrets -}}
+{{- $oauth2Secret := $secrets.oauth2ClientSecret.existingSecret -}}
+{{- if and $secrets.spaceApiToken.existingSecret (or $oauth2Secret (get $c "oauth2TokenUrl") (get $c "oauth2ClientId")) -}}
+{{- fail "secrets.spaceApiToken and OAuth2 (config.oauth2TokenUrl, config.oauth2ClientId, secrets.oauth2ClientSecret): use one way to authenticate" -}}
+{{- end -}}
+{{- if and $oauth2Secret (not (and (get $c "oauth2TokenUrl") (get $c "oauth2ClientId"))) -}}
+{{- fail "secrets.oauth2ClientSecret also needs config.oauth2TokenUrl and config.oauth2ClientId" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Pods that can run at once, outside rollouts: keda.partitionCount (the ScaledObject's maxReplicaCount) with KEDA, else replicas; at least 1. */}}
+{{- define "space-pipeline.maxPods" -}}
+{{- if .Values.keda.enabled -}}
+{{- required "keda.partitionCount is required when keda.enabled: the total partitions of the subscribed topics (maxReplicaCount)" .Values.keda.partitionCount | int -}}
+{{- else -}}
+{{- max 1 (.Values.replicas | int) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* rateLimit.globalPerS owns PIPELINE_RATE_LIMIT_PER_S and _BURST: config must leave them unset. */}}
+{{- define "space-pipeline.validateRateLimit" -}}
+{{- if .Values.rateLimit.globalPerS -}}
+{{- range $key := list "rateLimitPerS" "rateLimitBurst" -}}
+{{- if and (hasKey $.Values.config $key) (not (kindIs "invalid" (index $.Values.config $key))) -}}
+{{- fail (printf "rateLimit.globalPerS and config.%s are both set: rateLimit.globalPerS sets each pod's share of a limit for all pods, config.%s a limit per pod; use one" $key $key) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Each pod's share of rateLimit.globalPerS and rateLimit.globalBurst, as ConfigMap data lines
+(nothing when rateLimit.globalPerS is 0).
+*/}}
+{{- define "space-pipeline.rateLimitShare" -}}
+{{- with .Values.rateLimit -}}
+{{- if .globalPerS -}}
+{{- $pods := include "space-pipeline.maxPods" $ | int -}}
+PIPELINE_RATE_LIMIT_PER_S: {{ include "space-pipeline.envValue" (divf .globalPerS $pods) | quote }}
+PIPELINE_RATE_LIMIT_BURST: {{ max 1 (div (.globalBurst | int) $pods) | quote }}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
