@@ -95,6 +95,7 @@ class Settings(BaseSettings):
     space_api_headers: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     space_api_timeout_s: PositiveFloat = 10.0
     space_api_connect_timeout_s: PositiveFloat = 5.0
+    http_client: Literal["lean", "aiohttp"] = "lean"
     forward_headers: Annotated[tuple[str, ...], NoDecode] = ("traceparent", "tracestate")
     tombstones: Literal["send", "delete"] = "send"
     oauth2_token_url: str | None = None

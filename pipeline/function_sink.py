@@ -98,8 +98,8 @@ class FunctionSink:
         self._convert = {"record": Record.of, "value": _value, "json": _json}[argument]
         self._reject = reject
         self._batched = batched
-        self._ok = metrics.SEND_ATTEMPTS.labels("ok")
-        self._error = metrics.SEND_ATTEMPTS.labels("error")
+        self._ok = metrics.ATTEMPTS.labels("ok")
+        self._error = metrics.ATTEMPTS.labels("error")
 
     async def __aenter__(self) -> FunctionSink:
         return self
@@ -113,7 +113,7 @@ class FunctionSink:
         if self._batched:
             records: Sequence[KafkaRecord] = payload  # type: ignore[assignment]
             argument: object = [convert(record) for record in records]
-            metrics.BATCH_RECORDS.observe(len(records))
+            metrics.BATCH_SIZES.observe(len(records))
         else:
             argument = convert(payload)  # type: ignore[arg-type]
         started = time.perf_counter()
@@ -123,11 +123,11 @@ class FunctionSink:
             else:
                 await call_blocking(self._function, argument)
         except Exception as error:
-            self._error.inc()
-            metrics.SEND_DURATION.observe(time.perf_counter() - started)
+            self._error.count += 1
+            metrics.SEND_SECONDS.observe(time.perf_counter() - started)
             raise self._classify(error) from error
-        self._ok.inc()
-        metrics.SEND_DURATION.observe(time.perf_counter() - started)
+        self._ok.count += 1
+        metrics.SEND_SECONDS.observe(time.perf_counter() - started)
 
     def _classify(self, error: Exception) -> Exception:
         message = f"the sink function raised {error!r}"

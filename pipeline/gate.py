@@ -103,6 +103,11 @@ class ApiGate:
     # What the stage and the probes read
 
     @property
+    def clear(self) -> bool:
+        """Nothing to wait for or count: no outage, no throttle, no rate limit."""
+        return self._outage is None and not self._pause_until and not self._interval
+
+    @property
     def blocked(self) -> bool:
         """Whether admission now waits for an outage or a throttle to end."""
         return self._outage is not None or self._pause_until > time.monotonic()
@@ -135,7 +140,7 @@ class ApiGate:
         """An async context manager around one attempt: waits for admission, learns the result."""
         return _Attempt(self)
 
-    async def _admit(self) -> bool:
+    async def admit(self) -> bool:
         """Wait until an attempt may go; ``True`` when it goes as the outage's probe."""
         while True:
             now = time.monotonic()
@@ -181,7 +186,8 @@ class ApiGate:
 
     # Outcomes
 
-    def _record(self, error: BaseException | None, probe: bool) -> None:
+    def record(self, error: BaseException | None, probe: bool) -> None:
+        """Learn how an admitted attempt ended: accepted, failed (its error) or cancelled."""
         if error is None or _answered(error):
             self._succeeded()
             return
@@ -261,10 +267,8 @@ class _Attempt:
         self._probe = False
 
     async def __aenter__(self) -> None:
-        gate = self._gate
-        if gate._outage is None and gate._pause_until == 0.0 and not gate._interval:
-            return  # the common case costs nothing more
-        self._probe = await gate._admit()
+        if not self._gate.clear:
+            self._probe = await self._gate.admit()
 
     async def __aexit__(
         self,
@@ -272,4 +276,4 @@ class _Attempt:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._gate._record(exc, self._probe)
+        self._gate.record(exc, self._probe)

@@ -13,6 +13,8 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from pipeline import metrics
+
 log = structlog.get_logger("pipeline.health")
 
 
@@ -74,6 +76,7 @@ class OpsServer:
             await self._runner.cleanup()
 
     async def _metrics(self, _: web.Request) -> web.Response:
+        metrics.flush()  # what the hot path counted in plain integers since the last flush
         body = generate_latest(REGISTRY)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -103,8 +103,10 @@ class AiohttpClient:
     """
 
     def __init__(self, timeouts: Timeouts, max_connections: int) -> None:
+        # One deadline for the whole exchange (connect + read): one timer per request, where a
+        # per-read timeout re-arms a timer on every chunk received.
         self._timeout = aiohttp.ClientTimeout(
-            total=None, connect=timeouts.connect, sock_read=timeouts.read
+            total=timeouts.connect + timeouts.read, connect=timeouts.connect
         )
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None

@@ -88,6 +88,7 @@ class Partition:
     """What the stage knows of one assigned partition, for as long as it stays assigned."""
 
     __slots__ = (
+        "accepted",
         "carried_halt",
         "committed_note",
         "delivered",
@@ -97,6 +98,7 @@ class Partition:
         "lag",
         "last_progress",
         "paused",
+        "progressed",
         "revoked",
         "span",
         "starved_since",
@@ -113,10 +115,12 @@ class Partition:
         self.committed_note = ""
         self.revoked = False
         self.last_progress = now
+        self.progressed = False  # accepted something since housekeeping last looked
         self.starved_since: float | None = None
         self.lag = 0  # records after the committed offset, as of the last housekeeping
+        self.accepted = 0  # records delivered while this process had the partition
         self.labels = (tp.topic, str(tp.partition))
-        self.delivered = metrics.RECORDS_DELIVERED.labels(*self.labels)
+        self.delivered = metrics.DELIVERED.labels(*self.labels)
 
     def __repr__(self) -> str:
         state = "revoked" if self.revoked else "halted" if self.halted else "paused" * self.paused
@@ -200,7 +204,7 @@ class Partitions:
         self._parts: dict[TopicPartition, Partition] = {}
         self._epoch = 0
         self._sender: OrderedSender[KafkaRecord] | None = None
-        self.delivered: Counter[str] = Counter()  # accepted records per topic, ever
+        self._delivered_before: Counter[str] = Counter()  # by partitions no longer here
 
     def bind(
         self,
@@ -275,9 +279,18 @@ class Partitions:
         wanted = set(tps)
         return [lane for lane in self._sender.lanes() if lane_partition(lane) in wanted]
 
+    def delivered(self) -> Counter[str]:
+        """Records delivered per topic since the start, by every partition this process had."""
+        totals = Counter(self._delivered_before)
+        for part in self._parts.values():
+            totals[part.tp.topic] += part.accepted
+        return totals
+
     def forget(self, parts: Iterable[Partition]) -> None:
         """Stop tracking partitions that moved away; answers still in flight are fenced off."""
         for part in parts:
+            if not part.revoked:
+                self._delivered_before[part.tp.topic] += part.accepted
             part.revoked = True
             if self._parts.get(part.tp) is part:
                 del self._parts[part.tp]
@@ -304,14 +317,21 @@ class Partitions:
         handed = 0
         skips = self._skips
         for record in records:
-            nbytes = record_bytes(record)
+            nbytes = len(record.value or b"")  # see record_bytes
             receipt = None
             if skips is not None and record in skips and self._spawn is not None:
                 span.track(record.offset, timestamp=record.timestamp / 1000, received=now)
                 self._spawn(self._let_past(part, record))
                 handed += 1
                 continue
-            if part.halted is None and not part.paused and part.has_room(nbytes, limits):
+            if (
+                part.halted is None
+                and not part.paused
+                and (
+                    not span
+                    or (len(span) < limits.records and span.nbytes + nbytes <= limits.nbytes)
+                )
+            ):  # has_room, inline: this runs for every record
                 lane = (tp, record.key) if by_key else tp
                 try:
                     receipt = sender.try_submit(record, lane, nbytes=nbytes, tag=part)
@@ -336,21 +356,21 @@ class Partitions:
         part: Partition = receipt.tag  # type: ignore[assignment]
         if part.revoked or receipt.cancelled():
             return  # fenced: an answer for an assignment that has ended, or nothing to learn
-        error = receipt.exception()
         record = receipt.item
+        error = receipt.error
         if error is None:
             self._accepted(part, record)
             if receipt.returned is DEAD_LETTERED:  # done, but not delivered
                 return
-            part.delivered.inc()
-            self.delivered[part.tp.topic] += 1
-            metrics.END_TO_END_LATENCY.observe(max(time.time() - record.timestamp / 1000, 0.0))
+            part.accepted += 1
+            part.delivered.count += 1
+            metrics.END_TO_END.observe(max(time.time() - record.timestamp / 1000, 0.0))
         elif not isinstance(error, LaneHaltedError):
             self.halt(part, record, error)
 
     def _accepted(self, part: Partition, record: KafkaRecord) -> None:
         part.span.accept(record.offset)
-        part.last_progress = time.monotonic()
+        part.progressed = True
         if part.carried_halt is not None and record.offset >= part.carried_halt:
             part.carried_halt = None
             metrics.HALTED.labels(*part.labels).set(0)

@@ -22,7 +22,6 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Generator, Hashable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import AbstractAsyncContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import partial
@@ -71,15 +70,28 @@ class RetryPolicy(Protocol):
 
 
 class Gate(Protocol):
-    """Admission to a shared downstream (rate limit, throttling, circuit), around each attempt."""
+    """Admission to a shared downstream (rate limit, throttling, circuit), around each attempt.
+
+    The sender asks :attr:`clear` first, so an open gate costs nothing; otherwise it awaits
+    :meth:`admit`. Either way it reports the attempt's outcome to :meth:`record`.
+    """
+
+    @property
+    def clear(self) -> bool:
+        """Whether an attempt may go at once, with nothing to wait for or count."""
+        ...
 
     @property
     def blocked(self) -> bool:
         """Whether admission now waits for an outage or a throttle to end."""
         ...
 
-    def attempt(self) -> AbstractAsyncContextManager[object]:
-        """Wait for admission on entry; learn the attempt's outcome (its exception) on exit."""
+    async def admit(self) -> bool:
+        """Wait until an attempt may go; ``True`` when it goes as an outage's single probe."""
+        ...
+
+    def record(self, error: BaseException | None, probe: bool) -> None:
+        """The attempt ended: accepted (``None``), failed (its error) or cancelled."""
         ...
 
 
@@ -186,6 +198,11 @@ class Receipt(Generic[T]):
         return self.result()
 
     @property
+    def error(self) -> BaseException | None:
+        """The final error of a failed item; ``None`` otherwise (accepted, pending, cancelled)."""
+        return self._error
+
+    @property
     def returned(self) -> object:
         """What ``send`` returned for this item once accepted (``None`` before)."""
         return self._result
@@ -266,7 +283,6 @@ class _LaneState(Generic[T]):
         "nbytes",
         "phase",
         "queue",
-        "result",
         "space",
         "thread_call",
         "worker",
@@ -281,7 +297,6 @@ class _LaneState(Generic[T]):
         self.space: asyncio.Event | None = None
         self.arrived: asyncio.Event | None = None
         self.phase = _Phase.WAITING
-        self.result: object = None  # what the last accepted call returned
         # A blocking call keeps running in its thread whatever was cancelled: the lane stays busy
         # until it returns, so two calls of one lane never overlap.
         self.thread_call: Future[object] | None = None
@@ -448,7 +463,7 @@ class OrderedSender(Generic[T]):
             state = self._lanes[lane] = _LaneState()
         elif state.halted_by is not None:
             raise LaneHaltedError(lane, state.halted_by)
-        elif len(state) >= self._lane_capacity or (
+        elif len(state.queue) + len(state.current) >= self._lane_capacity or (
             self._lane_bytes is not None and state.nbytes + nbytes > self._lane_bytes and state
         ):
             raise LaneFullError(lane)
@@ -594,7 +609,8 @@ class OrderedSender(Generic[T]):
                 state.current = []
                 for receipt in batch:
                     state.nbytes -= receipt.nbytes
-                    self._finish(receipt, _Outcome.CANCELLED)
+                    if receipt._outcome is _Outcome.PENDING:
+                        self._finish(receipt, _Outcome.CANCELLED)
             if not finished:
                 # An item of this lane ended unaccepted: sending the next would reorder them.
                 self._drop(state)
@@ -668,58 +684,80 @@ class OrderedSender(Generic[T]):
     async def _deliver(self, lane: Lane, state: _LaneState[T], batch: list[Receipt[T]]) -> bool:
         """Try ``batch`` until it is accepted or fails for good; split a failed batch.
 
-        Returns ``False`` when a deadline drain stopped it before a retry (nothing settled).
+        Each attempt takes a slot, passes the gate and calls ``send``, written out here rather
+        than in helpers: every coroutine level is paid again at each resumption of the request,
+        and on a fast API that is most of the sender's cost. Returns ``False`` when a deadline
+        drain stopped it before a retry (nothing settled).
         """
-        started = self._clock.monotonic()
+        clock, slots, gate = self._clock, self._slots, self._gate
+        started = clock.monotonic()
         payload: object = [r.item for r in batch] if self._batch is not None else batch[0].item
         attempt = 0
         while True:
             attempt += 1
-            failure = await self._attempt(state, payload)
-            if failure is None:
-                finished = self._clock.monotonic()
-                if self._retry_log is not None:
-                    self._retry_log.clear(lane)
-                result, state.result = state.result, None
-                for receipt in batch:
-                    receipt._attempts, receipt._started, receipt._finished = (
-                        attempt,
-                        started,
-                        finished,
-                    )
-                    receipt._result = result
-                    self._finish(receipt, _Outcome.ACCEPTED)
-                return True
-            delay = self._retry.retry_delay(failure, attempt)
-            if delay is None:
-                if len(batch) > 1:
-                    return await self._split(lane, state, batch)
-                self._fail(lane, state, batch[0], failure, attempt)
-                return True
-            self._note_retry(batch[0], lane, failure, attempt, delay)
-            if self._parked(lane):
-                return False  # a deadline drain cannot wait for a retry
-            state.phase = _Phase.BACKOFF
+            failure: Exception | None = None
+            probe = False
+            await slots.acquire()
             try:
-                await self._clock.sleep(delay)
-            finally:
-                state.phase = _Phase.WAITING
-
-    async def _attempt(self, state: _LaneState[T], payload: object) -> Exception | None:
-        """One attempt: a slot, the gate, the call. Returns its failure, ``None`` on success."""
-        async with self._slots:
-            try:
-                if self._gate is None:
-                    state.phase = _Phase.SENDING
-                    state.result = await self._call(state, payload)
+                if gate is not None and not gate.clear:
+                    probe = await gate.admit()
+                state.phase = _Phase.SENDING
+                if self._is_async:
+                    result = await self._send(payload)  # type: ignore[misc]
                 else:
-                    async with self._gate.attempt():
-                        state.phase = _Phase.SENDING
-                        state.result = await self._call(state, payload)
+                    result = await self._call_blocking(state, payload)
             except Exception as error:  # every failure is the send function's answer
-                return error
+                failure = error
+            except BaseException as error:  # cancelled: the gate frees a probe's place
+                if gate is not None:
+                    gate.record(error, probe)
+                raise
             finally:
                 state.phase = _Phase.WAITING
+                slots.release()
+            if gate is not None:
+                gate.record(failure, probe)
+            if failure is None:
+                self._accept(lane, batch, attempt, started, result)
+                return True
+            ended = await self._after_failure(lane, state, batch, failure, attempt)
+            if ended is not None:
+                return ended
+
+    def _accept(
+        self, lane: Lane, batch: list[Receipt[T]], attempt: int, started: float, result: object
+    ) -> None:
+        finished = self._clock.monotonic()
+        if self._retry_log is not None:
+            self._retry_log.clear(lane)
+        for receipt in batch:
+            receipt._attempts, receipt._started, receipt._finished = attempt, started, finished
+            receipt._result = result
+            self._finish(receipt, _Outcome.ACCEPTED)
+
+    async def _after_failure(
+        self,
+        lane: Lane,
+        state: _LaneState[T],
+        batch: list[Receipt[T]],
+        failure: Exception,
+        attempt: int,
+    ) -> bool | None:
+        """Fail, split or wait before the next attempt; ``None`` means try again."""
+        delay = self._retry.retry_delay(failure, attempt)
+        if delay is None:
+            if len(batch) > 1:
+                return await self._split(lane, state, batch)
+            self._fail(lane, state, batch[0], failure, attempt)
+            return True
+        self._note_retry(batch[0], lane, failure, attempt, delay)
+        if self._parked(lane):
+            return False  # a deadline drain cannot wait for a retry
+        state.phase = _Phase.BACKOFF
+        try:
+            await self._clock.sleep(delay)
+        finally:
+            state.phase = _Phase.WAITING
         return None
 
     async def _split(self, lane: Lane, state: _LaneState[T], batch: list[Receipt[T]]) -> bool:
@@ -733,9 +771,7 @@ class OrderedSender(Generic[T]):
                 return False
         return True
 
-    async def _call(self, state: _LaneState[T], payload: object) -> object:
-        if self._is_async:
-            return await self._send(payload)  # type: ignore[misc]
+    async def _call_blocking(self, state: _LaneState[T], payload: object) -> object:
         result = await self._in_thread(state, self._send, payload)
         if inspect.isawaitable(result):  # a plain function that returned a coroutine
             return await result

@@ -13,7 +13,8 @@ from typing import Protocol
 
 from pipeline.config import Settings
 from pipeline.function_sink import FunctionSink, import_exceptions, import_function
-from pipeline.http_client import AiohttpClient, Timeouts
+from pipeline.http11 import LeanClient
+from pipeline.http_client import AiohttpClient, HttpClient, Timeouts
 from pipeline.http_sink import HttpSink, HttpSinkConfig
 from pipeline.oauth2 import ClientCredentials, TokenSource
 from pipeline.policy import Classification
@@ -61,7 +62,11 @@ def build_sink(settings: Settings) -> HttpSink | FunctionSink:
             batched=batched(s),
         )
     timeouts = Timeouts(connect=s.space_api_connect_timeout_s, read=s.space_api_timeout_s)
-    client = AiohttpClient(timeouts, max_connections=s.max_in_flight + 1)
+    client: HttpClient
+    if s.http_client == "lean":
+        client = LeanClient(timeouts, max_connections=s.max_in_flight + 1)
+    else:
+        client = AiohttpClient(timeouts, max_connections=s.max_in_flight + 1)
     auth = None
     if s.oauth2_token_url is not None and s.oauth2_client_id is not None:
         credentials = ClientCredentials(

@@ -221,6 +221,7 @@ class Stage:
         cancelled = sender.cancel(sender.lanes())
         partitions.forget(parts)
         await self._source.close(timeout=max(started + budget - time.monotonic(), 0.1))
+        metrics.flush()
         log.info(
             "stage.stopped",
             drained=drained,
@@ -264,7 +265,7 @@ class Stage:
         assert self._partitions is not None  # noqa: S101
         progress = Progress(time.monotonic())
         while await self._running_after(interval):
-            progress.report(time.monotonic(), self._partitions.delivered, self._partitions)
+            progress.report(time.monotonic(), self._partitions.delivered(), self._partitions)
 
     def _on_retry(
         self, record: KafkaRecord, lane: Lane, error: BaseException, attempt: int, delay: float
@@ -389,6 +390,8 @@ class Stage:
             metrics.OLDEST_UNACCEPTED_AGE.labels(*labels).set(
                 now - oldest.received if oldest else 0
             )
+            if part.progressed:  # noted per record as a flag; timed here, once a second
+                part.progressed, part.last_progress = False, now
             metrics.LAST_PROGRESS.labels(*labels).set(wall - (now - part.last_progress))
             end, position = source.end_offset(part.tp), source.position(part.tp)
             if end is not None and span.committed is not None:
@@ -404,6 +407,7 @@ class Stage:
         self._unhealthy = self._own_fault(now, starved)
         if self._gate is not None:
             self._gate.refresh_metrics()
+        metrics.flush()
 
     def _own_fault(self, now: float, starved: list[str]) -> str | None:
         """A fault of the stage itself, which a restart may cure; ``None`` when there is none.

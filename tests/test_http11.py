@@ -1,0 +1,260 @@
+"""The lean HTTP/1.1 client: keep-alive, framing, failures, TLS, against servers that misbehave."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+import trustme
+
+from pipeline.errors import InvalidRecordError, RetryableSendError
+from pipeline.http11 import LeanClient
+from pipeline.http_client import Timeouts
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """One request off the wire: its head and its body (Content-Length framed)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    return head, await reader.readexactly(length)
+
+
+@asynccontextmanager
+async def server(handler: Handler, ssl_context: ssl.SSLContext | None = None) -> AsyncIterator[str]:
+    """A raw TCP server running ``handler`` per connection; yields its base URL.
+
+    Every connection is closed, and every handler ended, when the block ends.
+    """
+    handlers: set[asyncio.Task[None]] = set()
+    writers: list[asyncio.StreamWriter] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.add(task)
+        try:
+            await handler(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    srv = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=ssl_context)
+    port = srv.sockets[0].getsockname()[1]
+    scheme = "https" if ssl_context else "http"
+    try:
+        yield f"{scheme}://127.0.0.1:{port}"
+    finally:
+        srv.close()
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+        for writer in writers:
+            writer.close()
+        await srv.wait_closed()
+
+
+def client(**timeouts: float) -> LeanClient:
+    return LeanClient(Timeouts(**timeouts), 8)
+
+
+OK = b"HTTP/1.1 204 No Content\r\n\r\n"
+
+
+async def test_requests_reuse_one_keep_alive_connection_and_arrive_exactly() -> None:
+    """Ten requests, one connection; each arrives with its method, target, Host, headers and
+    the exact body bytes."""
+    connections = 0
+    seen: list[tuple[bytes, bytes]] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        while not reader.at_eof():
+            try:
+                seen.append(await read_request(reader))
+            except asyncio.IncompleteReadError:
+                break
+            writer.write(OK)
+        writer.close()
+
+    async with server(handler) as base, client() as http:
+        for i in range(10):
+            answer = await http.request(
+                "POST", f"{base}/v1/items?x=1", {"X-N": str(i)}, b"\x00%d" % i
+            )
+            assert 204 == answer.status
+
+    assert 1 == connections
+    head, body = seen[3]
+    assert head.startswith(b"POST /v1/items?x=1 HTTP/1.1\r\n")
+    assert b"\r\nHost: 127.0.0.1:" in head
+    assert b"\r\nX-N: 3\r\n" in head
+    assert b"\x003" == body
+
+
+async def test_a_connection_the_server_dropped_while_idle_is_replaced_silently() -> None:
+    """The server closes keep-alive connections after one answer without saying so: the next
+    request notices, and goes again on a new connection, without an error."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(OK)
+        await writer.drain()
+        writer.close()  # no "Connection: close": a stale keep-alive connection
+
+    async with server(handler) as base, client() as http:
+        statuses = [(await http.request("POST", base, {}, b"x")).status for _ in range(5)]
+
+    assert [204] * 5 == statuses
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 422 Unprocessable\r\nContent-Length: 9\r\n\r\nbad field",
+        b"HTTP/1.1 422 Unprocessable\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"4\r\nbad \r\n5\r\nfield\r\n0\r\n\r\n",
+        b"HTTP/1.1 422 Unprocessable\r\nConnection: close\r\n\r\nbad field",
+    ],
+    ids=["content-length", "chunked", "until-close"],
+)
+async def test_an_answer_body_is_read_whatever_its_framing(answer: bytes) -> None:
+    """A refusal's body comes whole, framed by length, chunks or the closing socket."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    async with server(handler) as base, client() as http:
+        result = await http.request("POST", base, {}, b"x")
+
+    assert (422, b"bad field") == (result.status, result.body)
+
+
+async def test_retry_after_is_read_from_the_answer() -> None:
+    """A 429's Retry-After header comes back with the status."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 429 Too Many\r\nRetry-After: 7\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+
+    async with server(handler) as base, client() as http:
+        result = await http.request("POST", base, {}, b"x")
+
+    assert (429, "7") == (result.status, result.retry_after)
+
+
+async def test_a_slow_answer_is_a_timeout_and_a_refused_connection_is_unreachable() -> None:
+    """No answer within the read timeout: ``timeout``; nobody listening: ``connection``."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await asyncio.sleep(5)
+
+    async with server(handler) as base, client(read=0.2) as http:
+        with pytest.raises(RetryableSendError) as slow:
+            await http.request("POST", base, {}, b"x")
+    async with client() as http:
+        with pytest.raises(RetryableSendError) as refused:
+            await http.request("POST", base, {}, b"x")
+
+    assert "timeout" == slow.value.reason
+    assert "connection" == refused.value.reason
+
+
+async def test_a_connection_cut_mid_answer_is_a_connection_error() -> None:
+    """Half an answer, then the socket closes: a retryable connection failure."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
+        await writer.drain()
+        writer.close()
+
+    async with server(handler) as base, client() as http:
+        with pytest.raises(RetryableSendError) as raised:
+            await http.request("POST", base, {}, b"x")
+
+    assert "connection" == raised.value.reason
+
+
+async def test_garbage_instead_of_http_is_a_connection_error() -> None:
+    """An answer that is not HTTP fails the exchange, retryably, and drops the connection."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"SSH-2.0-OpenSSH\r\n\r\n")
+        await writer.drain()
+
+    async with server(handler) as base, client() as http:
+        with pytest.raises(RetryableSendError):
+            await http.request("POST", base, {}, b"x")
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"X-Evil": "a\r\nInjected: 1"}, {"X-Name": "caf\u00e9\u2603"}, {"Bad:Name": "x"}],
+    ids=["line-break", "not-latin-1", "colon-in-name"],
+)
+async def test_a_header_that_cannot_be_sent_is_an_invalid_record(headers: dict[str, str]) -> None:
+    """Nothing that would corrupt the request is written: the record is refused, unsent."""
+    async with client() as http:
+        with pytest.raises(InvalidRecordError):
+            await http.request("POST", "http://127.0.0.1:9/", headers, b"x")
+
+
+async def test_https_with_the_given_trust() -> None:
+    """TLS to an API whose certificate the given context trusts."""
+    authority = trustme.CA()
+    cert = authority.issue_cert("127.0.0.1")
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    authority.configure_trust(client_ctx)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(OK)
+        await writer.drain()
+
+    async with server(handler, server_ctx) as base:
+        async with LeanClient(Timeouts(), 4, client_ctx) as http:
+            result = await http.request("POST", base, {}, b"x")
+        async with client() as untrusting:
+            with pytest.raises(RetryableSendError):
+                await untrusting.request("POST", base, {}, b"x")
+
+    assert 204 == result.status
+
+
+async def test_a_token_answer_body_is_read_in_full_when_asked() -> None:
+    """``read_body`` brings a 2xx body (a token); otherwise a 2xx body is drained unread."""
+    payload = b'{"access_token": "' + b"t" * 2000 + b'"}'
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                await read_request(reader)
+            except asyncio.IncompleteReadError:
+                break
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(payload) + payload)
+
+    async with server(handler) as base, client() as http:
+        wanted = await http.request("POST", base, {}, b"x", read_body=True)
+        unwanted = await http.request("POST", base, {}, b"x")
+
+    assert payload == wanted.body
+    assert b"" == unwanted.body
