@@ -718,6 +718,7 @@ class StubServer:
         self._host, self._port = host, port
         self._tokens = _Tokens()
         self._rec = _Recorder(self._config, self._tokens)
+        self._overshoot = 0.001  # how late a sleep ends, learnt as the stub runs
         self._runner: web.AppRunner | None = None
         app = web.Application(client_max_size=16 * 1024 * 1024)
         app.router.add_get("/healthz", self._healthz)
@@ -798,6 +799,7 @@ class StubServer:
         if not _within(request.path, rec.config.path):
             rec.not_found += 1
             return _error(404, f"the Space API lives at {rec.config.path}")
+        arrived_at = time.monotonic()
         arrival = rec.arrive(request.method, request.rel_url.raw_path, request.headers)
         try:
             body = await request.read()
@@ -810,12 +812,25 @@ class StubServer:
             if cfg.jitter_ms:
                 delay_ms = max(0.0, delay_ms + rec.rng.uniform(-cfg.jitter_ms, cfg.jitter_ms))
             if delay_ms > 0:
-                await asyncio.sleep(delay_ms / 1000)
+                await self._until(arrived_at + delay_ms / 1000)
             retry_after_s = math.ceil(cfg.retry_after_s)
             rec.answer(verdict, retry_after_s)
             return _response(verdict, retry_after_s)
         finally:
             rec.depart(arrival.partition)
+
+    async def _until(self, deadline: float) -> None:
+        """Sleep until ``deadline``, so an answer leaves ``latency`` after its request arrived.
+
+        Reading the body counts, and the event loop wakes up late (epoll waits whole
+        milliseconds): about a millisecond per sleep here, which an "API at 20 ms" must not
+        add. The stub learns how late its sleeps end and starts them that much earlier.
+        """
+        started = time.monotonic()
+        planned = max(deadline - started - self._overshoot, 0.0)
+        await asyncio.sleep(planned)
+        late = time.monotonic() - started - planned
+        self._overshoot += 0.1 * (late - self._overshoot)
 
     async def _token(self, request: web.Request) -> web.Response:
         rec = self._rec
