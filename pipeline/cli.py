@@ -23,7 +23,7 @@ from typing import Any
 import structlog
 
 from pipeline import __version__
-from pipeline.config import Settings, describe, env_name, load_settings
+from pipeline.config import Settings, as_text, describe, env_name, load_settings
 from pipeline.errors import ConfigError
 from pipeline.logging import configure_logging
 
@@ -156,16 +156,17 @@ def _settings_help() -> str:
     lines = [
         "Settings are PIPELINE_* environment variables (a .env file in the working directory"
         " is read too).",
-        "Required: " + ", ".join(required) + ".",
+        "Required: " + ", ".join(required) + ", and PIPELINE_SPACE_API_URL (or"
+        " PIPELINE_SINK_FUNCTION, to deliver through your own function).",
         "`space-pipeline config` prints every setting with its effective value; the README's"
         ' "Settings" table explains each. All of them, with their defaults:',
         "",
     ]
     for name, field in Settings.model_fields.items():
         default = (
-            "required"
+            "(required)"
             if field.is_required()
-            else repr(field.get_default(call_default_factory=True))
+            else as_text(field.get_default(call_default_factory=True)) or "(unset)"
         )
         lines.append(f"  {env_name(name):<44} {default}")
     return "\n".join(lines)

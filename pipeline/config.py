@@ -416,7 +416,7 @@ def describe(settings: Settings) -> list[str]:
     lines = []
     explicit = settings.model_fields_set
     for field in Settings.model_fields:
-        value = _as_text(getattr(settings, field))
+        value = as_text(getattr(settings, field))
         if value and any(word in field for word in SENSITIVE):
             value = MASK
         note = "" if field in explicit else "  # default"
@@ -433,7 +433,8 @@ def mask_url(url: str) -> str:
     return urlunsplit(parsed._replace(netloc=netloc))
 
 
-def _as_text(value: Any) -> str:  # noqa: ANN401 - any setting's type
+def as_text(value: Any) -> str:  # noqa: ANN401 - any setting's type
+    """A setting's value as its environment variable would spell it (secrets masked)."""
     if isinstance(value, SecretStr):
         value = MASK if value.get_secret_value() else None
     elif isinstance(value, str) and "://" in value:
