@@ -83,9 +83,20 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
+def kafka_security(settings: Settings) -> dict[str, Any]:
+    """The security arguments every Kafka client of the stage takes (consumer, dead letters)."""
+    password = settings.kafka_sasl_password
+    return {
+        "security_protocol": settings.kafka_security_protocol,
+        "sasl_mechanism": settings.kafka_sasl_mechanism or "PLAIN",
+        "sasl_plain_username": settings.kafka_sasl_username,
+        "sasl_plain_password": password.get_secret_value() if password else None,
+        "ssl_context": ssl_context(settings),
+    }
+
+
 def build_consumer(settings: Settings) -> AIOKafkaConsumer:
     """An unstarted consumer for the configured topics, with security settings passed through."""
-    password = settings.kafka_sasl_password
     return AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         group_id=settings.kafka_group_id,
@@ -97,11 +108,7 @@ def build_consumer(settings: Settings) -> AIOKafkaConsumer:
         heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
         rebalance_timeout_ms=settings.kafka_rebalance_timeout_ms,
         max_poll_records=settings.kafka_max_poll_records,
-        security_protocol=settings.kafka_security_protocol,
-        sasl_mechanism=settings.kafka_sasl_mechanism or "PLAIN",
-        sasl_plain_username=settings.kafka_sasl_username,
-        sasl_plain_password=password.get_secret_value() if password else None,
-        ssl_context=ssl_context(settings),
+        **kafka_security(settings),
     )
 
 

@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from pipeline.config import Settings
-from pipeline.consumer import ssl_context
+from pipeline.consumer import kafka_security
 from pipeline.errors import RejectedError
 from pipeline.records import KafkaRecord
 from pipeline.retry import Backoff
@@ -59,17 +59,12 @@ class DeadLetters:
         assert settings.dead_letter_topic is not None  # noqa: S101 - checked by the settings
         self._topic = settings.dead_letter_topic
         self._backoff = backoff or Backoff(initial=0.2, maximum=settings.retry_max_backoff_s)
-        password = settings.kafka_sasl_password
         self._producer = AIOKafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap_servers,
             client_id=f"{settings.kafka_client_id}-dead-letters",
             acks="all",
             enable_idempotence=settings.dead_letter_idempotence,
-            security_protocol=settings.kafka_security_protocol,
-            sasl_mechanism=settings.kafka_sasl_mechanism or "PLAIN",
-            sasl_plain_username=settings.kafka_sasl_username,
-            sasl_plain_password=password.get_secret_value() if password else None,
-            ssl_context=ssl_context(settings),
+            **kafka_security(settings),
         )
         self._started = False
 

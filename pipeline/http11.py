@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import httptools
 
 from pipeline.errors import InvalidRecordError
-from pipeline.http_client import BODY_EXCERPT_BYTES, Answer, Timeouts, failure
+from pipeline.http_client import BODY_EXCERPT_BYTES, Answer, ClosingClient, Timeouts, failure
 
 _Origin = tuple[str, str, int]  # scheme, host, port
 
@@ -124,7 +124,7 @@ class _Connection(asyncio.Protocol):
         self.close()
 
 
-class LeanClient:
+class LeanClient(ClosingClient):
     """Keep-alive HTTP/1.1 connections to the API; an async context manager.
 
     Args:
@@ -142,12 +142,6 @@ class LeanClient:
         self._idle: dict[_Origin, deque[_Connection]] = {}
         self._targets: dict[str, tuple[_Origin, str, str]] = {}
         self._closed = False
-
-    async def __aenter__(self) -> LeanClient:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
     async def request(
         self,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, Self
 
 import aiohttp
 import httpx
@@ -48,6 +48,20 @@ class Timeouts:
 
     connect: float = 5.0
     read: float = 10.0
+
+
+class ClosingClient:
+    """What every client shares: use as ``async with``, leaving it closes the connections."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close connections; idempotent."""
+        raise NotImplementedError
 
 
 class HttpClient(Protocol):
@@ -94,7 +108,7 @@ def failure(error: BaseException) -> SendError:
     return UnexpectedSendError(message, reason="unexpected")
 
 
-class AiohttpClient:
+class AiohttpClient(ClosingClient):
     """A pooled aiohttp session; async context manager, ``aclose`` idempotent.
 
     Args:
@@ -111,12 +125,6 @@ class AiohttpClient:
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
-
-    async def __aenter__(self) -> AiohttpClient:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
     def _open(self) -> aiohttp.ClientSession:
         # Created on first use, inside the running loop, as aiohttp wants.
@@ -161,7 +169,7 @@ class AiohttpClient:
                 await self._session.close()
 
 
-class HttpxClient:
+class HttpxClient(ClosingClient):
     """Any httpx transport behind the same seam (``httpx.MockTransport`` in tests).
 
     Args:
@@ -174,12 +182,6 @@ class HttpxClient:
         timeout = httpx.Timeout(timeouts.read, connect=timeouts.connect, pool=timeouts.connect)
         self._extensions = {"timeout": timeout.as_dict()}
         self._closed = False
-
-    async def __aenter__(self) -> HttpxClient:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
     async def request(
         self,

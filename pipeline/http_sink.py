@@ -149,7 +149,13 @@ class HttpSink:
                 metrics.BATCH_SIZES.observe(len(payload))  # type: ignore[arg-type]
         except (ValueError, TypeError, UnicodeError) as error:
             raise InvalidRecordError(f"the record cannot become a request: {error}") from error
-        if self._auth is None:  # written out: one coroutine level less on every request
+        auth = self._auth
+        token = await auth.token() if auth is not None else None
+        classification = self._config.classification
+        replayed = False
+        while True:  # once; twice when the API refuses a token that was stale
+            if token is not None:
+                headers["Authorization"] = f"Bearer {token}"
             started = time.perf_counter()
             try:
                 answer = await self._client.request(method, url, headers, body)
@@ -157,37 +163,13 @@ class HttpSink:
                 self._count(error.reason, started)
                 raise
             self._count(metrics.status_class(answer.status), started)
-        else:
-            answer = await self._exchange(method, url, headers, body)
-        outcome = self._config.classification.outcome(answer.status)
+            outcome = classification.outcome(answer.status)
+            if auth is None or token is None or outcome is not Outcome.AUTH or replayed:
+                break
+            auth.invalidate(token)
+            token, replayed = await auth.token(), True
         if outcome is not Outcome.ACCEPTED:
             raise _failure(outcome, answer)
-
-    async def _exchange(
-        self, method: str, url: str, headers: dict[str, str], body: bytes | None
-    ) -> Answer:
-        """One exchange with a token, and one replay when the API refuses a stale one."""
-        assert self._auth is not None  # noqa: S101 - only called with a token source
-        token = await self._auth.token()
-        headers["Authorization"] = f"Bearer {token}"
-        answer = await self._observed(method, url, headers, body)
-        if self._config.classification.outcome(answer.status) is Outcome.AUTH:
-            self._auth.invalidate(token)
-            headers["Authorization"] = f"Bearer {await self._auth.token()}"
-            answer = await self._observed(method, url, headers, body)
-        return answer
-
-    async def _observed(
-        self, method: str, url: str, headers: dict[str, str], body: bytes | None
-    ) -> Answer:
-        started = time.perf_counter()
-        try:
-            answer = await self._client.request(method, url, headers, body)
-        except SendError as error:
-            self._count(error.reason, started)
-            raise
-        self._count(metrics.status_class(answer.status), started)
-        return answer
 
     def _count(self, outcome: str, started: float) -> None:
         metrics.ATTEMPTS.labels(outcome).count += 1
