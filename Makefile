@@ -33,8 +33,9 @@ typecheck: install
 test: install tools lint typecheck
 	$(BIN)/pytest
 
+# Throughput, CPU and memory against a bare baseline; about 10 minutes (ARGS="--quick" for ~2).
 bench: install
-	$(BIN)/python bench/bench.py
+	$(BIN)/python bench/bench.py $(ARGS)
 
 # Soak under random faults (seeded): nothing lost, nothing reordered; about 3-4 minutes.
 chaos: install

