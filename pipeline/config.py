@@ -78,6 +78,8 @@ class Settings(BaseSettings):
     kafka_heartbeat_interval_ms: PositiveInt = 3_000
     kafka_rebalance_timeout_ms: PositiveInt = 30_000
     kafka_max_poll_records: PositiveInt = 500
+    kafka_fetch_max_bytes: PositiveInt = 1024 * 1024
+    kafka_max_partition_fetch_bytes: PositiveInt = 1024 * 1024
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     kafka_sasl_username: str | None = None

@@ -37,6 +37,8 @@ log = structlog.get_logger("pipeline.consumer")
 # How long one poll waits for records; the fetch loop checks nothing else between polls, so this
 # only bounds how soon an idle loop notices nothing.
 POLL_TIMEOUT_MS = 100
+# A partition no topic has: polling for it alone keeps the consumer alive and takes nothing.
+_NOTHING = TopicPartition("", -1)
 
 
 class Committed(NamedTuple):
@@ -108,6 +110,8 @@ def build_consumer(settings: Settings) -> AIOKafkaConsumer:
         heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
         rebalance_timeout_ms=settings.kafka_rebalance_timeout_ms,
         max_poll_records=settings.kafka_max_poll_records,
+        fetch_max_bytes=settings.kafka_fetch_max_bytes,
+        max_partition_fetch_bytes=settings.kafka_max_partition_fetch_bytes,
         **kafka_security(settings),
     )
 
@@ -154,9 +158,15 @@ class KafkaSource:
     # Records
 
     async def poll(
-        self, max_records: int
+        self, max_records: int, partitions: Collection[TopicPartition]
     ) -> Mapping[TopicPartition, list[ConsumerRecord[Any, Any]]]:
-        """Records fetched since the last poll, waiting at most a moment for some.
+        """Records of ``partitions`` fetched since the last poll, waiting a moment for some.
+
+        Only the partitions named are taken from: the others' fetched records stay in aiokafka's
+        buffer (one fetch each at most, and aiokafka fetches no more for a partition until its
+        records are taken), which is how a full partition is held back without fetching the
+        same records twice. With no partition named this still polls (the group needs it) but
+        takes nothing.
 
         While the group rebalances this waits for the new assignment, for as long as that takes:
         whoever needs to stop meanwhile cancels the poll, which loses nothing (records are only
@@ -166,7 +176,7 @@ class KafkaSource:
         try:
             batch: Mapping[TopicPartition, list[ConsumerRecord[Any, Any]]]
             batch = await self._consumer.getmany(
-                timeout_ms=POLL_TIMEOUT_MS, max_records=max_records
+                *(partitions or (_NOTHING,)), timeout_ms=POLL_TIMEOUT_MS, max_records=max_records
             )
         finally:
             self.polling = False
@@ -185,11 +195,6 @@ class KafkaSource:
         """Stop fetching ``tp``; fetched records of it are dropped by aiokafka and fetched again."""
         with contextlib.suppress(IllegalStateError, AssertionError):
             self._consumer.pause(tp)
-
-    def resume(self, tp: TopicPartition) -> None:
-        """Fetch ``tp`` again."""
-        with contextlib.suppress(IllegalStateError, AssertionError):
-            self._consumer.resume(tp)
 
     def position(self, tp: TopicPartition) -> int | None:
         """The next offset the consumer hands out for ``tp``, without waiting; ``None`` if unknown.

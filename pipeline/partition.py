@@ -45,12 +45,9 @@ class FlowControl(Protocol):
         ...
 
     def pause(self, tp: TopicPartition) -> None:
-        """Stop fetching ``tp``."""
+        """Stop fetching ``tp`` (a halted partition)."""
         ...
 
-    def resume(self, tp: TopicPartition) -> None:
-        """Fetch ``tp`` again."""
-        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,8 +335,10 @@ class Partitions:
                 except (LaneFullError, LaneHaltedError):
                     receipt = None
             if receipt is None:
-                self._flow.seek(tp, record.offset)  # fetched again on resume
-                self._pause(part)
+                self._flow.seek(tp, record.offset)  # fetched again once there is room
+                if part.halted is not None:
+                    self._flow.pause(part.tp)  # nothing more is fetched for it at all
+                self._hold(part)
                 break
             span.track(
                 record.offset, timestamp=record.timestamp / 1000, received=now, nbytes=nbytes
@@ -375,7 +374,7 @@ class Partitions:
             part.carried_halt = None
             metrics.HALTED.labels(*part.labels).set(0)
         if part.paused and part.may_resume(self._limits):
-            self._resume(part)
+            self._release(part)
 
     async def _let_past(self, part: Partition, record: KafkaRecord) -> None:
         """A record named in the skip list: dead-letter it (or not), then count it as done."""
@@ -388,7 +387,8 @@ class Partitions:
         """Stop a partition at a rejected record: nothing after it is sent or committed."""
         assert self._sender is not None  # noqa: S101
         part.halted = Halt(record.offset, error)
-        self._pause(part)
+        self._hold(part)
+        self._flow.pause(part.tp)
         metrics.REJECTIONS.labels(*part.labels).inc()
         metrics.HALTED.labels(*part.labels).set(1)
         # With key lanes the other keys of the partition must stop too.
@@ -404,14 +404,17 @@ class Partitions:
             body=getattr(error, "body", None),
         )
 
-    def _pause(self, part: Partition) -> None:
+    def ready(self) -> list[TopicPartition]:
+        """The partitions to poll: tracked, with room, not halted."""
+        return [tp for tp, part in self._parts.items() if not part.paused]
+
+    def _hold(self, part: Partition) -> None:
+        """Stop taking records of a full (or halted) partition until it drained to half."""
         if not part.paused:
-            self._flow.pause(part.tp)
             part.paused = True
             metrics.PAUSED.labels(*part.labels).set(1)
 
-    def _resume(self, part: Partition) -> None:
-        self._flow.resume(part.tp)
+    def _release(self, part: Partition) -> None:
         part.paused = False
         metrics.PAUSED.labels(*part.labels).set(0)
 

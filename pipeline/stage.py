@@ -239,7 +239,7 @@ class Stage:
         source, partitions = self._source, self._partitions
         max_records = self._settings.kafka_max_poll_records
         while not self._stopping.is_set():
-            batch = await source.poll(max_records)
+            batch = await source.poll(max_records, partitions.ready())
             # No await from here to the next poll: what the poll took is handed over at once.
             self._last_poll = time.monotonic()
             for tp, records in batch.items():
