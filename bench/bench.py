@@ -25,7 +25,7 @@ its own process, and each contender in its own process, so its CPU time (/proc) 
     python bench/bench.py [--quick] [--only ROW ...] [--backlog 1000000] [--repeat 3]
     make bench ARGS="--quick --only zero"
 
-The full run takes about 10 minutes; ``--quick`` shrinks every row (about 2 minutes).
+The full run takes about 7 minutes; ``--quick`` shrinks every row (about 2 minutes).
 """
 
 from __future__ import annotations

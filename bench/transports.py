@@ -35,6 +35,9 @@ import httpx
 from aiohttp import web
 from httpx_aiohttp import AiohttpTransport
 
+from pipeline.http11 import LeanClient
+from pipeline.http_client import AiohttpClient, Timeouts
+
 try:  # optional extra rows: `pip install httpx2`
     import httpx2
     from httpx_aiohttp.httpx2 import AiohttpTransport as Httpx2AiohttpTransport
@@ -207,10 +210,31 @@ async def httpx2_aiohttp_transport(concurrency: int, url: str) -> AsyncIterator[
         yield send
 
 
+@asynccontextmanager
+async def pipeline_client(client: LeanClient | AiohttpClient, url: str) -> AsyncIterator[SendFn]:
+    async with client:
+
+        async def send() -> int:
+            answer = await client.request("POST", url, HEADERS, BODY)
+            return answer.status
+
+        yield send
+
+
+def pipeline_lean(concurrency: int, url: str) -> AbstractAsyncContextManager[SendFn]:
+    return pipeline_client(LeanClient(Timeouts(TIMEOUT_S, TIMEOUT_S), concurrency), url)
+
+
+def pipeline_aiohttp(concurrency: int, url: str) -> AbstractAsyncContextManager[SendFn]:
+    return pipeline_client(AiohttpClient(Timeouts(TIMEOUT_S, TIMEOUT_S), concurrency), url)
+
+
 VARIANTS: list[tuple[str, Opener]] = [
     ("httpx default (httpcore)", httpx_default),
     ("httpx + AiohttpTransport", httpx_aiohttp_transport),
     ("aiohttp ClientSession", aiohttp_bare),
+    ("pipeline LeanClient", pipeline_lean),
+    ("pipeline AiohttpClient", pipeline_aiohttp),
 ]
 if httpx2 is not None:
     VARIANTS += [
