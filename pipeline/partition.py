@@ -49,7 +49,6 @@ class FlowControl(Protocol):
         ...
 
 
-
 @dataclass(frozen=True, slots=True)
 class FlowLimits:
     """How much a partition's tracked span may hold before the partition is paused.
