@@ -21,7 +21,6 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from pipeline.errors import InvalidRecordError
 from pipeline.http_client import BODY_EXCERPT_BYTES, Answer, ClosingClient, Timeouts, failure
 
 _Origin = tuple[str, str, int]  # scheme, host, port
@@ -141,7 +140,6 @@ class LeanClient(ClosingClient):
         self._ssl = ssl_context
         self._idle: dict[_Origin, deque[_Connection]] = {}
         self._targets: dict[str, tuple[_Origin, str, str]] = {}
-        self._closed = False
 
     async def request(
         self,
@@ -156,8 +154,8 @@ class LeanClient(ClosingClient):
         try:
             origin, host, target = self._target(url)
             request = _serialize(method, host, target, headers, body)
-        except (ValueError, UnicodeError) as error:
-            raise InvalidRecordError(f"the record cannot become a request: {error}") from error
+        except ValueError as error:  # UnicodeError included: not a request anyone can send
+            raise failure(error) from error
         idle = self._idle.get(origin)
         while idle:
             connection = idle.pop()
@@ -234,14 +232,11 @@ class LeanClient(ClosingClient):
             self._targets[url] = found
         return found
 
-    async def aclose(self) -> None:
-        """Close every idle connection; later calls do nothing."""
-        if not self._closed:
-            self._closed = True
-            for idle in self._idle.values():
-                for connection in idle:
-                    connection.close()
-            self._idle.clear()
+    async def _close(self) -> None:
+        for idle in self._idle.values():
+            for connection in idle:
+                connection.close()
+        self._idle.clear()
 
 
 class _StaleConnectionError(Exception):

@@ -1,12 +1,13 @@
 """HTTP exchanges for the sink: one request out, status and what matters of the answer back.
 
-Two clients fit the :class:`HttpClient` seam. :class:`AiohttpClient`, the default, drives aiohttp
-directly: measured on this kind of machine it costs a fraction of the CPU per request of httpx's
-stack (and of httpx over aiohttp's transport), and on a fast API that is most of what the stage
-spends per record. :class:`HttpxClient` runs any httpx transport, so tests keep using
-``httpx.MockTransport`` and users can pass a transport of their own.
+Three clients fit the :class:`HttpClient` seam. The default is the stage's own lean keep-alive
+client (:mod:`pipeline.http11`): on a fast API the client is most of what the stage spends per
+record, and measured on this kind of machine it costs a fraction of aiohttp's CPU per request,
+itself a fraction of httpx's (see the README's benchmark). :class:`AiohttpClient` drives aiohttp
+directly, for what the lean client leaves out (HTTP proxies). :class:`HttpxClient` runs any httpx
+transport, so tests keep using ``httpx.MockTransport`` and users can pass a transport of their own.
 
-Both turn failures into the pipeline's errors the same way: a refused or cut connection is a
+All turn failures into the pipeline's errors the same way: a refused or cut connection is a
 ``connection`` error, a timeout is a ``timeout``, a request the client refuses to build (a header
 with a line break) is an :class:`~pipeline.errors.InvalidRecordError`, and anything nobody
 foresaw is an :class:`~pipeline.errors.UnexpectedSendError`, retried a few times only.
@@ -51,7 +52,9 @@ class Timeouts:
 
 
 class ClosingClient:
-    """What every client shares: use as ``async with``, leaving it closes the connections."""
+    """What every client shares: use as ``async with``, leaving it closes the connections once."""
+
+    _closed = False
 
     async def __aenter__(self) -> Self:
         return self
@@ -60,7 +63,12 @@ class ClosingClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close connections; idempotent."""
+        """Close connections; later calls do nothing."""
+        if not self._closed:
+            self._closed = True
+            await self._close()
+
+    async def _close(self) -> None:
         raise NotImplementedError
 
 
@@ -124,7 +132,6 @@ class AiohttpClient(ClosingClient):
         )
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
-        self._closed = False
 
     def _open(self) -> aiohttp.ClientSession:
         # Created on first use, inside the running loop, as aiohttp wants.
@@ -161,12 +168,9 @@ class AiohttpClient(ClosingClient):
         except Exception as error:
             raise failure(error) from error
 
-    async def aclose(self) -> None:
-        """Close the pool; later calls do nothing."""
-        if not self._closed:
-            self._closed = True
-            if self._session is not None:
-                await self._session.close()
+    async def _close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
 
 
 class HttpxClient(ClosingClient):
@@ -181,7 +185,6 @@ class HttpxClient(ClosingClient):
         self._transport = transport
         timeout = httpx.Timeout(timeouts.read, connect=timeouts.connect, pool=timeouts.connect)
         self._extensions = {"timeout": timeout.as_dict()}
-        self._closed = False
 
     async def request(
         self,
@@ -211,8 +214,5 @@ class HttpxClient(ClosingClient):
             return Answer(status, body=payload if read_body else b"")
         return Answer(status, response.headers.get("retry-after"), payload[:BODY_EXCERPT_BYTES])
 
-    async def aclose(self) -> None:
-        """Close the transport; later calls do nothing."""
-        if not self._closed:
-            self._closed = True
-            await self._transport.aclose()
+    async def _close(self) -> None:
+        await self._transport.aclose()
