@@ -24,14 +24,8 @@ from typing import Literal, Protocol
 from urllib.parse import quote
 
 from pipeline import metrics
-from pipeline.errors import (
-    AuthError,
-    InvalidRecordError,
-    RejectedError,
-    RetryableSendError,
-    SendError,
-)
-from pipeline.http_client import Answer, HttpClient
+from pipeline.errors import AuthError, RejectedError, RetryableSendError, SendError
+from pipeline.http_client import Answer, HttpClient, failure
 from pipeline.policy import Classification, Outcome
 from pipeline.records import KafkaRecord, idempotency_key
 from pipeline.retry import parse_retry_after
@@ -147,8 +141,8 @@ class HttpSink:
             else:
                 method, url, headers, body = self._batch(payload)  # type: ignore[arg-type]
                 metrics.BATCH_SIZES.observe(len(payload))  # type: ignore[arg-type]
-        except (ValueError, TypeError, UnicodeError) as error:
-            raise InvalidRecordError(f"the record cannot become a request: {error}") from error
+        except (ValueError, TypeError) as error:  # UnicodeError is a ValueError
+            raise failure(error) from error
         auth = self._auth
         token = await auth.token() if auth is not None else None
         classification = self._config.classification
@@ -222,7 +216,7 @@ class HttpSink:
         assert fmt is not None  # noqa: S101 - only called in batch mode
         headers = self._headers(first)
         headers["Content-Type"] = _BATCH_CONTENT_TYPES[fmt]
-        headers["Idempotency-Key"] = f"{first.topic}/{first.partition}/{first.offset}-{last.offset}"
+        headers["Idempotency-Key"] = f"{idempotency_key(first)}-{last.offset}"
         headers["X-Kafka-Offset"] = str(first.offset)
         headers["X-Kafka-Last-Offset"] = str(last.offset)
         headers["X-Batch-Size"] = str(len(records))
@@ -252,7 +246,7 @@ def _failure(outcome: Outcome, answer: Answer) -> SendError:
         )
     return RejectedError(
         f"Space API rejected the record with {status}",
-        reason=f"{status // 100}xx" if status != 429 else "429",
+        reason=metrics.status_class(status),
         status=status,
         body=answer.body.decode("utf-8", "replace"),
     )
