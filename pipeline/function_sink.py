@@ -16,7 +16,6 @@ Returning is acceptance. An exception whose ``retryable`` attribute is false, or
 from __future__ import annotations
 
 import importlib
-import inspect
 import os
 import sys
 import time
@@ -28,7 +27,7 @@ import orjson
 from pipeline import metrics
 from pipeline.errors import AuthError, InvalidRecordError, RejectedError, RetryableSendError
 from pipeline.records import KafkaRecord, Record
-from pipeline.sender import call_blocking
+from pipeline.sender import call_blocking, is_async_callable
 
 Argument = Literal["record", "value", "json"]
 
@@ -92,9 +91,7 @@ class FunctionSink:
         batched: bool = False,
     ) -> None:
         self._function = function
-        self._is_async = inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
-            getattr(function, "__call__", None)  # noqa: B004 - an object with `async def __call__`
-        )
+        self._is_async = is_async_callable(function)
         self._convert = {"record": Record.of, "value": _value, "json": _json}[argument]
         self._reject = reject
         self._batched = batched

@@ -61,6 +61,16 @@ async def call_blocking(function: Callable[..., R], *args: object) -> R:
     return await sender._in_thread(state, function, *args)
 
 
+def is_async_callable(function: Callable[..., object]) -> bool:
+    """Whether ``function`` is awaited, or is blocking code to run in a thread.
+
+    An object whose ``__call__`` is ``async def`` counts as async too.
+    """
+    return inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
+        getattr(function, "__call__", None)  # noqa: B004 - an object with `async def __call__`
+    )
+
+
 class RetryPolicy(Protocol):
     """Decides after each failed attempt: wait this long and try again, or give up."""
 
@@ -359,9 +369,7 @@ class OrderedSender(Generic[T]):
             msg = "max_in_flight, lane_capacity and batch.max_items must be at least 1"
             raise ValueError(msg)
         self._send = send
-        self._is_async = inspect.iscoroutinefunction(send) or inspect.iscoroutinefunction(
-            getattr(send, "__call__", None)  # noqa: B004 - an object with `async def __call__`
-        )
+        self._is_async = is_async_callable(send)
         self._executor: ThreadPoolExecutor | None = None
         self._max_in_flight = max_in_flight
         self._lane_capacity = lane_capacity
@@ -393,8 +401,6 @@ class OrderedSender(Generic[T]):
         if self._state is not _State.UNOPENED:
             msg = "an OrderedSender can be opened only once"
             raise RuntimeError(msg)
-        if not self._is_async:
-            self._executor = ThreadPoolExecutor(self._max_in_flight, "ordered-sender")
         self._tasks = asyncio.TaskGroup()
         await self._tasks.__aenter__()
         self._state = _State.OPEN
