@@ -9,7 +9,6 @@ delivered nor dead-lettered; a failed produce is retried, never skipped.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaProducer
@@ -115,12 +114,3 @@ class DeadLetters:
                 await asyncio.sleep(delay)
             else:
                 return
-
-
-def describe(settings: Settings) -> dict[str, Any]:
-    """The dead-letter policy for the start-up log line."""
-    return {
-        "on_reject": settings.on_reject,
-        "dead_letter_topic": settings.dead_letter_topic,
-        "dead_letter_max_per_minute": settings.dead_letter_max_per_minute,
-    }

@@ -154,11 +154,6 @@ class Partition:
         self.span.committed = point.offset
         self.committed_note = point.metadata
 
-    def has_room(self, nbytes: int, limits: FlowLimits) -> bool:
-        """Whether the span may take one more record of ``nbytes`` (an empty one always may)."""
-        span = self.span
-        return not span or (len(span) < limits.records and span.nbytes + nbytes <= limits.nbytes)
-
     def may_resume(self, limits: FlowLimits) -> bool:
         """Whether a paused partition has drained to half its limits."""
         span = self.span
@@ -168,11 +163,6 @@ class Partition:
             and len(span) <= limits.records // 2
             and span.nbytes <= limits.nbytes // 2
         )
-
-
-def record_bytes(record: KafkaRecord) -> int:
-    """What a record weighs for the byte bound: its value (keys and headers are small)."""
-    return len(record.value or b"")
 
 
 class Partitions:
@@ -313,7 +303,7 @@ class Partitions:
         handed = 0
         skips = self._skips
         for record in records:
-            nbytes = len(record.value or b"")  # see record_bytes
+            nbytes = len(record.value or b"")  # its weight: the value (keys, headers are small)
             receipt = None
             if skips is not None and record in skips and self._spawn is not None:
                 span.track(record.offset, timestamp=record.timestamp / 1000, received=now)
@@ -327,7 +317,7 @@ class Partitions:
                     not span
                     or (len(span) < limits.records and span.nbytes + nbytes <= limits.nbytes)
                 )
-            ):  # has_room, inline: this runs for every record
+            ):  # room in the span (an empty one always takes one); inline: runs for every record
                 lane = (tp, record.key) if by_key else tp
                 try:
                     receipt = sender.try_submit(record, lane, nbytes=nbytes, tag=part)
