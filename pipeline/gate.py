@@ -26,7 +26,6 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
 
 import structlog
 
@@ -135,10 +134,6 @@ class ApiGate:
         metrics.AUTH_OUTAGE.set(int(self.auth_failing))
 
     # Admission
-
-    def attempt(self) -> _Attempt:
-        """An async context manager around one attempt: waits for admission, learns the result."""
-        return _Attempt(self)
 
     async def admit(self) -> bool:
         """Wait until an attempt may go; ``True`` when it goes as the outage's probe."""
@@ -257,23 +252,3 @@ class ApiGate:
 def _answered(error: BaseException) -> bool:
     """A failure that still shows the API up and judging: a rejection of the record."""
     return getattr(error, "retryable", True) is False
-
-
-class _Attempt:
-    __slots__ = ("_gate", "_probe")
-
-    def __init__(self, gate: ApiGate) -> None:
-        self._gate = gate
-        self._probe = False
-
-    async def __aenter__(self) -> None:
-        if not self._gate.clear:
-            self._probe = await self._gate.admit()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._gate.record(exc, self._probe)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 
@@ -19,11 +21,23 @@ def down() -> RetryableSendError:
     return RetryableSendError("unreachable", reason="connection")
 
 
+@asynccontextmanager
+async def through(gate: ApiGate) -> AsyncIterator[None]:
+    """One attempt through the gate as the sender makes it: admission, then its outcome."""
+    probe = False if gate.clear else await gate.admit()
+    try:
+        yield
+    except BaseException as error:
+        gate.record(error, probe)
+        raise
+    gate.record(None, probe)
+
+
 async def attempt(gate: ApiGate, error: BaseException | None = None) -> float:
     """One attempt through the gate that ends with ``error``; returns when it was admitted."""
     admitted = 0.0
     try:
-        async with gate.attempt():
+        async with through(gate):
             admitted = time.monotonic()
             if error is not None:
                 raise error
@@ -105,7 +119,7 @@ async def test_consecutive_failures_open_the_circuit_and_one_probe_goes_at_a_tim
     spans: list[tuple[float, float]] = []
 
     async def probe_or_wait() -> None:
-        async with gate.attempt():
+        async with through(gate):
             admitted = time.monotonic()
             await asyncio.sleep(0.05)
             spans.append((admitted, time.monotonic()))
