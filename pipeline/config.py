@@ -170,11 +170,6 @@ class Settings(BaseSettings):
         AnyHttpUrl(sample)  # raises with pydantic's own words when it is no http(s) URL
         return value
 
-    @field_validator("space_api_method", mode="before")
-    @classmethod
-    def _upper_method(cls, value: object) -> object:
-        return value.upper() if isinstance(value, str) else value
-
     @field_validator("sink_function")
     @classmethod
     def _import_function(cls, value: str | None) -> str | None:
@@ -224,9 +219,9 @@ class Settings(BaseSettings):
                 raise ValueError(msg) from None
         return value
 
-    @field_validator("log_level", mode="before")
+    @field_validator("space_api_method", "log_level", mode="before")
     @classmethod
-    def _upper_level(cls, value: object) -> object:
+    def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
     @field_validator("log_format", mode="before")
