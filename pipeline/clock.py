@@ -1,4 +1,4 @@
-"""Time, as a seam: the sender, the gate and the stage read it here, and tests pass a fake."""
+"""Time, as a seam: the sender and its retry-log summaries read it here; tests pass a fake."""
 
 from __future__ import annotations
 
