@@ -13,8 +13,8 @@ import sys
 from collections.abc import Iterable, Iterator
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+
+from pipeline.dev.broker import create_topic
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,14 +47,8 @@ def stdin_records(lines: Iterable[bytes]) -> Iterator[tuple[bytes | None, bytes]
 
 async def produce(args: argparse.Namespace) -> int:
     """Create the topic if needed and write the records; returns how many were written."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=args.bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(args.topic, args.partitions, 1)])
-    except TopicAlreadyExistsError:
-        pass
-    finally:
-        await admin.close()
+    # An existing topic is kept as it is: the broker answers with an error code, not an exception.
+    await create_topic(args.bootstrap, args.topic, args.partitions)
     records = stdin_records(sys.stdin.buffer) if args.stdin else sample_records(args.count)
     producer = AIOKafkaProducer(bootstrap_servers=args.bootstrap, linger_ms=5)
     await producer.start()
