@@ -48,7 +48,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import httpx
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from measure import (
     MIB,
     FileProgress,
@@ -61,7 +61,7 @@ from measure import (
 )
 from produce import produce
 
-from pipeline.dev.broker import EmbeddedBroker, create_topic, free_port
+from pipeline.dev.broker import EmbeddedBroker, committed_offsets, create_topic, free_port
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -229,20 +229,13 @@ class Bench:
 
     async def committed(self, env: dict[str, str]) -> int:
         """Sum of the group's committed offsets over the topic's partitions."""
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, group_id=env["PIPELINE_KAFKA_GROUP_ID"],
-            enable_auto_commit=False,
-        )  # fmt: skip
-        await consumer.start()
-        try:
-            topic = env["PIPELINE_KAFKA_TOPICS"]
-            found = [
-                await consumer.committed(TopicPartition(topic, p))
-                for p in range(self.sizes.partitions)
-            ]
-        finally:
-            await consumer.stop()
-        return sum(offset or 0 for offset in found)
+        found = await committed_offsets(
+            self.bootstrap,
+            env["PIPELINE_KAFKA_TOPICS"],
+            self.sizes.partitions,
+            env["PIPELINE_KAFKA_GROUP_ID"],
+        )
+        return sum(offset or 0 for offset in found.values())
 
     async def pair(self, topic: str, url: str, latency_ms: float, expected: int) -> list[Run]:
         """Baseline and stage on the same records, interleaved ``repeat`` times; median by rate."""

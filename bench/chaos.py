@@ -52,7 +52,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.faultproxy
 
-from pipeline.dev.broker import EmbeddedBroker, create_topic, free_port
+from pipeline.dev.broker import EmbeddedBroker, create_topic, free_port, numbered_record
 from pipeline.dev.stub_api import FaultWindow, StubConfig, StubServer, StubStats
 from pipeline.logging import configure_logging
 from tests.faultproxy import FaultProxy
@@ -258,12 +258,8 @@ class Producer:
                     i, partition = self.sent, self.sent % self.partitions
                     self.sent += 1
                     try:
-                        sent = await producer.send(
-                            self.topic,
-                            value=b'{"seq": %d, "payload": "%s"}' % (i, b"x" * 64),
-                            key=b"item-%d" % i,
-                            partition=partition,
-                        )
+                        key, value = numbered_record(i)
+                        sent = await producer.send(self.topic, value, key=key, partition=partition)
                     except Exception:  # a batch that timed out during a cut: the log decides
                         self.failed += 1
                         continue

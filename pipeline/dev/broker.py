@@ -148,6 +148,25 @@ async def create_topic(bootstrap_servers: str, topic: str, partitions: int) -> N
         await admin.close()
 
 
+def numbered_record(i: int) -> tuple[bytes, bytes]:
+    """Key and value of record number ``i``: the value names ``seq``, which the stub API checks."""
+    return b"item-%d" % i, b'{"seq": %d, "payload": "%s"}' % (i, b"x" * 64)
+
+
+async def committed_offsets(
+    bootstrap_servers: str, topic: str, partitions: int, group: str
+) -> dict[int, int | None]:
+    """The group's committed offset of each partition of ``topic``, as the broker reports it."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: PLC0415
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=group)
+    await consumer.start()
+    try:
+        return {p: await consumer.committed(TopicPartition(topic, p)) for p in range(partitions)}
+    finally:
+        await consumer.stop()
+
+
 async def produce_numbered(
     bootstrap_servers: str, topic: str, partitions: int, count: int, *, start: int = 0
 ) -> None:
@@ -160,15 +179,10 @@ async def produce_numbered(
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, linger_ms=5)
     await producer.start()
     try:
-        sent = [
-            await producer.send(
-                topic,
-                value=b'{"seq": %d, "payload": "%s"}' % (i, b"x" * 64),
-                key=b"item-%d" % i,
-                partition=i % partitions,
-            )
-            for i in range(start, start + count)
-        ]
+        sent = []
+        for i in range(start, start + count):
+            key, value = numbered_record(i)
+            sent.append(await producer.send(topic, value, key=key, partition=i % partitions))
         await producer.flush()
         await asyncio.gather(*sent)
     finally:

@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from pipeline.config import Settings
-from pipeline.dev.broker import EmbeddedBroker, create_topic, produce_numbered
+from pipeline.dev.broker import EmbeddedBroker, committed_offsets, create_topic, produce_numbered
 from pipeline.dev.stub_api import FaultWindow, StubConfig, StubServer
 from pipeline.http_client import AiohttpClient, Timeouts
 from pipeline.http_sink import HttpSink, HttpSinkConfig
@@ -72,7 +72,9 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> int:
         )
         stage = Stage(settings)
         elapsed = await _run_stage(stage, stub, options.records, console)
-        committed = await _committed(broker.bootstrap_servers, options.partitions)
+        committed = await committed_offsets(
+            broker.bootstrap_servers, TOPIC, options.partitions, GROUP
+        )
         stats = stub.stats()
         folk_rate = await _folk_way(stub, broker.bootstrap_servers, options)
 
@@ -149,15 +151,6 @@ async def _run_stage(stage: Stage, stub: StubServer, records: int, console: Cons
         stage.stop()
     first = stats.first_request_at or started or time.monotonic()
     return (stats.last_accept_at or time.monotonic()) - first
-
-
-async def _committed(bootstrap_servers: str, partitions: int) -> dict[int, int | None]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=GROUP)
-    await consumer.start()
-    try:
-        return {p: await consumer.committed(TopicPartition(TOPIC, p)) for p in range(partitions)}
-    finally:
-        await consumer.stop()
 
 
 async def _folk_way(stub: StubServer, bootstrap_servers: str, options: DemoOptions) -> float:
