@@ -33,7 +33,7 @@ typecheck: install
 test: install tools lint typecheck
 	$(BIN)/pytest
 
-# Throughput, CPU and memory against a bare baseline; about 10 minutes (ARGS="--quick" for ~2).
+# Throughput, CPU and memory against a bare baseline; about 7 minutes (ARGS="--quick" for ~2).
 bench: install
 	$(BIN)/python bench/bench.py $(ARGS)
 

@@ -43,7 +43,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -524,16 +523,16 @@ def import_report() -> str:
     )  # fmt: skip
     # "import time: <self us> | <cumulative us> | <indent><module>", children before their parent
     trace = [
-        (int(m[1]), len(m[3]) - len(m[3].lstrip()), m[3].strip(), int(m[2]))
-        for m in re.finditer(r"import time:\s+(\d+) \|\s+(\d+) \|( +\S+)", out.stderr)
+        (int(m[1]), len(m[2]) - len(m[2].lstrip()), m[2].strip())
+        for m in re.finditer(r"import time:\s+(\d+) \|\s+\d+ \|( +\S+)", out.stderr)
     ]
     by_package: dict[str, int] = {}
-    for us, _, name, _ in trace:
+    for us, _, name in trace:
         by_package[name.split(".")[0]] = by_package.get(name.split(".")[0], 0) + us
     heavy = sorted(by_package.items(), key=lambda kv: -kv[1])[:6]
     unwanted = [
-        (depth, name, next((n for _, d, n, _ in trace[i + 1 :] if d < depth), "?"))
-        for i, (_, depth, name, _) in enumerate(trace)
+        (depth, name, next((n for _, d, n in trace[i + 1 :] if d < depth), "?"))
+        for i, (_, depth, name) in enumerate(trace)
         if name.startswith(DEV_ONLY)
     ]
     roots = [f"`{name}` (imported by `{parent}`)" for _, name, parent in unwanted
@@ -613,12 +612,13 @@ async def main(args: argparse.Namespace) -> int:
     repeat = args.repeat or (1 if args.quick else 3)
     began, when = time.monotonic(), datetime.datetime.now(datetime.UTC)
     state = git_state()
-    rows: dict[str, Callable[[], Coroutine[None, None, None]]]
-    async with EmbeddedBroker() as broker, bench_of(broker, sizes, repeat) as bench:
-        rows = {name: getattr(bench, name) for name in ROWS}
+    async with (
+        EmbeddedBroker() as broker,
+        contextlib.aclosing(Bench(broker, sizes, repeat)) as bench,
+    ):
         for name in args.only or ROWS:
             print(f"[{time.monotonic() - began:6.0f} s] {name} ...", file=sys.stderr, flush=True)
-            await rows[name]()
+            await getattr(bench, name)()
     took = time.monotonic() - began
     text, md = render(bench.lines)
     command = "python bench/bench.py " + " ".join(sys.argv[1:])
@@ -630,15 +630,6 @@ async def main(args: argparse.Namespace) -> int:
     for note in bench.notes:
         print(f"- {note}")
     return 0
-
-
-@contextlib.asynccontextmanager
-async def bench_of(broker: EmbeddedBroker, sizes: Sizes, repeat: int) -> AsyncIterator[Bench]:
-    bench = Bench(broker, sizes, repeat)
-    try:
-        yield bench
-    finally:
-        await bench.aclose()
 
 
 if __name__ == "__main__":

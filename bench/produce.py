@@ -33,11 +33,12 @@ async def produce(
         for i in range(count):
             partition = i % partitions
             batch = batches[partition]
-            if batch.append(key=b"item-%d" % i, value=value(i, value_bytes), timestamp=None):
+            record = {"key": b"item-%d" % i, "value": value(i, value_bytes), "timestamp": None}
+            if batch.append(**record):
                 continue
             pending.append(await producer.send_batch(batch, topic, partition=partition))
             batch = batches[partition] = producer.create_batch()
-            batch.append(key=b"item-%d" % i, value=value(i, value_bytes), timestamp=None)
+            batch.append(**record)
             if len(pending) >= IN_FLIGHT:
                 await pending.pop(0)
         for partition, batch in enumerate(batches):
