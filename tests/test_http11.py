@@ -63,6 +63,18 @@ async def server(handler: Handler, ssl_context: ssl.SSLContext | None = None) ->
         await srv.wait_closed()
 
 
+def replying(raw: bytes) -> Handler:
+    """A handler that reads one request and answers ``raw``; ``server()`` then closes the
+    connection."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(raw)
+        await writer.drain()
+
+    return handler
+
+
 def client(**timeouts: float) -> LeanClient:
     return LeanClient(Timeouts(**timeouts), 8)
 
@@ -105,14 +117,7 @@ async def test_requests_reuse_one_keep_alive_connection_and_arrive_exactly() -> 
 async def test_a_connection_the_server_dropped_while_idle_is_replaced_silently() -> None:
     """The server closes keep-alive connections after one answer without saying so: the next
     request notices, and goes again on a new connection, without an error."""
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(OK)
-        await writer.drain()
-        writer.close()  # no "Connection: close": a stale keep-alive connection
-
-    async with server(handler) as base, client() as http:
+    async with server(replying(OK)) as base, client() as http:
         statuses = [(await http.request("POST", base, {}, b"x")).status for _ in range(5)]
 
     assert [204] * 5 == statuses
@@ -130,14 +135,7 @@ async def test_a_connection_the_server_dropped_while_idle_is_replaced_silently()
 )
 async def test_an_answer_body_is_read_whatever_its_framing(answer: bytes) -> None:
     """A refusal's body comes whole, framed by length, chunks or the closing socket."""
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(answer)
-        await writer.drain()
-        writer.close()
-
-    async with server(handler) as base, client() as http:
+    async with server(replying(answer)) as base, client() as http:
         result = await http.request("POST", base, {}, b"x")
 
     assert (422, b"bad field") == (result.status, result.body)
@@ -145,13 +143,8 @@ async def test_an_answer_body_is_read_whatever_its_framing(answer: bytes) -> Non
 
 async def test_retry_after_is_read_from_the_answer() -> None:
     """A 429's Retry-After header comes back with the status."""
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 429 Too Many\r\nRetry-After: 7\r\nContent-Length: 0\r\n\r\n")
-        await writer.drain()
-
-    async with server(handler) as base, client() as http:
+    answer = b"HTTP/1.1 429 Too Many\r\nRetry-After: 7\r\nContent-Length: 0\r\n\r\n"
+    async with server(replying(answer)) as base, client() as http:
         result = await http.request("POST", base, {}, b"x")
 
     assert (429, "7") == (result.status, result.retry_after)
@@ -177,14 +170,8 @@ async def test_a_slow_answer_is_a_timeout_and_a_refused_connection_is_unreachabl
 
 async def test_a_connection_cut_mid_answer_is_a_connection_error() -> None:
     """Half an answer, then the socket closes: a retryable connection failure."""
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
-        await writer.drain()
-        writer.close()
-
-    async with server(handler) as base, client() as http:
+    half = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part"
+    async with server(replying(half)) as base, client() as http:
         with pytest.raises(RetryableSendError) as raised:
             await http.request("POST", base, {}, b"x")
 
@@ -193,13 +180,7 @@ async def test_a_connection_cut_mid_answer_is_a_connection_error() -> None:
 
 async def test_garbage_instead_of_http_is_a_connection_error() -> None:
     """An answer that is not HTTP fails the exchange, retryably, and drops the connection."""
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"SSH-2.0-OpenSSH\r\n\r\n")
-        await writer.drain()
-
-    async with server(handler) as base, client() as http:
+    async with server(replying(b"SSH-2.0-OpenSSH\r\n\r\n")) as base, client() as http:
         with pytest.raises(RetryableSendError):
             await http.request("POST", base, {}, b"x")
 
@@ -224,13 +205,7 @@ async def test_https_with_the_given_trust() -> None:
     cert.configure_cert(server_ctx)
     client_ctx = ssl.create_default_context()
     authority.configure_trust(client_ctx)
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(OK)
-        await writer.drain()
-
-    async with server(handler, server_ctx) as base:
+    async with server(replying(OK), server_ctx) as base:
         async with LeanClient(Timeouts(), 4, client_ctx) as http:
             result = await http.request("POST", base, {}, b"x")
         async with client() as untrusting:
