@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -20,6 +21,7 @@ URL = "https://space.example/v1/records"
 TOKEN = "s3cret"
 
 Handler = Callable[[httpx.Request], httpx.Response]
+E = TypeVar("E", bound=Exception)
 
 
 class FakeServer:
@@ -58,6 +60,14 @@ async def api(server: FakeServer) -> AsyncIterator[HttpSink]:
 
 def answering(status: int, **kwargs: object) -> Handler:
     return lambda request: httpx.Response(status, **kwargs)
+
+
+async def raised_by(handler: Handler, error_type: type[E]) -> E:
+    """The ``error_type`` that sending one record to ``handler`` raises."""
+    async with sink_for(handler) as api:
+        with pytest.raises(error_type) as raised:
+            await api.send(Record())
+    return raised.value
 
 
 # The request
@@ -190,29 +200,33 @@ async def test_a_2xx_answer_accepts_the_record(status: int) -> None:
 async def test_a_retryable_status_raises_a_retryable_send_error(status: int, reason: str) -> None:
     """408, 409 (a request with the same Idempotency-Key still in progress), 425, 429 and 5xx
     may succeed later: RetryableSendError, ``retryable`` true."""
-    server = FakeServer(answering(status, text="busy"))
+    error = await raised_by(FakeServer(answering(status, text="busy")), RetryableSendError)
 
-    async with sink_for(server) as api:
-        with pytest.raises(RetryableSendError) as raised:
-            await api.send(Record())
-
-    error = raised.value
     assert error.retryable is True
     assert status == error.status
     assert reason == error.reason
     assert error.retry_after is None
 
 
-@pytest.mark.parametrize("status", [429, 503])
-async def test_retry_after_in_seconds_is_read_from_the_answer(status: int) -> None:
-    """``Retry-After: 7`` on a 429 or 503 becomes ``retry_after == 7``."""
-    server = FakeServer(answering(status, headers={"Retry-After": "7"}))
+@pytest.mark.parametrize(
+    ("status", "headers", "expected"),
+    [
+        (429, {"Retry-After": "7"}, 7.0),
+        (503, {"Retry-After": "7"}, 7.0),
+        (429, {"Retry-After": "whenever"}, None),
+        (503, [(b"Retry-After", b"\xb2")], None),
+    ],
+    ids=["seconds-429", "seconds-503", "unreadable", "non-ascii-bytes"],
+)
+async def test_retry_after_in_seconds_is_read_and_garbage_is_ignored(
+    status: int, headers: object, expected: float | None
+) -> None:
+    """``Retry-After: 7`` on a 429 or 503 becomes ``retry_after == 7``; a garbage Retry-After
+    (not a number, or not even ASCII) still gives a retryable error, with no delay of its
+    own."""
+    error = await raised_by(FakeServer(answering(status, headers=headers)), RetryableSendError)
 
-    async with sink_for(server) as api:
-        with pytest.raises(RetryableSendError) as raised:
-            await api.send(Record())
-
-    assert 7.0 == raised.value.retry_after
+    assert expected == error.retry_after
 
 
 async def test_retry_after_as_an_http_date_is_read_from_the_answer() -> None:
@@ -220,34 +234,10 @@ async def test_retry_after_as_an_http_date_is_read_from_the_answer() -> None:
     when = format_datetime(datetime.now(UTC) + timedelta(seconds=120), usegmt=True)
     server = FakeServer(answering(503, headers={"Retry-After": when}))
 
-    async with sink_for(server) as api:
-        with pytest.raises(RetryableSendError) as raised:
-            await api.send(Record())
+    error = await raised_by(server, RetryableSendError)
 
-    assert raised.value.retry_after is not None
-    assert 110.0 < raised.value.retry_after <= 120.0
-
-
-async def test_an_unreadable_retry_after_is_ignored() -> None:
-    """A garbage Retry-After still gives a retryable error, with no delay of its own."""
-    server = FakeServer(answering(429, headers={"Retry-After": "whenever"}))
-
-    async with sink_for(server) as api:
-        with pytest.raises(RetryableSendError) as raised:
-            await api.send(Record())
-
-    assert raised.value.retry_after is None
-
-
-async def test_a_retry_after_of_non_ascii_bytes_is_ignored() -> None:
-    """A Retry-After that is not a number still gives a RetryableSendError."""
-    server = FakeServer(answering(503, headers=[(b"Retry-After", b"\xb2")]))
-
-    async with sink_for(server) as api:
-        with pytest.raises(RetryableSendError) as raised:
-            await api.send(Record())
-
-    assert raised.value.retry_after is None
+    assert error.retry_after is not None
+    assert 110.0 < error.retry_after <= 120.0
 
 
 @pytest.mark.parametrize("status", [400, 404, 405, 410, 413, 422])
@@ -255,13 +245,8 @@ async def test_any_other_4xx_rejects_the_record_with_status_and_body_excerpt(sta
     """A status neither retried nor an auth failure is RejectedError, ``retryable`` false, with
     the start of the body."""
     body = "field 'id' is required. " * 50
-    server = FakeServer(answering(status, text=body))
+    error = await raised_by(FakeServer(answering(status, text=body)), RejectedError)
 
-    async with sink_for(server) as api:
-        with pytest.raises(RejectedError) as raised:
-            await api.send(Record())
-
-    error = raised.value
     assert error.retryable is False
     assert status == error.status
     assert "4xx" == error.reason
@@ -271,13 +256,11 @@ async def test_any_other_4xx_rejects_the_record_with_status_and_body_excerpt(sta
 @pytest.mark.parametrize("status", [401, 403, 407])
 async def test_an_auth_status_is_an_auth_outage_not_a_rejection(status: int) -> None:
     """401, 403 and 407 say nothing about the record: AuthError, retried, an outage."""
-    async with sink_for(FakeServer(answering(status))) as api:
-        with pytest.raises(AuthError) as raised:
-            await api.send(Record())
+    error = await raised_by(FakeServer(answering(status)), AuthError)
 
-    assert raised.value.retryable is True
-    assert "auth" == raised.value.outage
-    assert status == raised.value.status
+    assert error.retryable is True
+    assert "auth" == error.outage
+    assert status == error.status
 
 
 async def test_the_classification_is_configurable() -> None:
@@ -314,11 +297,8 @@ async def test_transport_failures_raise_retryable_send_errors(
     def fail(request: httpx.Request) -> httpx.Response:
         raise failure
 
-    async with sink_for(fail) as api:
-        with pytest.raises(RetryableSendError) as raised:
-            await api.send(Record())
+    error = await raised_by(fail, RetryableSendError)
 
-    error = raised.value
     assert error.retryable is True
     assert reason == error.reason
     assert error.status is None
@@ -518,11 +498,8 @@ async def test_an_unexpected_failure_is_retried_a_few_times_only() -> None:
     def broken(request: httpx.Request) -> httpx.Response:
         raise RuntimeError("a bug")
 
-    async with sink_for(broken) as api:
-        with pytest.raises(UnexpectedSendError) as raised:
-            await api.send(Record())
+    error = await raised_by(broken, UnexpectedSendError)
 
-    error = raised.value
     backoff = Backoff()
     assert backoff.retry_delay(error, 1) is not None
     assert backoff.retry_delay(error, error.max_attempts) is None
