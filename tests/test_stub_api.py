@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import math
 import time
@@ -353,10 +354,20 @@ async def test_close_is_idempotent() -> None:
         ({"throttle_rate": -0.1}, "throttle_rate must be between 0 and 1"),
         ({"error_rate": 0.6, "reject_rate": 0.6}, "must be <= 1"),
         ({"latency_ms": -1}, "latency_ms must not be negative"),
+        ({"path": "items"}, "path must start with '/'"),
+        ({"path": "/items/"}, "path must start with '/'"),
+        ({"path": "/stats"}, "overlap the stub's own /stats"),
+        ({"path": "/oauth2"}, "overlap the stub's own /oauth2/token"),
+        ({"auth_status": 402}, "auth_status must be 401, 403 or 407"),
+        ({"token": ""}, "token must not be empty"),
+        ({"oauth2_client_id": "a"}, "must both be set"),
+        ({"token": "t", "oauth2_client_id": "a", "oauth2_client_secret": "b"}, "alternatives"),
+        ({"oauth2_expires_in_s": 0}, "oauth2_expires_in_s must be positive"),
+        ({"token_latency_ms": -1}, "token_latency_ms must not be negative"),
     ],
 )
-def test_config_rejects_impossible_settings(kwargs: dict[str, float], message: str) -> None:
-    """Bad fault settings fail at once, naming the setting."""
+def test_config_rejects_impossible_settings(kwargs: dict[str, object], message: str) -> None:
+    """Bad fault, path and auth settings fail at construction, naming the setting."""
     with pytest.raises(ValueError, match=message):
         StubConfig(**kwargs)  # type: ignore[arg-type]
 
@@ -557,9 +568,7 @@ async def test_token_endpoint_issues_bearer_tokens_for_form_or_basic_credentials
     client: httpx.AsyncClient,
 ) -> None:
     """Client credentials work as form fields or as HTTP Basic, and the token opens the API."""
-    config = StubConfig(
-        latency_ms=0, oauth2_client_id="app", oauth2_client_secret=SECRET, oauth2_expires_in_s=60
-    )
+    config = dataclasses.replace(OAUTH, oauth2_expires_in_s=60)
     async with StubServer(config) as stub:
         by_form = await request_token(client, stub)
         by_basic = await client.post(
@@ -599,9 +608,7 @@ async def test_the_api_requires_a_live_token_issued_by_the_endpoint(
     client: httpx.AsyncClient,
 ) -> None:
     """Made-up, expired and revoked tokens all get auth_status; a fresh one works again."""
-    config = StubConfig(
-        latency_ms=0, oauth2_client_id="app", oauth2_client_secret=SECRET, oauth2_expires_in_s=0.3
-    )
+    config = dataclasses.replace(OAUTH, oauth2_expires_in_s=0.3)
     async with StubServer(config) as stub:
         token = await request_token(client, stub)
         made_up = await send(client, stub.url, "t", 0, 0, headers={"Authorization": "Bearer x"})
@@ -639,9 +646,7 @@ async def test_token_latency_makes_concurrent_token_requests_visible(
     client: httpx.AsyncClient,
 ) -> None:
     """With slow token answers, a client without single-flight refresh shows up at once."""
-    config = StubConfig(
-        latency_ms=0, oauth2_client_id="app", oauth2_client_secret=SECRET, token_latency_ms=150
-    )
+    config = dataclasses.replace(OAUTH, token_latency_ms=150)
     async with StubServer(config) as stub:
         started = time.monotonic()
         await asyncio.gather(*(request_token(client, stub) for _ in range(3)))
@@ -936,9 +941,7 @@ async def test_new_stats_round_trip_over_http_and_reset_clears_them(
     client: httpx.AsyncClient,
 ) -> None:
     """Every field survives GET /stats; reset leaves the same snapshot as a new stub."""
-    config = StubConfig(
-        latency_ms=0, oauth2_client_id="app", oauth2_client_secret=SECRET, throttle_burst=1
-    )
+    config = dataclasses.replace(OAUTH, throttle_burst=1)
     async with StubServer(config) as stub:
         token = await request_token(client, stub, scope="s")
         await send(client, stub.url, "t", 0, 0)  # no token
@@ -971,27 +974,6 @@ async def test_new_stats_round_trip_over_http_and_reset_clears_them(
 
 
 # --- configuration and CLI ---------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"path": "items"}, "path must start with '/'"),
-        ({"path": "/items/"}, "path must start with '/'"),
-        ({"path": "/stats"}, "overlap the stub's own /stats"),
-        ({"path": "/oauth2"}, "overlap the stub's own /oauth2/token"),
-        ({"auth_status": 402}, "auth_status must be 401, 403 or 407"),
-        ({"token": ""}, "token must not be empty"),
-        ({"oauth2_client_id": "a"}, "must both be set"),
-        ({"token": "t", "oauth2_client_id": "a", "oauth2_client_secret": "b"}, "alternatives"),
-        ({"oauth2_expires_in_s": 0}, "oauth2_expires_in_s must be positive"),
-        ({"token_latency_ms": -1}, "token_latency_ms must not be negative"),
-    ],
-)
-def test_config_rejects_impossible_access_settings(kwargs: dict[str, object], message: str) -> None:
-    """Path and auth settings fail at construction, naming the setting."""
-    with pytest.raises(ValueError, match=message):
-        StubConfig(**kwargs)  # type: ignore[arg-type]
 
 
 def test_cli_flags_for_path_auth_oauth2_and_faults_build_the_config() -> None:
