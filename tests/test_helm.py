@@ -193,13 +193,8 @@ def merged(*layers: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def all_features() -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.safe_load(ALL_FEATURES.read_text())
-    return loaded
-
-
-def function_sink() -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.safe_load(FUNCTION_SINK.read_text())
+def load_values(path: Path) -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(path.read_text())
     return loaded
 
 
@@ -252,7 +247,11 @@ def configmap_env(docs: list[dict[str, Any]], release: str = RELEASE) -> dict[st
     return data
 
 
-VARIANTS = {"defaults": {}, "all-features": all_features(), "function-sink": function_sink()}
+VARIANTS = {
+    "defaults": {},
+    "all-features": load_values(ALL_FEATURES),
+    "function-sink": load_values(FUNCTION_SINK),
+}
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -285,7 +284,7 @@ def test_default_render_has_only_core_objects(chart: helm.Chart) -> None:
 
 def test_all_features_render_every_optional_kind(chart: helm.Chart) -> None:
     """The all-features values render monitors, rules, dashboard, KEDA, policy and extras."""
-    kinds = {doc["kind"] for doc in render(chart, all_features())}
+    kinds = {doc["kind"] for doc in render(chart, load_values(ALL_FEATURES))}
     assert kinds >= {
         "PodMonitor",
         "PrometheusRule",
@@ -388,7 +387,7 @@ def test_config_keys_are_settings_fields(chart: helm.Chart) -> None:
     schema = chart.schema
     assert schema is not None
     fields = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
-    files = {ALL_FEATURES.name: all_features(), FUNCTION_SINK.name: function_sink()}
+    files = {path.name: load_values(path) for path in (ALL_FEATURES, FUNCTION_SINK)}
     for key in schema["properties"]["config"]["properties"]:
         assert any(key in values["config"] for values in files.values()), (
             f"neither {' nor '.join(files)} exercises config.{key}"
@@ -566,7 +565,7 @@ def test_keda_scaled_object_follows_config(chart: helm.Chart) -> None:
 
 def test_keda_all_features(chart: helm.Chart) -> None:
     """All-features KEDA: maxReplicaCount 12 = partitionCount, TriggerAuthentication referenced."""
-    values = all_features()
+    values = load_values(ALL_FEATURES)
     scaled = only(render(chart, values), "ScaledObject")["spec"]
     assert scaled["maxReplicaCount"] == values["keda"]["partitionCount"]
     (trigger,) = scaled["triggers"]
@@ -650,8 +649,9 @@ def test_oauth2_client_secret_reference(
     }
     env = configmap_env(docs)
     assert "PIPELINE_OAUTH2_CLIENT_SECRET" not in env
-    pod_environment(monkeypatch, {**env, "PIPELINE_OAUTH2_CLIENT_SECRET": "from-the-secret"})
-    settings = load_settings(env_file=None)
+    settings = pod_settings(
+        monkeypatch, {**env, "PIPELINE_OAUTH2_CLIENT_SECRET": "from-the-secret"}
+    )
     assert settings.oauth2_token_url == OAUTH2_CONFIG["oauth2TokenUrl"]
     assert settings.oauth2_secret == "from-the-secret"
 
@@ -694,7 +694,7 @@ def test_oauth2_conflicts_fail_rendering(
 
 def test_secret_references_and_tls_mount(chart: helm.Chart) -> None:
     """OAuth2 secret, SASL password and TLS files point at the named Secrets and mount path."""
-    docs = render(chart, all_features())
+    docs = render(chart, load_values(ALL_FEATURES))
     env = {e["name"]: e for e in container(docs)["env"]}
     assert env["PIPELINE_OAUTH2_CLIENT_SECRET"]["valueFrom"]["secretKeyRef"] == {
         "name": "space-api-oauth2",
@@ -768,7 +768,7 @@ def test_service_monitor_scrapes_metrics_service(chart: helm.Chart) -> None:
 
 def test_pod_monitor_settings(chart: helm.Chart) -> None:
     """The PodMonitor carries additionalLabels, interval, relabelings and a namespace override."""
-    monitor = only(render(chart, all_features()), "PodMonitor")
+    monitor = only(render(chart, load_values(ALL_FEATURES)), "PodMonitor")
     assert monitor["metadata"]["namespace"] == "monitoring"
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
@@ -780,7 +780,7 @@ def test_pod_monitor_settings(chart: helm.Chart) -> None:
 def test_prometheus_rule_embeds_alerts_file(chart: helm.Chart) -> None:
     """The PrometheusRule holds files/alerts.yaml's groups verbatim, then additionalGroups."""
     rules_file = yaml.safe_load((CHART_DIR / "files" / "alerts.yaml").read_text())
-    rule = only(render(chart, all_features()), "PrometheusRule")
+    rule = only(render(chart, load_values(ALL_FEATURES)), "PrometheusRule")
     assert rule["metadata"]["namespace"] == "monitoring"
     assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     groups = rule["spec"]["groups"]
@@ -790,7 +790,7 @@ def test_prometheus_rule_embeds_alerts_file(chart: helm.Chart) -> None:
 
 def test_grafana_dashboard_configmap(chart: helm.Chart) -> None:
     """The dashboard ConfigMap has the sidecar label, folder annotation and the JSON file as is."""
-    docs = render(chart, all_features())
+    docs = render(chart, load_values(ALL_FEATURES))
     (dashboard,) = [d for d in docs if d["metadata"]["name"].endswith("-dashboard")]
     assert dashboard["kind"] == "ConfigMap"
     assert dashboard["metadata"]["namespace"] == "grafana"
@@ -802,7 +802,7 @@ def test_grafana_dashboard_configmap(chart: helm.Chart) -> None:
 
 def test_network_policy_admits_only_metrics_port(chart: helm.Chart) -> None:
     """Ingress is limited to the metrics port from the configured peers; egress as configured."""
-    policy = only(render(chart, all_features()), "NetworkPolicy")["spec"]
+    policy = only(render(chart, load_values(ALL_FEATURES)), "NetworkPolicy")["spec"]
     (ingress,) = policy["ingress"]
     assert ingress["ports"] == [{"port": "metrics", "protocol": "TCP"}]
     assert ingress["from"][0]["namespaceSelector"]["matchLabels"] == {
@@ -817,7 +817,9 @@ def test_network_policy_admits_only_metrics_port(chart: helm.Chart) -> None:
 def test_extra_objects_are_templated(chart: helm.Chart) -> None:
     """extraObjects render, as objects or strings, through tpl."""
     names = {
-        d["metadata"]["name"] for d in render(chart, all_features()) if d["kind"] == "ConfigMap"
+        d["metadata"]["name"]
+        for d in render(chart, load_values(ALL_FEATURES))
+        if d["kind"] == "ConfigMap"
     }
     assert {f"{RELEASE}-extra", f"{RELEASE}-extra-string"} <= names
 
@@ -978,11 +980,11 @@ def lookup(values: dict[str, Any], path: str) -> Any:
     return node
 
 
-def test_readme_values_table_matches_values_yaml() -> None:
+def test_readme_values_table_matches_values_yaml(chart: helm.Chart) -> None:
     """Every key the chart README's Values table names exists in values.yaml, with the documented
     default. A Default cell holds one `YAML literal` per key (or one for all of them), separated
     by ` / `; a row may name a pattern (`config.<camelCaseField>`) only with "see values.yaml"."""
-    values = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
+    values = chart.values
     rows = readme_values_rows()
     assert len(rows) >= 30, "the Values table was not found or not parsed"
     problems: list[str] = []
@@ -1014,9 +1016,9 @@ def test_readme_values_table_matches_values_yaml() -> None:
     assert checked >= 60
 
 
-def test_readme_values_table_documents_every_top_level_value() -> None:
+def test_readme_values_table_documents_every_top_level_value(chart: helm.Chart) -> None:
     """Every top-level key of values.yaml has a row in the chart README's Values table."""
-    values = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
+    values = chart.values
     documented = {
         key.split(".")[0]
         for key_cell, _ in readme_values_rows()
@@ -1034,6 +1036,12 @@ def pod_environment(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> Non
         monkeypatch.delenv(name)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
+
+
+def pod_settings(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> Settings:
+    """The stage's settings, loaded as at its start with ``env`` as the pod's environment."""
+    pod_environment(monkeypatch, env)
+    return load_settings(env_file=None)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -1059,12 +1067,11 @@ def test_service_link_variables_would_stop_the_stage(
         f"{prefix}_PORT": "tcp://10.0.0.7:9400",
         f"{prefix}_PORT_9400_TCP": "tcp://10.0.0.7:9400",
     }
-    pod_environment(monkeypatch, configmap_env(docs, release=release))
-    assert load_settings(env_file=None).kafka_topics == ("orders",)  # the pod's own env is fine
+    settings = pod_settings(monkeypatch, configmap_env(docs, release=release))
+    assert settings.kafka_topics == ("orders",)  # the pod's own env is fine
 
-    pod_environment(monkeypatch, {**configmap_env(docs, release=release), **links})
     with pytest.raises(ConfigError) as refused:
-        load_settings(env_file=None)
+        pod_settings(monkeypatch, {**configmap_env(docs, release=release), **links})
     assert {p.split(":")[0] for p in refused.value.problems} == set(links)
     assert pod_spec(docs)["enableServiceLinks"] is False
 
@@ -1099,19 +1106,20 @@ def config_fields() -> dict[str, str]:
     return {camel_case(f): f for f in Settings.model_fields if f not in NOT_IN_CONFIG}
 
 
-def config_schema() -> dict[str, Any]:
-    schema = json.loads((CHART_DIR / "values.schema.json").read_text())
+def config_schema(chart: helm.Chart) -> dict[str, Any]:
+    schema = chart.schema
+    assert schema is not None
     properties: dict[str, Any] = schema["properties"]["config"]
     return properties
 
 
-def test_config_schema_lists_exactly_the_non_secret_settings() -> None:
+def test_config_schema_lists_exactly_the_non_secret_settings(chart: helm.Chart) -> None:
     """values.schema.json's `config` keys are exactly the camelCase forms of the non-secret
     Settings fields. When this fails after adding a setting to pipeline/config.py: add it to
     values.schema.json (config.properties), to values.yaml (a commented default) and to
     tests/helm-values/all-features.yaml."""
     assert set(NOT_IN_CONFIG) <= set(Settings.model_fields), "a stale NOT_IN_CONFIG entry"
-    schema = config_schema()
+    schema = config_schema(chart)
     assert schema["additionalProperties"] is False
     assert set(schema["properties"]) == set(config_fields())
 
@@ -1151,11 +1159,11 @@ def refused_by_settings(field: str, kind: str) -> list[Any]:
 
 
 @pytest.mark.parametrize(("key", "field"), sorted(config_fields().items()))
-def test_config_schema_types_follow_settings(key: str, field: str) -> None:
+def test_config_schema_types_follow_settings(chart: helm.Chart, key: str, field: str) -> None:
     """Each `config` key has the JSON type of its setting (integer, number, string, the same enum,
     an array of strings, a string map); it accepts the stage's default and refuses every value
     the stage would refuse by its bounds, so `helm install` fails before the pod would."""
-    prop = config_schema()["properties"].get(key)
+    prop = config_schema(chart)["properties"].get(key)
     assert prop is not None, f"config.{key} is missing from values.schema.json"
     info = Settings.model_fields[field]
     kind, details = json_type(info.annotation)
@@ -1223,7 +1231,7 @@ def test_all_features_configmap_is_accepted_by_settings(
 ) -> None:
     """Every kind of `config` value (numbers, booleans, lists, maps, status ranges) renders into a
     variable the stage parses back to what the values said."""
-    values = all_features()
+    values = load_values(ALL_FEATURES)
     env = configmap_env(render(chart, values))
     # Not settings the stage checks here: the TLS files exist only in the pod, and an
     # extraConfig name newer than the stage.
@@ -1257,13 +1265,12 @@ def test_function_sink_configmap_is_accepted_by_settings(
 ) -> None:
     """function-sink.yaml's ConfigMap is a valid Settings delivering through the example client:
     no URL, the function, its argument and the exceptions that reject, a per-pod rate limit."""
-    values = function_sink()
+    values = load_values(FUNCTION_SINK)
     env = configmap_env(render(chart, values))
     assert "PIPELINE_SPACE_API_URL" not in env
     # In the pod, PYTHONPATH holds the mounted module (see the next test); here, its source.
     monkeypatch.syspath_prepend(str(ROOT / "examples"))
-    pod_environment(monkeypatch, env)
-    settings = load_settings(env_file=None)
+    settings = pod_settings(monkeypatch, env)
     config = values["config"]
     assert settings.space_api_url is None
     assert settings.sink_function == config["sinkFunction"]
@@ -1277,7 +1284,7 @@ def test_function_sink_module_is_mounted_on_pythonpath(chart: helm.Chart) -> Non
     """The way values.yaml and the README give to bring the function's module: a ConfigMap in
     extraVolumes, mounted read-only by extraVolumeMounts at a directory extraEnv puts on
     PYTHONPATH, and the module named by config.sinkFunction in it."""
-    values = function_sink()
+    values = load_values(FUNCTION_SINK)
     docs = render(chart, values)
     main = container(docs)
     env = {e["name"]: e.get("value") for e in main["env"]}
@@ -1351,8 +1358,7 @@ def test_global_rate_limit_is_split_across_pods(
     if keda.get("enabled"):
         assert only(docs, "ScaledObject")["spec"]["maxReplicaCount"] == pods
     assert rate_share(docs)[0] * pods == pytest.approx(values["rateLimit"]["globalPerS"])
-    pod_environment(monkeypatch, configmap_env(docs))
-    settings = load_settings(env_file=None)
+    settings = pod_settings(monkeypatch, configmap_env(docs))
     assert (settings.rate_limit_per_s, settings.rate_limit_burst) == (pytest.approx(per_s), burst)
 
 
