@@ -6,6 +6,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -263,24 +264,33 @@ class Blocking:
                 self.running -= 1
 
 
-async def test_a_cancelled_lane_stays_busy_until_its_blocking_call_returns() -> None:
-    """``cancel()`` cannot stop a call running in a thread: the next item of that lane waits
-    for it, so two calls of one lane never overlap."""
-    send = Blocking()
-
+async def cancel_while_busy(
+    blocking: Blocking, send: Callable[[int], Awaitable[object]] | Callable[[int], object]
+) -> list[int]:
+    """Cancel lane "a" while ``send`` is in ``blocking``'s first call, submit a second item,
+    then release: the calls ``blocking`` saw before its release."""
     async with OrderedSender(send) as sender:
         sender.try_submit(1, "a")
-        await asyncio.to_thread(send.started.wait, 5)
+        await asyncio.to_thread(blocking.started.wait, 5)
         sender.cancel(["a"])
         second = sender.try_submit(2, "a")
         await asyncio.sleep(0.2)
-        calls_while_busy = list(send.calls)
-        send.release.set()
+        calls_while_busy = list(blocking.calls)
+        blocking.release.set()
         await second
+    return calls_while_busy
+
+
+async def test_a_cancelled_lane_stays_busy_until_its_blocking_call_returns() -> None:
+    """``cancel()`` cannot stop a call running in a thread: the next item of that lane waits
+    for it, so two calls of one lane never overlap."""
+    blocking = Blocking()
+
+    calls_while_busy = await cancel_while_busy(blocking, blocking)
 
     assert [1] == calls_while_busy
-    assert [1, 2] == send.calls
-    assert 1 == send.max_running
+    assert [1, 2] == blocking.calls
+    assert 1 == blocking.max_running
 
 
 async def test_close_waits_for_blocking_calls_until_its_deadline_and_counts_the_rest() -> None:
@@ -324,15 +334,7 @@ async def test_a_blocking_call_made_by_an_async_send_keeps_its_lane_busy_too() -
     async def send(item: int) -> None:
         await call_blocking(blocking, item)
 
-    async with OrderedSender(send) as sender:
-        sender.try_submit(1, "a")
-        await asyncio.to_thread(blocking.started.wait, 5)
-        sender.cancel(["a"])
-        second = sender.try_submit(2, "a")
-        await asyncio.sleep(0.2)
-        calls_while_busy = list(blocking.calls)
-        blocking.release.set()
-        await second
+    calls_while_busy = await cancel_while_busy(blocking, send)
 
     assert [1] == calls_while_busy
     assert 1 == blocking.max_running
