@@ -33,10 +33,8 @@ class Scripted:
 
     def __init__(self, script: dict[int, list[BaseException]]) -> None:
         self.script = script
-        self.sent: list[object] = []
 
     async def send(self, payload: object) -> None:
-        self.sent.append(payload)
         record = payload[0] if isinstance(payload, list) else payload
         errors = self.script.get(record.offset)  # type: ignore[attr-defined]
         if errors:
