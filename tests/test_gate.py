@@ -21,6 +21,11 @@ def down() -> RetryableSendError:
     return RetryableSendError("unreachable", reason="connection")
 
 
+def throttled(retry_after: float | None) -> RetryableSendError:
+    """A 429, with its Retry-After in seconds (None: the answer gave none)."""
+    return RetryableSendError("429", reason="429", status=429, retry_after=retry_after)
+
+
 @asynccontextmanager
 async def through(gate: ApiGate) -> AsyncIterator[None]:
     """One attempt through the gate as the sender makes it: admission, then its outcome."""
@@ -53,9 +58,8 @@ async def attempt(gate: ApiGate, error: BaseException | None = None) -> float:
 async def test_a_retry_after_holds_every_attempt_back_until_it_elapses() -> None:
     """A 429 with ``Retry-After: 0.3`` on one lane pauses the others too."""
     gate = ApiGate(GateLimits(), random_draw=no_jitter)
-    throttled = RetryableSendError("429", reason="429", status=429, retry_after=0.3)
 
-    await attempt(gate, throttled)
+    await attempt(gate, throttled(0.3))
     started = time.monotonic()
     admitted = await asyncio.gather(*(attempt(gate) for _ in range(5)))
 
@@ -67,9 +71,8 @@ async def test_lanes_leave_a_throttle_with_a_little_jitter() -> None:
     """Each waiting attempt adds up to 10% of the pause, so they do not restart in lockstep."""
     draws = iter([0.0, 0.5, 1.0])
     gate = ApiGate(GateLimits(), random_draw=lambda: next(draws))
-    throttled = RetryableSendError("429", reason="429", status=429, retry_after=0.5)
 
-    await attempt(gate, throttled)
+    await attempt(gate, throttled(0.5))
     started = time.monotonic()
     admitted = sorted(await asyncio.gather(*(attempt(gate) for _ in range(3))))
 
@@ -82,7 +85,7 @@ async def test_a_retry_after_of_zero_holds_nothing_back() -> None:
     """``Retry-After: 0`` pauses nobody (the lane's own backoff keeps it from looping)."""
     gate = ApiGate(GateLimits(), random_draw=no_jitter)
 
-    await attempt(gate, RetryableSendError("429", reason="429", status=429, retry_after=0.0))
+    await attempt(gate, throttled(0.0))
 
     assert gate.blocked is False
 
@@ -179,7 +182,7 @@ async def test_a_throttled_probe_closes_the_circuit() -> None:
     await attempt(gate, down())
     await asyncio.sleep(0.06)
 
-    await attempt(gate, RetryableSendError("429", reason="429", status=429, retry_after=0.1))
+    await attempt(gate, throttled(0.1))
 
     assert CircuitState.CLOSED == gate.state
     assert gate.blocked  # the Retry-After
@@ -208,6 +211,6 @@ async def test_an_answer_that_says_nothing_of_credentials_does_not_end_an_auth_o
     await attempt(gate, AuthError("401", reason="auth", status=401))
     await asyncio.sleep(0.06)
 
-    await attempt(gate, RetryableSendError("429", reason="429", status=429, retry_after=None))
+    await attempt(gate, throttled(None))
 
     assert gate.auth_failing
