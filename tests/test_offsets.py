@@ -9,11 +9,12 @@ from hypothesis import strategies as st
 from pipeline.offsets import PartitionOffsets, Pending
 
 
-def tracking(*offsets: int, committed: int | None = None) -> PartitionOffsets:
-    """Offsets that track ``offsets``, each received at its own offset as a time."""
+def tracking(*offsets: int, committed: int | None = None, nbytes: int = 0) -> PartitionOffsets:
+    """Offsets that track ``offsets``, each received at its own offset as a time and holding
+    ``nbytes``."""
     tracker = PartitionOffsets(committed)
     for offset in offsets:
-        tracker.track(offset, timestamp=1_000.0 + offset, received=offset / 10)
+        tracker.track(offset, timestamp=1_000.0 + offset, received=offset / 10, nbytes=nbytes)
     return tracker
 
 
@@ -180,9 +181,7 @@ def test_the_watermark_is_always_just_past_the_accepted_prefix(
 def test_the_tracked_span_counts_its_bytes_until_the_watermark_passes_them() -> None:
     """Bytes stay counted for every record from the oldest unaccepted one to the newest, also
     those accepted behind a slow key: that span, not unfinished sends, is what memory holds."""
-    tracker = PartitionOffsets()
-    for offset in (10, 11, 12):
-        tracker.track(offset, timestamp=0.0, received=0.0, nbytes=100)
+    tracker = tracking(10, 11, 12, nbytes=100)
 
     tracker.accept(12)
     tracker.accept(11)
@@ -195,9 +194,7 @@ def test_the_tracked_span_counts_its_bytes_until_the_watermark_passes_them() -> 
 
 def test_forgetting_records_releases_their_bytes() -> None:
     """A seek back forgets records and their bytes."""
-    tracker = PartitionOffsets()
-    for offset in (10, 11, 12):
-        tracker.track(offset, timestamp=0.0, received=0.0, nbytes=7)
+    tracker = tracking(10, 11, 12, nbytes=7)
 
     tracker.forget_after(11)
 
