@@ -26,9 +26,10 @@ from typing import Any
 import httpx
 import hypothesis
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from pipeline.config import Settings
+from pipeline.consumer import build_consumer
 from pipeline.dev.broker import (
     EmbeddedBroker,
     create_topic,
@@ -100,6 +101,18 @@ hypothesis.settings.load_profile("suite")
 # 10 s every stage start would wait 5 s. The tests run with a short session instead.
 QUICK_JOIN = {"kafka_session_timeout_ms": 3_000, "kafka_heartbeat_interval_ms": 1_000}
 
+# The fewest settings ``space-pipeline`` starts with (nobody listens at these addresses).
+VALID = {
+    "PIPELINE_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+    "PIPELINE_KAFKA_TOPICS": "t",
+    "PIPELINE_SPACE_API_URL": "http://127.0.0.1:1/items",
+}
+
+
+def clean_env() -> dict[str, str]:
+    """This process's environment without any ``PIPELINE_*`` setting."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
+
 
 @dataclass
 class Topic:
@@ -113,6 +126,18 @@ class Topic:
     async def produce(self, count: int, *, start: int = 0) -> None:
         """Produce numbered records, record ``i`` to partition ``i % partitions``."""
         await produce_numbered(self.bootstrap, self.name, self.partitions, count, start=start)
+
+    async def send(self, *records: dict[str, Any]) -> None:
+        """Send each record (``AIOKafkaProducer.send`` keywords: value, key, partition, headers)
+        in order from one producer, and flush."""
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap)
+        await producer.start()
+        try:
+            for record in records:
+                await producer.send(self.name, **record)
+            await producer.flush()
+        finally:
+            await producer.stop()
 
     def expected_end(self, count: int) -> dict[int, int]:
         """The committed offset of each partition once ``count`` records are all delivered."""
@@ -149,7 +174,7 @@ class Topic:
 
     def env(self, url: str, **overrides: str) -> dict[str, str]:
         """The environment for a ``space-pipeline run`` process reading this topic."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
+        env = clean_env()
         env |= {
             "PIPELINE_KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
             "PIPELINE_KAFKA_TOPICS": self.name,
@@ -172,6 +197,13 @@ async def make_topic(bootstrap: str, partitions: int) -> Topic:
     topic = Topic(bootstrap, f"t-{suffix}", partitions, f"g-{suffix}")
     await create_topic(bootstrap, topic.name, partitions)
     return topic
+
+
+async def new_dlq(topic: Topic) -> str:
+    """Create ``topic``'s dead-letter topic (one partition) and return its name."""
+    dlq = f"{topic.name}-dlq"
+    await create_topic(topic.bootstrap, dlq, 1)
+    return dlq
 
 
 @pytest.fixture
@@ -276,33 +308,49 @@ class ProxiedStub:
         return f"{self.base_url}/items"
 
 
-@contextlib.asynccontextmanager
-async def proxied_stub_server(config: StubConfig | None = None) -> AsyncIterator[ProxiedStub]:
-    """A :class:`StubServer` with ``config`` behind a plain (HTTP) ``FaultProxy``."""
-    async with StubServer(config) as server:
+@pytest.fixture
+async def proxied_stub() -> AsyncIterator[ProxiedStub]:
+    """The stub API (answering in about 2 ms, like ``stub``) behind a plain (HTTP) fault proxy."""
+    async with StubServer(StubConfig(latency_ms=2.0)) as server:
         upstream = httpx.URL(server.base_url)
         assert upstream.port is not None
         async with FaultProxy(upstream.host, upstream.port) as proxy:
             yield ProxiedStub(server, proxy)
 
 
-@pytest.fixture
-async def proxied_stub() -> AsyncIterator[ProxiedStub]:
-    """The stub API (answering in about 2 ms, like ``stub``) behind a fault proxy."""
-    async with proxied_stub_server(StubConfig(latency_ms=2.0)) as proxied:
-        yield proxied
-
-
 @contextlib.asynccontextmanager
-async def running_stage(settings: Settings) -> AsyncIterator[Stage]:
-    """Run the stage in this event loop for the duration of the block, then stop it gracefully."""
-    stage = Stage(settings)
+async def running_stage(settings: Settings, **options: Any) -> AsyncIterator[Stage]:
+    """Run the stage (``Stage(settings, **options)``) in this event loop for the duration of the
+    block, then stop it gracefully."""
+    stage = Stage(settings, **options)
     async with asyncio.TaskGroup() as tasks:
         tasks.create_task(stage.run())
         try:
             yield stage
         finally:
             stage.stop()
+
+
+def consumer_class(cls: type[AIOKafkaConsumer]) -> Callable[[Settings], AIOKafkaConsumer]:
+    """A ``consumer_factory`` for :class:`Stage`: the consumer it builds itself, made a ``cls``."""
+
+    def build(settings: Settings) -> AIOKafkaConsumer:
+        consumer = build_consumer(settings)
+        consumer.__class__ = cls
+        return consumer
+
+    return build
+
+
+async def healthz_answers(stage: Stage, times: int = 15, every: float = 0.2) -> list[int]:
+    """The status of the stage's ``/healthz``, asked ``times`` times ``every`` seconds apart."""
+    answers = []
+    async with httpx.AsyncClient() as client:
+        for _ in range(times):
+            healthz = await client.get(f"http://127.0.0.1:{stage.ops_port}/healthz")
+            answers.append(healthz.status_code)
+            await asyncio.sleep(every)
+    return answers
 
 
 async def eventually(
@@ -327,18 +375,26 @@ async def eventually_async(
         await asyncio.sleep(0.2)
 
 
-def run_once(cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    """Run ``space-pipeline run`` with only the given ``PIPELINE_*`` settings, to its exit."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
+def command(
+    cwd: Path, *args: str, stdin: str | None = None, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """Run ``space-pipeline ARGS`` (fed ``stdin``) with only the given ``PIPELINE_*`` settings,
+    to its exit."""
     return subprocess.run(
-        [sys.executable, "-m", "pipeline", "run"],
-        env=clean | env,
+        [sys.executable, "-m", "pipeline", *args],
+        input=stdin,
+        env=clean_env() | env,
         capture_output=True,
         text=True,
         timeout=60,
         cwd=cwd,
         check=False,
     )
+
+
+def run_once(cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``space-pipeline run`` with only the given ``PIPELINE_*`` settings, to its exit."""
+    return command(cwd, "run", **env)
 
 
 @dataclass

@@ -9,11 +9,9 @@ import signal
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaProducer
 
-from pipeline.dev.broker import create_topic
 from pipeline.dev.stub_api import StubConfig, StubServer
-from tests.conftest import eventually, run_once, running_stage
+from tests.conftest import VALID, eventually, new_dlq, run_once, running_stage
 from tests.test_outcomes import DLQ, dead_letters
 
 pytestmark = pytest.mark.integration
@@ -53,15 +51,8 @@ async def test_a_function_that_refuses_an_item_halts_its_partition(
     """An exception type listed as a rejection halts the partition at that record."""
     shutil.copy(EXAMPLES / "space_client.py", tmp_path)
     topic = await new_topic(1)
-    producer = AIOKafkaProducer(bootstrap_servers=topic.bootstrap)
-    await producer.start()
-    try:
-        for seq in range(6):
-            item = {"seq": seq, "reject": seq == 3}
-            await producer.send(topic.name, json.dumps(item).encode(), partition=0)
-        await producer.flush()
-    finally:
-        await producer.stop()
+    items = ({"seq": seq, "reject": seq == 3} for seq in range(6))
+    await topic.send(*({"value": json.dumps(item).encode(), "partition": 0} for item in items))
     out = tmp_path / "space-items.jsonl"
     monkeypatch.setenv("SPACE_CLIENT_OUTPUT", str(out))
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -82,16 +73,17 @@ async def test_the_url_method_headers_and_tombstones_map_as_configured(new_topic
     """A templated URL per partition, PUT, W3C trace context forwarded, and tombstones as
     DELETE: all seen by the API as configured, in order."""
     topic = await new_topic(2)
-    producer = AIOKafkaProducer(bootstrap_servers=topic.bootstrap)
-    await producer.start()
-    try:
-        for i in range(10):
-            value = None if i == 9 else b'{"seq": %d}' % i
-            headers = [("traceparent", b"00-%032x-%016x-01" % (i + 1, i + 1))]
-            await producer.send(topic.name, value, key=b"k%d" % i, partition=i % 2, headers=headers)
-        await producer.flush()
-    finally:
-        await producer.stop()
+    await topic.send(
+        *(
+            {
+                "value": None if i == 9 else b'{"seq": %d}' % i,
+                "key": b"k%d" % i,
+                "partition": i % 2,
+                "headers": [("traceparent", b"00-%032x-%016x-01" % (i + 1, i + 1))],
+            }
+            for i in range(10)
+        )
+    )
     async with StubServer(StubConfig(latency_ms=1)) as api:
         url = f"{api.url}/{{topic}}/{{partition}}/{{key}}"
         settings = topic.settings(url, space_api_method="PUT", tombstones="delete")
@@ -148,8 +140,7 @@ async def test_a_rejected_batch_is_split_so_only_the_bad_record_meets_the_rule(n
     """A batch holding one poisoned record is refused whole; it is split until that record is
     alone, which is dead-lettered, while every other record is delivered and committed."""
     topic = await new_topic(2)
-    dlq = f"{topic.name}-dlq"
-    await create_topic(topic.bootstrap, dlq, 1)
+    dlq = await new_dlq(topic)
     await topic.produce(100)
     poison = frozenset({f"{topic.name}/1/17"})
     async with StubServer(StubConfig(latency_ms=1, reject_keys=poison)) as api:
@@ -176,11 +167,7 @@ async def test_a_rejected_batch_is_split_so_only_the_bad_record_meets_the_rule(n
 )
 def test_bad_sink_settings_exit_2_naming_the_setting(env, setting, tmp_path):
     """A wrong template, method, function or exception name fails at start, naming it."""
-    valid = {
-        "PIPELINE_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
-        "PIPELINE_KAFKA_TOPICS": "t",
-        "PIPELINE_SPACE_API_URL": "http://127.0.0.1:1/items",
-    }
+    valid = dict(VALID)
     if "PIPELINE_SINK_FUNCTION" in env:
         del valid["PIPELINE_SPACE_API_URL"]
     result = run_once(tmp_path, **(valid | env))

@@ -9,39 +9,18 @@ import re
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import httpx
 
 from pipeline.config import Settings
 from pipeline.dev.broker import free_port
 from pipeline.dev.stub_api import StubConfig, StubServer
-from tests.conftest import eventually, run_once
-
-VALID = {
-    "PIPELINE_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
-    "PIPELINE_KAFKA_TOPICS": "t",
-    "PIPELINE_SPACE_API_URL": "http://127.0.0.1:1/items",
-}
+from tests.conftest import VALID, clean_env, command, eventually, eventually_async, run_once
 
 
 def unreachable() -> str:
     """A broker address nobody listens on."""
     return f"127.0.0.1:{free_port()}"
-
-
-def command(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """Run ``space-pipeline ARGS`` with only the given ``PIPELINE_*`` settings, to its exit."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args],
-        env=clean | env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=cwd,
-        check=False,
-    )
 
 
 # Settings
@@ -240,7 +219,7 @@ class Tool:
             self.process.stdout.close()
 
 
-async def test_the_three_terminal_walk_through_works_as_written(tmp_path):
+async def test_the_three_terminal_walk_through_works_as_written(tmp_path, stage_process):
     """The README's local walk-through: ``broker`` and ``stub-api`` in the foreground, records
     from ``produce``, then ``run`` delivers them all, and each tool stops cleanly on Ctrl-C."""
     broker = Tool("broker", "--port", "0")
@@ -256,18 +235,14 @@ async def test_the_three_terminal_walk_through_works_as_written(tmp_path):
         )
         assert 0 == produced.returncode, produced.stderr
         assert f"wrote 30 records to telemetry on {bootstrap}" in produced.stdout
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
-        env |= {
-            "PIPELINE_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "PIPELINE_KAFKA_TOPICS": "telemetry",
-            "PIPELINE_SPACE_API_URL": url.group(1),
-            "PIPELINE_METRICS_PORT": str(free_port()),
-        }
-        stage = subprocess.Popen(  # noqa: ASYNC220 - a child that runs beside the test
-            [sys.executable, "-m", "pipeline", "run"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        stage = stage_process(
+            clean_env()
+            | {
+                "PIPELINE_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+                "PIPELINE_KAFKA_TOPICS": "telemetry",
+                "PIPELINE_SPACE_API_URL": url.group(1),
+                "PIPELINE_METRICS_PORT": str(free_port()),
+            }
         )
         stats_url = url.group(1).replace("/items", "/stats")
 
@@ -275,11 +250,11 @@ async def test_the_three_terminal_walk_through_works_as_written(tmp_path):
             async with httpx.AsyncClient() as client:
                 return int((await client.get(stats_url)).json()["unique"])
 
-        for _ in range(200):
-            if await delivered() == 30:
-                break
-            await asyncio.sleep(0.1)
-        stage.send_signal(signal.SIGTERM)
+        async def all_delivered() -> bool:
+            return await delivered() == 30
+
+        await eventually_async(all_delivered, timeout=20, what="all 30 delivered")
+        stage.process.send_signal(signal.SIGTERM)
         assert 0 == await asyncio.to_thread(stage.wait, 20)
         assert 30 == await delivered()
     finally:
@@ -289,18 +264,8 @@ async def test_the_three_terminal_walk_through_works_as_written(tmp_path):
 
 def test_produce_writes_one_record_per_line_of_stdin(kafka_bootstrap, tmp_path):
     """``--stdin`` turns each non-empty line into a record of its own."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
     args = ["produce", "--bootstrap", kafka_bootstrap, "--topic", f"stdin-{os.getpid()}", "--stdin"]
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline", *args],
-        input='{"a": 1}\n\n{"a": 2}\n',
-        capture_output=True,
-        text=True,
-        env=clean,
-        timeout=60,
-        cwd=tmp_path,
-        check=False,
-    )
+    result = command(tmp_path, *args, stdin='{"a": 1}\n\n{"a": 2}\n')
     assert 0 == result.returncode, result.stderr
     assert "wrote 2 records" in result.stdout
 

@@ -8,9 +8,8 @@ import signal
 import httpx
 import pytest
 
-from pipeline.dev.broker import create_topic
 from pipeline.dev.stub_api import StubConfig, StubServer
-from tests.conftest import eventually
+from tests.conftest import eventually, new_dlq
 from tests.prometheus_harness import (
     ALERTS,
     alert_expressions,
@@ -84,8 +83,7 @@ async def test_every_dashboard_query_and_alert_evaluates_against_a_running_stage
     alert expression evaluates without error, and the panels that must show data after such a
     run return series for its topic."""
     topic = await new_topic(3)
-    dlq = f"{topic.name}-dlq"
-    await create_topic(topic.bootstrap, dlq, 1)
+    dlq = await new_dlq(topic)
     await topic.produce(300)
     # Partition 1: offset 10 is refused and dead-lettered; offset 20 is refused within the same
     # minute, which trips the guard (one dead letter a minute) and halts the partition there.

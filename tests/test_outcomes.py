@@ -9,9 +9,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import REGISTRY
 
-from pipeline.dev.broker import create_topic
 from pipeline.dev.stub_api import FaultWindow, StubConfig, StubServer
-from tests.conftest import eventually, running_stage
+from tests.conftest import eventually, new_dlq, running_stage
 
 pytestmark = pytest.mark.integration
 
@@ -46,8 +45,7 @@ async def test_rejected_records_are_dead_lettered_and_everything_else_flows(new_
     where they came from and why; every other record is delivered in order; offsets reach the
     end; nothing halts, so /readyz stays green."""
     topic = await new_topic(3)
-    dlq = f"{topic.name}-dlq"
-    await create_topic(topic.bootstrap, dlq, 1)
+    dlq = await new_dlq(topic)
     await topic.produce(90)
     poison = frozenset({f"{topic.name}/1/10", f"{topic.name}/2/20"})
     async with StubServer(StubConfig(latency_ms=1, reject_keys=poison)) as api:
@@ -79,8 +77,7 @@ async def test_an_auth_window_is_an_outage_not_bad_records(new_topic):
     few requests a second reach it meanwhile (one probe at a time), /readyz says why, and
     everything continues in order afterwards, without a restart."""
     topic = await new_topic(4)
-    dlq = f"{topic.name}-dlq"
-    await create_topic(topic.bootstrap, dlq, 1)
+    dlq = await new_dlq(topic)
     await topic.produce(400)
     async with StubServer(StubConfig(latency_ms=2, token="t0k")) as api:
         settings = topic.settings(api.url, space_api_token="t0k", dead_letter_topic=dlq, **DLQ)
@@ -165,8 +162,7 @@ async def test_the_skip_list_lets_a_halted_record_past(new_topic):
     dead-letter topic), a restart lets it past: dead-lettered as skipped, counted, and the
     rest of the partition delivered and committed."""
     topic = await new_topic(2)
-    dlq = f"{topic.name}-dlq"
-    await create_topic(topic.bootstrap, dlq, 1)
+    dlq = await new_dlq(topic)
     await topic.produce(40)
     bad = f"{topic.name}/0/5"
     async with StubServer(StubConfig(latency_ms=1, reject_keys=frozenset({bad}))) as api:
@@ -193,8 +189,7 @@ async def test_the_dead_letter_guard_halts_a_partition_that_rejects_too_much(new
     """With at most 3 dead letters a minute, the fourth rejection of a partition halts it
     instead: a misconfigured API cannot drain a topic into the DLQ."""
     topic = await new_topic(2)
-    dlq = f"{topic.name}-dlq"
-    await create_topic(topic.bootstrap, dlq, 1)
+    dlq = await new_dlq(topic)
     await topic.produce(40)
     poison = frozenset(f"{topic.name}/0/{offset}" for offset in range(10))
     async with StubServer(StubConfig(latency_ms=1, reject_keys=poison)) as api:

@@ -12,16 +12,19 @@ import json
 import signal
 import time
 
-import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 from prometheus_client import REGISTRY
 
-from pipeline.config import Settings
-from pipeline.consumer import build_consumer
 from pipeline.dev.stub_api import StubConfig, StubServer
 from pipeline.stage import Stage
-from tests.conftest import eventually, eventually_async, running_stage
+from tests.conftest import (
+    consumer_class,
+    eventually,
+    eventually_async,
+    healthz_answers,
+    running_stage,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -47,12 +50,6 @@ class SlowLookups(AIOKafkaConsumer):
         self._coordinator.fetch_committed_offsets = slow_lookup
 
 
-def slow_lookups(settings: Settings) -> AIOKafkaConsumer:
-    consumer = build_consumer(settings)
-    consumer.__class__ = SlowLookups
-    return consumer
-
-
 async def test_a_slow_coordinator_loses_no_record_of_a_new_assignment(proxied_kafka, stub):
     """16 partitions, records produced before and after the stage joins, 2 ms each way to the
     broker and committed-offset lookups 50 ms slower: the consumer finds its positions and
@@ -61,15 +58,11 @@ async def test_a_slow_coordinator_loses_no_record_of_a_new_assignment(proxied_ka
     topic = await proxied_kafka.new_topic(16)
     await topic.produce(16 * 50)
     proxied_kafka.proxy.latency_up = proxied_kafka.proxy.latency_down = 0.002
-    stage = Stage(topic.settings(stub.url), consumer_factory=slow_lookups)
-    async with asyncio.TaskGroup() as tasks:
-        tasks.create_task(stage.run())
-        try:
-            await eventually(lambda: stub.stats().unique >= 16 * 25, what="delivery under way")
-            await topic.produce(16 * 50, start=16 * 50)
-            await eventually(lambda: stub.stats().unique >= 1600, timeout=60, what="all 1600")
-        finally:
-            stage.stop()
+    settings = topic.settings(stub.url)
+    async with running_stage(settings, consumer_factory=consumer_class(SlowLookups)):
+        await eventually(lambda: stub.stats().unique >= 16 * 25, what="delivery under way")
+        await topic.produce(16 * 50, start=16 * 50)
+        await eventually(lambda: stub.stats().unique >= 1600, timeout=60, what="all 1600")
     stats = stub.stats(offsets=True)
     assert 1600 == stats.unique
     assert 0 == stats.order_violations
@@ -88,9 +81,7 @@ async def test_a_broker_cut_for_20s_mid_stream_is_ridden_out(proxied_kafka, stag
     async with StubServer(StubConfig(latency_ms=5)) as api:
         proc = stage_process(topic.env(api.url))
         await eventually(lambda: api.stats().unique >= 300, timeout=60, what="delivery under way")
-        proxied_kafka.proxy.cut()
-        await asyncio.sleep(20)
-        await proxied_kafka.proxy.restore()
+        await proxied_kafka.proxy.cut_for(20)
         await eventually(lambda: api.stats().unique == 3000, timeout=90, what="all 3000")
         committed: dict[int, int | None] = {}
 
@@ -109,26 +100,20 @@ async def test_a_broker_cut_for_20s_mid_stream_is_ridden_out(proxied_kafka, stag
     assert stats.accepted == stats.unique + stats.duplicates, "a redelivery kept its key"
 
 
-async def test_an_unreachable_api_keeps_healthz_green_and_loses_nothing(new_topic):
+async def test_an_unreachable_api_keeps_healthz_green_and_loses_nothing(new_topic, proxied_stub):
     """The API refuses connections for three times the stall timeout: that is not the stage's
     fault, so /healthz answers 200 throughout; afterwards everything arrives, in order."""
-    from tests.conftest import proxied_stub_server  # noqa: PLC0415
-
+    api = proxied_stub
     topic = await new_topic(2)
     await topic.produce(200)
-    async with proxied_stub_server(StubConfig(latency_ms=2)) as api:
-        settings = topic.settings(api.url, stall_timeout_s=1.0)
-        async with running_stage(settings) as stage, httpx.AsyncClient() as client:
-            await eventually(lambda: api.stub.stats().unique >= 20, what="delivery under way")
-            api.proxy.cut()
-            answers = []
-            for _ in range(15):
-                healthz = await client.get(f"http://127.0.0.1:{stage.ops_port}/healthz")
-                answers.append(healthz.status_code)
-                await asyncio.sleep(0.2)
-            await api.proxy.restore()
-            await eventually(lambda: api.stub.stats().unique == 200, what="all 200")
-        stats = api.stub.stats()
+    settings = topic.settings(api.url, stall_timeout_s=1.0)
+    async with running_stage(settings) as stage:
+        await eventually(lambda: api.stub.stats().unique >= 20, what="delivery under way")
+        api.proxy.cut()
+        answers = await healthz_answers(stage)
+        await api.proxy.restore()
+        await eventually(lambda: api.stub.stats().unique == 200, what="all 200")
+    stats = api.stub.stats()
     assert {200} == set(answers)
     assert 0 == stats.order_violations
     assert topic.expected_end(200) == await topic.committed()
@@ -204,22 +189,21 @@ async def test_a_record_that_cannot_become_a_request_is_a_rejection_not_a_retry_
     record is rejected at once (its partition halts there, counted), never retried, and the
     other partition delivers everything."""
     topic = await new_topic(3)
-    producer = AIOKafkaProducer(bootstrap_servers=topic.bootstrap)
-    await producer.start()
-    try:
-        for offset in range(6):
-            for partition in range(3):
-                headers = []
-                if (partition, offset) == (0, 2):
-                    headers = [("content-type", None)]
-                elif (partition, offset) == (1, 4):
-                    headers = [("content-type", b"text/plain\r\nX-Evil: 1")]
-                await producer.send(
-                    topic.name, b'{"n": %d}' % offset, partition=partition, headers=headers
-                )
-        await producer.flush()
-    finally:
-        await producer.stop()
+    bad_headers = {
+        (0, 2): [("content-type", None)],
+        (1, 4): [("content-type", b"text/plain\r\nX-Evil: 1")],
+    }
+    await topic.send(
+        *(
+            {
+                "value": b'{"n": %d}' % offset,
+                "partition": partition,
+                "headers": bad_headers.get((partition, offset), []),
+            }
+            for offset in range(6)
+            for partition in range(3)
+        )
+    )
     async with StubServer(StubConfig(latency_ms=1)) as api:
         async with running_stage(topic.settings(api.url)) as stage:
             await eventually(lambda: api.stats().unique == 2 + 4 + 6, what="all but the bad")
@@ -247,12 +231,6 @@ class RevokeCommitFails(AIOKafkaConsumer):
         return await super().commit(offsets)
 
 
-def failing_revoke_commits(settings: Settings) -> AIOKafkaConsumer:
-    consumer = build_consumer(settings)
-    consumer.__class__ = RevokeCommitFails
-    return consumer
-
-
 async def test_a_revoke_that_fails_midway_leaves_no_stale_partition_state(new_topic):
     """The revoke callback raises in its commit: its partitions are still forgotten (no stale
     pause, no gauge or probe of a partition no longer assigned), the stage keeps running and
@@ -262,7 +240,7 @@ async def test_a_revoke_that_fails_midway_leaves_no_stale_partition_state(new_to
     async with StubServer(StubConfig(latency_ms=3)) as api:
         # No periodic commit: the revoke always has progress to commit, and so always fails.
         failing = topic.settings(api.url, partition_buffer_records=5, commit_interval_ms=600_000)
-        first = Stage(failing, consumer_factory=failing_revoke_commits)
+        first = Stage(failing, consumer_factory=consumer_class(RevokeCommitFails))
         async with asyncio.TaskGroup() as tasks:
             running = tasks.create_task(first.run())
             try:
@@ -290,47 +268,30 @@ class HidesMarkers(AIOKafkaConsumer):
         return {tp: rs for tp, rs in shown.items() if rs}
 
 
-def hiding_markers(settings: Settings) -> AIOKafkaConsumer:
-    consumer = build_consumer(settings)
-    consumer.__class__ = HidesMarkers
-    return consumer
-
-
 async def test_a_partition_whose_only_lag_is_markers_is_fully_delivered(new_topic):
     """Records Kafka never hands out (transaction markers) do not hold the commit back: once
     everything handed over is accepted, the commit reaches the end of the partition, the lag
     reads 0, and the partition is not taken for stalled."""
     topic = await new_topic(1)
-    producer = AIOKafkaProducer(bootstrap_servers=topic.bootstrap)
-    await producer.start()
-    try:
-        for value in [b'{"n": 1}'] * 10 + [b"marker"]:
-            await producer.send(topic.name, value, partition=0)
-        await producer.flush()
-    finally:
-        await producer.stop()
+    await topic.send(
+        *({"value": value, "partition": 0} for value in [b'{"n": 1}'] * 10 + [b"marker"])
+    )
     labels = {"topic": topic.name, "partition": "0"}
     async with StubServer(StubConfig(latency_ms=1)) as api:
         settings = topic.settings(api.url, stall_timeout_s=1.0)
-        stage = Stage(settings, consumer_factory=hiding_markers)
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(stage.run())
-            try:
-                await eventually(lambda: api.stats().unique == 10, what="the ten records")
-                await eventually_async(
-                    lambda: _committed_is(topic, {0: 11}), what="a commit past the marker"
-                )
-                await eventually(
-                    lambda: (
-                        REGISTRY.get_sample_value("space_pipeline_consumer_lag_records", labels)
-                        == 0
-                    ),
-                    what="no lag",
-                )
-                await asyncio.sleep(1.5)  # longer than the stall timeout
-                live = stage.live()
-            finally:
-                stage.stop()
+        async with running_stage(settings, consumer_factory=consumer_class(HidesMarkers)) as stage:
+            await eventually(lambda: api.stats().unique == 10, what="the ten records")
+            await eventually_async(
+                lambda: _committed_is(topic, {0: 11}), what="a commit past the marker"
+            )
+            await eventually(
+                lambda: (
+                    REGISTRY.get_sample_value("space_pipeline_consumer_lag_records", labels) == 0
+                ),
+                what="no lag",
+            )
+            await asyncio.sleep(1.5)  # longer than the stall timeout
+            live = stage.live()
     assert live.ok, live.reason
 
 

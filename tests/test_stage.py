@@ -12,8 +12,15 @@ import pytest
 
 from pipeline.dev.broker import free_port
 from pipeline.dev.stub_api import StubConfig, StubServer
-from pipeline.stage import Stage
-from tests.conftest import eventually, metric_value, run_once, running_stage
+from tests.conftest import (
+    VALID,
+    consumer_class,
+    eventually,
+    healthz_answers,
+    metric_value,
+    run_once,
+    running_stage,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -199,12 +206,7 @@ async def test_two_processes_share_the_partitions_and_one_takes_over(new_topic, 
 )
 def test_bad_settings_exit_2_with_one_line_naming_the_setting(env, setting, tmp_path):
     """A wrong setting fails at start: exit code 2 and one line that names it."""
-    valid = {
-        "PIPELINE_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
-        "PIPELINE_KAFKA_TOPICS": "t",
-        "PIPELINE_SPACE_API_URL": "http://127.0.0.1:1/items",
-    }
-    result = run_once(tmp_path, **(valid | env))
+    result = run_once(tmp_path, **(VALID | env))
     assert 2 == result.returncode
     lines = result.stderr.strip().splitlines()
     assert 1 == len(lines), result.stderr
@@ -220,13 +222,9 @@ async def test_healthz_stays_green_while_the_api_fails(new_topic):
     await topic.produce(20)
     async with StubServer(StubConfig(latency_ms=1, error_rate=1.0)) as api:
         settings = topic.settings(api.url, stall_timeout_s=1.0)
-        async with running_stage(settings) as stage, httpx.AsyncClient() as client:
+        async with running_stage(settings) as stage:
             await eventually(lambda: api.stats().requests >= 4, what="failing attempts")
-            answers = []
-            for _ in range(15):
-                healthz = await client.get(f"http://127.0.0.1:{stage.ops_port}/healthz")
-                answers.append(healthz.status_code)
-                await asyncio.sleep(0.2)
+            answers = await healthz_answers(stage)
             api.set_config(StubConfig(latency_ms=1))
             await eventually(lambda: api.stats().unique == 20, what="recovery")
         stats = api.stats()
@@ -241,8 +239,6 @@ async def test_healthz_fails_when_records_wait_in_kafka_and_nothing_is_held_for_
     /healthz answers 503 naming that partition, since a restart is what cures it."""
     from aiokafka import AIOKafkaConsumer  # noqa: PLC0415
 
-    from pipeline.consumer import build_consumer  # noqa: PLC0415
-
     class StuckOnPartitionZero(AIOKafkaConsumer):
         async def getmany(self, *partitions, **kwargs):
             wanted = [tp for tp in self.assignment() if tp.partition != 0]
@@ -251,24 +247,15 @@ async def test_healthz_fails_when_records_wait_in_kafka_and_nothing_is_held_for_
                 return {}
             return await super().getmany(*wanted, **kwargs)
 
-    def stuck_consumer(settings):
-        consumer = build_consumer(settings)
-        consumer.__class__ = StuckOnPartitionZero
-        return consumer
-
     topic = await new_topic(2)
     await topic.produce(20)
     async with StubServer(StubConfig(latency_ms=1)) as api:
         settings = topic.settings(api.url, stall_timeout_s=1.0)
-        stage = Stage(settings, consumer_factory=stuck_consumer)
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(stage.run())
-            try:
-                await eventually(lambda: api.stats().unique == 10, what="partition 1 delivered")
-                await eventually(lambda: not stage.live().ok, timeout=10, what="a verdict")
-                verdict = stage.live()
-            finally:
-                stage.stop()
+        stuck = consumer_class(StuckOnPartitionZero)
+        async with running_stage(settings, consumer_factory=stuck) as stage:
+            await eventually(lambda: api.stats().unique == 10, what="partition 1 delivered")
+            await eventually(lambda: not stage.live().ok, timeout=10, what="a verdict")
+            verdict = stage.live()
     assert f"{topic.name}/0" in verdict.reason
     assert f"{topic.name}/1" not in verdict.reason
 
@@ -276,17 +263,10 @@ async def test_healthz_fails_when_records_wait_in_kafka_and_nothing_is_held_for_
 async def test_key_ordering_keeps_each_key_in_order_while_keys_overlap(new_topic):
     """``ordering=key``: records of one key arrive in offset order, keys of one partition are
     in flight together, and the committed offset still waits for every earlier record."""
-    from aiokafka import AIOKafkaProducer  # noqa: PLC0415
-
     topic = await new_topic(1)
-    producer = AIOKafkaProducer(bootstrap_servers=topic.bootstrap)
-    await producer.start()
-    try:
-        for i in range(120):
-            await producer.send(topic.name, b"%d" % i, key=b"k%d" % (i % 6), partition=0)
-        await producer.flush()
-    finally:
-        await producer.stop()
+    await topic.send(
+        *({"value": b"%d" % i, "key": b"k%d" % (i % 6), "partition": 0} for i in range(120))
+    )
     async with StubServer(StubConfig(latency_ms=10, jitter_ms=8)) as api:
         async with running_stage(topic.settings(api.url, ordering="key")):
             await eventually(lambda: api.stats().unique == 120, what="all 120")
