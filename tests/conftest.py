@@ -26,12 +26,13 @@ from typing import Any
 import httpx
 import hypothesis
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from pipeline.config import Settings
 from pipeline.consumer import build_consumer
 from pipeline.dev.broker import (
     EmbeddedBroker,
+    committed_offsets,
     create_topic,
     free_port,
     produce_numbered,
@@ -145,15 +146,7 @@ class Topic:
 
     async def committed(self) -> dict[int, int | None]:
         """The group's committed offset per partition, as the broker reports it."""
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=self.group)
-        await consumer.start()
-        try:
-            return {
-                p: await consumer.committed(TopicPartition(self.name, p))
-                for p in range(self.partitions)
-            }
-        finally:
-            await consumer.stop()
+        return await committed_offsets(self.bootstrap, self.name, self.partitions, self.group)
 
     def settings(self, url: str, **overrides: Any) -> Settings:
         """Settings for a stage reading this topic and delivering to ``url``."""
