@@ -97,7 +97,12 @@ class Settings(BaseSettings):
     space_api_headers: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     space_api_timeout_s: PositiveFloat = 10.0
     space_api_connect_timeout_s: PositiveFloat = 5.0
+    space_api_ca_file: Path | None = None
+    space_api_client_cert_file: Path | None = None
+    space_api_client_key_file: Path | None = None
+    space_api_compression: Literal["none", "gzip", "zstd"] = "none"
     http_client: Literal["lean", "aiohttp"] = "lean"
+    http_proxy: str | None = None
     forward_headers: Annotated[tuple[str, ...], NoDecode] = ("traceparent", "tracestate")
     tombstones: Literal["send", "delete"] = "send"
     oauth2_token_url: str | None = None

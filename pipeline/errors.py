@@ -7,6 +7,7 @@
     ├── SendError              one attempt to deliver an item failed
     │   ├── RetryableSendError     try again later: 408, 409, 425, 429, 5xx, timeouts, connections
     │   ├── AuthError              401/403/407 or no token: an outage of the whole API, retried
+    │   ├── ConfigOutageError      a redirect or an untrusted certificate: the URL setting is wrong
     │   ├── UnexpectedSendError    a failure nobody foresaw (a bug): retried a few times only
     │   └── RejectedError          the API refused the item for good: any other non-2xx
     │       └── InvalidRecordError     the record cannot become a valid request
@@ -84,6 +85,32 @@ class AuthError(SendError):
 
     retryable = True
     outage = "auth"
+
+
+class ConfigOutageError(SendError):
+    """The configured endpoint itself is wrong: the API redirects, or its certificate is untrusted.
+
+    No record is at fault and no record would pass until the setting is fixed, so it is an
+    outage like :class:`AuthError`: everything waits, one probe at a time, nothing is
+    dead-lettered or halted.
+
+    Args:
+        location: Where a redirect pointed (its ``Location``), for the log line and ``/readyz``.
+    """
+
+    retryable = True
+    outage = "config"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str,
+        status: int | None = None,
+        location: str | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, status=status)
+        self.location = location
 
 
 class RejectedError(SendError):

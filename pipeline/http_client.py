@@ -36,11 +36,16 @@ BODY_EXCERPT_BYTES = 1024
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """What the sink needs of a response: the status, ``Retry-After``, and the body of a failure."""
+    """What the sink needs of a response.
+
+    The status, ``Retry-After``, the body of a failure, and the ``Location`` of a redirect (which
+    is never followed: see :class:`~pipeline.errors.ConfigOutageError`).
+    """
 
     status: int
     retry_after: str | None = None
     body: bytes = b""
+    location: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1092,6 +1092,10 @@ NOT_IN_CONFIG = {
     "kafka_ssl_cafile": "set by the chart from kafkaTls.caKey",
     "kafka_ssl_certfile": "set by the chart from kafkaTls.certKey",
     "kafka_ssl_keyfile": "set by the chart from kafkaTls.keyKey",
+    # Files the chart mounts from apiTls.existingSecret and points at itself.
+    "space_api_ca_file": "set by the chart from apiTls.caKey",
+    "space_api_client_cert_file": "set by the chart from apiTls.certKey",
+    "space_api_client_key_file": "set by the chart from apiTls.keyKey",
 }
 
 
