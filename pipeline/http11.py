@@ -37,6 +37,7 @@ class _Connection(asyncio.Protocol):
         self._waiter: asyncio.Future[Answer] | None = None
         self._status = 0
         self._retry_after: str | None = None
+        self._location: str | None = None
         self._body: list[bytes] = []
         self._body_size = 0
         self._keep_alive = True
@@ -70,6 +71,8 @@ class _Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if len(name) == 11 and name.lower() == b"retry-after":
             self._retry_after = value.decode("latin-1")
+        elif len(name) == 8 and name.lower() == b"location":
+            self._location = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         self._status = self._parser.get_status_code()
@@ -94,6 +97,7 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None  # noqa: S101 - connected
         self.used = True
         self._status, self._retry_after, self._body, self._body_size = 0, None, [], 0
+        self._location = None
         self._want_body, self.answered = want_body, False
         self._waiter = asyncio.get_running_loop().create_future()
         self.transport.write(request)
@@ -114,7 +118,7 @@ class _Connection(asyncio.Protocol):
         body = b"".join(self._body)
         if not self._want_body:
             body = body[:BODY_EXCERPT_BYTES]
-        return Answer(self._status, self._retry_after, body)
+        return Answer(self._status, self._retry_after, body, self._location)
 
     def _fail(self, error: Exception) -> None:
         waiter = self._waiter

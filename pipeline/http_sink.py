@@ -10,9 +10,11 @@ A batch is one request for consecutive records of a lane: a JSON array of the va
 they are) or newline-delimited values, with ``Idempotency-Key: topic/partition/first-last``.
 
 The answer is classified by :class:`~pipeline.policy.Classification`: accepted, retried, an auth
-outage, or a rejection of the record. A record that cannot become a valid request (a header value
-that is ``None`` or holds a line break, a ``{key}`` URL without a key) is a rejection too, never
-a crash or a retry loop.
+outage, or a rejection of the record. A redirect is none of these: the configured URL is wrong
+whatever the record, an outage of the endpoint (:class:`~pipeline.errors.ConfigOutageError`) that
+waits for the operator, never a rejection that would halt or dead-letter good records. A record
+that cannot become a valid request (a header value that is ``None`` or holds a line break, a
+``{key}`` URL without a key) is a rejection too, never a crash or a retry loop.
 """
 
 from __future__ import annotations
@@ -24,10 +26,17 @@ from typing import Literal, Protocol
 from urllib.parse import quote
 
 from pipeline import metrics
-from pipeline.errors import AuthError, RejectedError, RetryableSendError, SendError
-from pipeline.http_client import Answer, HttpClient, failure
+from pipeline.errors import (
+    AuthError,
+    ConfigOutageError,
+    RejectedError,
+    RetryableSendError,
+    SendError,
+)
+from pipeline.http_client import BODY_EXCERPT_BYTES, Answer, HttpClient, failure
 from pipeline.policy import Classification, Outcome
 from pipeline.records import KafkaRecord, idempotency_key
+from pipeline.redaction import Redactor, header_secrets, url_secrets
 from pipeline.retry import parse_retry_after
 
 PLACEHOLDERS = ("topic", "partition", "key")
@@ -119,6 +128,7 @@ class HttpSink:
         if config.token and auth is None:
             self._static["Authorization"] = f"Bearer {config.token}"
         self._forward = {name.lower() for name in config.forward_headers}
+        self._redact = Redactor.of([*header_secrets(self._static), *url_secrets(config.url)])
         self._closed = False
 
     async def __aenter__(self) -> HttpSink:
@@ -163,7 +173,7 @@ class HttpSink:
             auth.invalidate(token)
             token, replayed = await auth.token(), True
         if outcome is not Outcome.ACCEPTED:
-            raise _failure(outcome, answer)
+            raise self._failure(outcome, answer, token)
 
     def _count(self, outcome: str, started: float) -> None:
         metrics.ATTEMPTS.labels(outcome).count += 1
@@ -229,24 +239,44 @@ class HttpSink:
             body = b"\n".join(values) + b"\n"
         return self._config.method, self._url(first), headers, body
 
+    # Answers to errors
 
-def _failure(outcome: Outcome, answer: Answer) -> SendError:
-    status = answer.status
-    if outcome is Outcome.RETRY:
-        reason = "429" if status == 429 else "5xx" if status >= 500 else str(status)
-        return RetryableSendError(
-            f"Space API answered {status}",
-            reason=reason,
+    def _failure(self, outcome: Outcome, answer: Answer, token: str | None) -> SendError:
+        status = answer.status
+        if outcome is Outcome.RETRY:
+            reason = "429" if status == 429 else "5xx" if status >= 500 else str(status)
+            return RetryableSendError(
+                f"Space API answered {status}",
+                reason=reason,
+                status=status,
+                retry_after=parse_retry_after(answer.retry_after),
+            )
+        if outcome is Outcome.AUTH:
+            return AuthError(
+                f"Space API refused our credentials with {status}", reason="auth", status=status
+            )
+        if 300 <= status < 400:
+            return self._redirected(answer)
+        body = answer.body.decode("utf-8", "replace")
+        cut = len(answer.body) >= BODY_EXCERPT_BYTES
+        return RejectedError(
+            f"Space API rejected the record with {status}",
+            reason=metrics.status_class(status),
             status=status,
-            retry_after=parse_retry_after(answer.retry_after),
+            body=self._redact(body, more=(token,), cut=cut),
         )
-    if outcome is Outcome.AUTH:
-        return AuthError(
-            f"Space API refused our credentials with {status}", reason="auth", status=status
+
+    def _redirected(self, answer: Answer) -> ConfigOutageError:
+        """A redirect is never followed: a POST would turn into a GET whose 2xx accepts nothing."""
+        status = answer.status
+        if answer.location is None:
+            message = f"Space API answered {status}, a redirect without a Location"
+        else:
+            location = self._redact(answer.location)
+            message = f"Space API answered {status}, redirecting to {location}"
+        return ConfigOutageError(
+            f"{message}: requests are never redirected, so the URL setting must name the API",
+            reason="redirect",
+            status=status,
+            location=None if answer.location is None else self._redact(answer.location),
         )
-    return RejectedError(
-        f"Space API rejected the record with {status}",
-        reason=metrics.status_class(status),
-        status=status,
-        body=answer.body.decode("utf-8", "replace"),
-    )

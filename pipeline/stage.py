@@ -437,12 +437,17 @@ class Stage:
         return Verdict(ok=True)
 
     def ready(self) -> Verdict:
-        """``/readyz``: joined the group, credentials accepted, no partition halted."""
+        """``/readyz``: joined the group, credentials and endpoint accepted, no partition halted.
+
+        A refusal (credentials, a redirect, an untrusted certificate) is named in the error's
+        own words: the fix is a setting, and the operator reads which one here.
+        """
         if not self._joined:
             return Verdict(ok=False, reason="not yet joined the consumer group")
         assert self._partitions is not None  # noqa: S101 - joined implies running
-        if self._gate is not None and self._gate.auth_failing:
-            return Verdict(ok=False, reason="the Space API refuses our credentials")
+        refusal = self._gate.refusal if self._gate is not None else None
+        if refusal is not None:
+            return Verdict(ok=False, reason=refusal)
         halted = [
             f"{p.name}@{p.reported_halted}"
             for p in self._partitions

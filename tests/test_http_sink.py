@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import TypeVar
@@ -10,8 +10,14 @@ from typing import TypeVar
 import httpx
 import pytest
 
-from pipeline.errors import AuthError, InvalidRecordError, RejectedError, RetryableSendError
-from pipeline.http_client import HttpxClient, Timeouts
+from pipeline.errors import (
+    AuthError,
+    ConfigOutageError,
+    InvalidRecordError,
+    RejectedError,
+    RetryableSendError,
+)
+from pipeline.http_client import Answer, HttpxClient, Timeouts
 from pipeline.http_sink import HttpSink, HttpSinkConfig
 from pipeline.policy import Classification, parse_statuses
 from pipeline.records import idempotency_key
@@ -261,6 +267,69 @@ async def test_an_auth_status_is_an_auth_outage_not_a_rejection(status: int) -> 
     assert error.retryable is True
     assert "auth" == error.outage
     assert status == error.status
+
+
+class Answering:
+    """An :class:`~pipeline.http_client.HttpClient` that gives one scripted answer to every
+    request, as a client that never follows redirects reports them."""
+
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+        self.requests: list[tuple[str, str]] = []
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        *,
+        read_body: bool = False,
+    ) -> Answer:
+        self.requests.append((method, url))
+        return self.answer
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+async def test_a_redirect_is_an_outage_of_the_configured_url_naming_where_it_points(
+    status: int,
+) -> None:
+    """A 3xx says the configured URL is wrong, not the record: ConfigOutageError (an outage,
+    retried, never a rejection), with the status and the Location in its attributes and its
+    message, so the operator reads where to point the URL setting."""
+    moved = "https://new.space.example/v2/records"
+    client = Answering(Answer(status, location=moved))
+
+    async with HttpSink(HttpSinkConfig(URL), client) as api:
+        with pytest.raises(ConfigOutageError) as raised:
+            await api.send(Record())
+
+    error = raised.value
+    assert (True, "config", "redirect") == (error.retryable, error.outage, error.reason)
+    assert (status, moved) == (error.status, error.location)
+    assert str(status) in str(error)
+    assert moved in str(error)
+    assert "URL" in str(error)
+    assert [("POST", URL)] == client.requests
+
+
+async def test_a_redirect_location_never_shows_a_secret() -> None:
+    """A Location with a password or a signed query is masked in the error (it reaches the
+    log and ``/readyz``)."""
+    moved = "https://u:pa55@new.space.example/v2?sig=abc123&tenant=acme"
+    client = Answering(Answer(302, location=moved))
+
+    async with HttpSink(HttpSinkConfig(URL), client) as api:
+        with pytest.raises(ConfigOutageError) as raised:
+            await api.send(Record())
+
+    text = f"{raised.value} {raised.value.location}"
+    assert "pa55" not in text
+    assert "abc123" not in text
+    assert "tenant=acme" in text
 
 
 async def test_the_classification_is_configurable() -> None:

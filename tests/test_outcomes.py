@@ -9,7 +9,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import REGISTRY
 
-from pipeline.dev.stub_api import FaultWindow, StubConfig, StubServer
+from pipeline.dev.stub_api import REDIRECT_LOCATION, FaultWindow, StubConfig, StubServer
 from tests.conftest import eventually, new_dlq, running_stage
 
 pytestmark = pytest.mark.integration
@@ -102,6 +102,41 @@ async def test_an_auth_window_is_an_outage_not_bad_records(new_topic):
     assert [] == await dead_letters(topic.bootstrap, dlq)
     assert topic.expected_end(400) == await topic.committed()
     assert sample("space_pipeline_auth_failures_total") >= 1
+
+
+@pytest.mark.parametrize("client", ["lean", "aiohttp"])
+async def test_a_redirect_window_is_an_outage_of_the_url_not_bad_records(new_topic, client):
+    """The API answers 307 to everything for 4 s: the redirect is never followed, nothing is
+    dead-lettered or halted, at most a probe at a time reaches the API, /readyz names the
+    status and the Location (the fix is the URL setting), it is counted, and everything is
+    delivered in order once the API answers again."""
+    topic = await new_topic(4)
+    dlq = await new_dlq(topic)
+    await topic.produce(200)
+    faults = "space_pipeline_endpoint_faults_total"
+    counted = sample(faults, reason="redirect")
+    async with StubServer(StubConfig(latency_ms=2)) as api:
+        settings = topic.settings(api.url, http_client=client, dead_letter_topic=dlq, **DLQ)
+        async with running_stage(settings) as stage:
+            await eventually(lambda: api.stats().unique >= 20, what="delivery under way")
+            before = api.stats()
+            api.set_config(StubConfig(latency_ms=2, faults=(FaultWindow("redirect", 0, 4),)))
+            await eventually(lambda: "307" in stage.ready().reason, what="/readyz to say 307")
+            reason = stage.ready().reason
+            await asyncio.sleep(3)
+            during = api.stats()
+            await eventually(lambda: api.stats().unique == 200, timeout=60, what="all 200")
+            await eventually(lambda: stage.ready().ok, what="/readyz green again")
+        stats = api.stats()
+    window_requests = during.requests - before.requests
+    assert REDIRECT_LOCATION in reason
+    assert "URL" in reason
+    assert window_requests <= 3 * 4, f"{window_requests} requests in a 4 s redirect window"
+    assert 0 == stats.not_found, "a redirect was followed"
+    assert 0 == stats.order_violations
+    assert [] == await dead_letters(topic.bootstrap, dlq)
+    assert topic.expected_end(200) == await topic.committed()
+    assert sample(faults, reason="redirect") > counted
 
 
 async def test_a_retry_after_holds_back_every_partition(new_topic):
