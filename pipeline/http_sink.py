@@ -14,7 +14,8 @@ outage, or a rejection of the record. A redirect is none of these: the configure
 whatever the record, an outage of the endpoint (:class:`~pipeline.errors.ConfigOutageError`) that
 waits for the operator, never a rejection that would halt or dead-letter good records. A record
 that cannot become a valid request (a header value that is ``None`` or holds a line break, a
-``{key}`` URL without a key) is a rejection too, never a crash or a retry loop.
+``{key}`` URL without a key, a key or topic that would be a ``.`` or ``..`` path segment) is a
+rejection too, never a crash or a retry loop.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 from pipeline import metrics
 from pipeline.errors import (
@@ -95,6 +96,46 @@ def check_url_template(url: str) -> str:
         raise ValueError(msg) from None
 
 
+def _placeholder_segments(url: str) -> tuple[frozenset[str], bool]:
+    """The placeholders that are a whole path segment, and whether one shares its segment.
+
+    A dot segment (``.`` or ``..``) from a record would make the URL name another resource
+    (``/spaces/../items`` is ``/items`` to servers and to aiohttp). A whole-segment placeholder
+    is checked by its value alone, cheaply; a shared one needs the built path checked.
+    """
+    path = url.split("?", 1)[0].split("#", 1)[0].partition("://")[2]
+    segments = path.split("/")[1:]  # the first is the authority
+    whole = frozenset(
+        segment[1:-1]
+        for segment in segments
+        if segment[:1] == "{" and segment[-1:] == "}" and segment[1:-1] in PLACEHOLDERS
+    )
+    shared = any("{" in segment and segment[1:-1] not in whole for segment in segments)
+    return whole, shared
+
+
+def _dot_segment(text: str) -> bool:
+    """Whether ``text`` is a ``.`` or ``..`` segment to a server that decodes it first.
+
+    Servers decode ``%2E`` before they resolve dot segments, some more than once: three
+    rounds of decoding are checked.
+    """
+    for _ in range(3):
+        if text in (".", ".."):
+            return True
+        if "%" not in text:
+            return False
+        text = unquote(text)
+    return text in (".", "..")
+
+
+def _dot_segment_in(url: str) -> str | None:
+    for segment in urlsplit(url).path.split("/"):
+        if ("." in segment or "%" in segment) and _dot_segment(segment):
+            return segment
+    return None
+
+
 def header_value(name: str, value: str | bytes | None) -> str:
     """A value fit for an HTTP header, or ``ValueError`` naming what is wrong with it."""
     if value is None:
@@ -124,6 +165,7 @@ class HttpSink:
         self._client = client
         self._auth = auth
         self._templated = "{" in config.url
+        self._whole_segments, self._shared_segment = _placeholder_segments(config.url)
         self._static = {"User-Agent": "space-pipeline", **config.headers}
         if config.token and auth is None:
             self._static["Authorization"] = f"Bearer {config.token}"
@@ -187,13 +229,22 @@ class HttpSink:
         key = record.key
         if key is None and "{key}" in self._config.url:
             raise ValueError("the URL names {key} and the record has none")
-        return self._config.url.format_map(
+        whole = self._whole_segments
+        if whole:
+            if "topic" in whole and _dot_segment(record.topic):
+                raise ValueError(f"the topic {record.topic!r} would be a dot segment of the path")
+            if "key" in whole and key and _dot_segment(key.decode("latin-1")):
+                raise ValueError(f"the key {key!r} would be a dot segment of the path")
+        url = self._config.url.format_map(
             {
                 "topic": quote(record.topic, safe=""),
                 "partition": record.partition,
                 "key": quote(key or b"", safe=""),
             }
         )
+        if self._shared_segment and (segment := _dot_segment_in(url)) is not None:
+            raise ValueError(f"the record makes {segment!r} a dot segment of the path")
+        return url
 
     def _headers(self, record: KafkaRecord) -> dict[str, str]:
         headers = dict(self._static)

@@ -434,6 +434,65 @@ async def test_the_url_names_the_record_with_its_key_escaped(server: FakeServer)
     assert "/v1/orders/3/items/a%2Fb%20c%3F" == server.request.url.raw_path.decode()
 
 
+@pytest.mark.parametrize(
+    "key", [b".", b"..", b"%2e", b"%2E%2e", b".%2E", b"%252e"], ids=lambda key: key.decode()
+)
+async def test_a_key_that_would_be_a_dot_segment_rejects_the_record(
+    server: FakeServer, key: bytes
+) -> None:
+    """``/spaces/{key}/items`` with the key ``..`` would be ``/spaces/../items``, which servers
+    and aiohttp resolve to ``/items``: another resource. Servers decode ``%2E`` (some twice)
+    before they resolve, so escaping cannot save it: the record is rejected, saying why, and
+    nothing is sent."""
+    async with sink_for(server, url="https://space.example/spaces/{key}/items") as api:
+        with pytest.raises(InvalidRecordError) as raised:
+            await api.send(Record(key=key))
+
+    assert "dot segment" in str(raised.value)
+    assert [] == server.requests
+
+
+async def test_a_topic_that_would_be_a_dot_segment_rejects_the_record(server: FakeServer) -> None:
+    """The same holds for ``{topic}``."""
+    async with sink_for(server, url="https://space.example/{topic}/items") as api:
+        with pytest.raises(InvalidRecordError):
+            await api.send(Record(topic=".."))
+
+    assert [] == server.requests
+
+
+async def test_a_key_that_completes_a_dot_segment_with_the_template_rejects_the_record(
+    server: FakeServer,
+) -> None:
+    """``/spaces/.{key}/items`` with the key ``.`` is ``/spaces/../items`` too."""
+    async with sink_for(server, url="https://space.example/spaces/.{key}/items") as api:
+        with pytest.raises(InvalidRecordError):
+            await api.send(Record(key=b"."))
+        await api.send(Record(key=b"a"))
+
+    assert "/spaces/.a/items" == server.request.url.raw_path.decode()
+
+
+@pytest.mark.parametrize(
+    ("key", "path"),
+    [
+        (b"../admin", "/spaces/..%2Fadmin/items"),
+        (b"a/b?x=1#f", "/spaces/a%2Fb%3Fx%3D1%23f/items"),
+        (b"...", "/spaces/.../items"),
+        (b".env", "/spaces/.env/items"),
+    ],
+)
+async def test_other_keys_with_dots_or_slashes_stay_inside_their_one_segment(
+    server: FakeServer, key: bytes, path: str
+) -> None:
+    """A slash, ``?`` or ``#`` is escaped, so the key stays one segment; dots that do not make
+    a whole ``.`` or ``..`` segment are an ordinary name."""
+    async with sink_for(server, url="https://space.example/spaces/{key}/items") as api:
+        await api.send(Record(key=key))
+
+    assert path == server.request.url.raw_path.decode()
+
+
 async def test_a_key_url_without_a_key_rejects_the_record(server: FakeServer) -> None:
     """``{key}`` with a record that has none cannot be sent: a rejection, not a guess."""
     async with sink_for(server, url="https://space.example/{key}") as api:
