@@ -28,7 +28,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, Settin
 
 from pipeline.errors import ConfigError
 from pipeline.function_sink import import_exceptions, import_function
-from pipeline.http_sink import check_url_template
+from pipeline.http_sink import check_forward_headers, check_static_headers, check_url_template
 from pipeline.policy import (
     DEFAULT_AUTH_STATUSES,
     DEFAULT_RETRY_STATUSES,
@@ -203,6 +203,22 @@ class Settings(BaseSettings):
             return tuple(name.strip() for name in value.split(",") if name.strip())
         return value
 
+    @field_validator("forward_headers")
+    @classmethod
+    def _check_forwarded(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        check_forward_headers(value)
+        return value
+
+    @field_validator("space_api_headers")
+    @classmethod
+    def _check_static(cls, value: dict[str, str]) -> dict[str, str]:
+        check_static_headers(value)
+        for name, text in value.items():  # the value may be a secret: named, never shown
+            if "\r" in text or "\n" in text or "\0" in text:
+                msg = f"the value of {name!r} holds a line break or NUL"
+                raise ValueError(msg)
+        return value
+
     @field_validator("retry_statuses", "auth_statuses", mode="before")
     @classmethod
     def _parse_statuses(cls, value: object) -> object:
@@ -285,6 +301,7 @@ class Settings(BaseSettings):
         if self.on_reject == "dead-letter" and not self.dead_letter_topic:
             yield "PIPELINE_ON_REJECT=dead-letter needs PIPELINE_DEAD_LETTER_TOPIC"
         yield from self._sink_conflicts()
+        yield from self._header_conflicts()
         if self.dead_letter_topic in self.kafka_topics:
             yield (
                 "PIPELINE_DEAD_LETTER_TOPIC must not be one of PIPELINE_KAFKA_TOPICS: rejected "
@@ -331,6 +348,17 @@ class Settings(BaseSettings):
                     "PIPELINE_BATCH_MAX_RECORDS must not exceed PIPELINE_PARTITION_BUFFER_RECORDS,"
                     " or no batch ever fills"
                 )
+
+    def _header_conflicts(self) -> Iterator[str]:
+        static_authorization = any(
+            name.lower() == "authorization" for name in self.space_api_headers
+        )
+        token = self.space_api_token is not None or self.oauth2_token_url is not None
+        if static_authorization and token:
+            yield (
+                "PIPELINE_SPACE_API_HEADERS holds Authorization, and PIPELINE_SPACE_API_TOKEN"
+                " or PIPELINE_OAUTH2_* sets it too: use one way to authenticate"
+            )
 
     @property
     def oauth2_secret(self) -> str | None:

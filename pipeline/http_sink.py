@@ -20,8 +20,9 @@ rejection too, never a crash or a retry loop.
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 from urllib.parse import quote, unquote, urlsplit
@@ -41,6 +42,19 @@ from pipeline.redaction import Redactor, header_secrets, url_secrets
 from pipeline.retry import parse_retry_after
 
 PLACEHOLDERS = ("topic", "partition", "key")
+# Headers that frame a message or belong to one connection (RFC 9110 7.6.1, RFC 9112): the client
+# writes them. One more from a record or a setting gives a request two ``Host`` or two
+# ``Content-Length`` headers, the shape of request smuggling through a proxy. ``Proxy-*`` too.
+FRAMING_HEADERS = frozenset(
+    {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "te", "trailer",
+     "upgrade"}
+)  # fmt: skip
+# Headers the sink writes itself: a copy from elsewhere would contradict them.
+OWN_HEADERS = frozenset(
+    {"idempotency-key", "x-kafka-topic", "x-kafka-partition", "x-kafka-offset",
+     "x-kafka-last-offset", "x-batch-size", "content-type", "content-encoding"}
+)  # fmt: skip
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 BatchFormat = Literal["json-array", "ndjson"]
 _BATCH_CONTENT_TYPES = {"json-array": "application/json", "ndjson": "application/x-ndjson"}
 
@@ -136,6 +150,49 @@ def _dot_segment_in(url: str) -> str | None:
     return None
 
 
+def check_forward_headers(names: Iterable[str]) -> None:
+    """``ValueError`` naming a header no record may send.
+
+    Framing and hop-by-hop headers, credentials (a record must not choose who we are) and the
+    headers the sink writes itself.
+    """
+    for name in names:
+        lower = name.lower()
+        if not _TOKEN.fullmatch(name):
+            raise ValueError(f"{name!r} is not a header name")
+        if lower in FRAMING_HEADERS or lower.startswith("proxy-"):
+            raise ValueError(f"cannot forward {name!r}: it frames the request or its connection")
+        if lower == "authorization":
+            raise ValueError("cannot forward 'authorization': a record must not set credentials")
+        if lower in OWN_HEADERS - {"content-type"}:  # a record's content-type is used anyway
+            raise ValueError(f"cannot forward {name!r}: the sink sets it itself")
+
+
+def check_static_headers(names: Iterable[str]) -> None:
+    """``ValueError`` naming a static header that frames the request or that the sink sets.
+
+    ``Authorization`` is allowed (an API key scheme of the API's own), unless a token is used.
+    """
+    for name in names:
+        lower = name.lower()
+        if not _TOKEN.fullmatch(name):
+            raise ValueError(f"{name!r} is not a header name")
+        if lower in FRAMING_HEADERS or lower.startswith("proxy-"):
+            raise ValueError(f"{name!r} frames the request or its connection: the client sets it")
+        if lower in OWN_HEADERS:
+            raise ValueError(f"{name!r} is set by the sink itself")
+
+
+def _merged(base: Mapping[str, str], more: Mapping[str, str]) -> dict[str, str]:
+    """``base`` updated by ``more``, names compared without case: each header is sent once."""
+    merged = dict(base)
+    for name, value in more.items():
+        for same in [known for known in merged if known.lower() == name.lower()]:
+            del merged[same]
+        merged[name] = value
+    return merged
+
+
 def header_value(name: str, value: str | bytes | None) -> str:
     """A value fit for an HTTP header, or ``ValueError`` naming what is wrong with it."""
     if value is None:
@@ -161,14 +218,21 @@ class HttpSink:
         self, config: HttpSinkConfig, client: HttpClient, *, auth: TokenSource | None = None
     ) -> None:
         check_url_template(config.url)
+        check_forward_headers(config.forward_headers)
+        check_static_headers(config.headers)
+        if any(name.lower() == "authorization" for name in config.headers) and (
+            config.token or auth is not None
+        ):
+            raise ValueError("a static Authorization header and a token: use one")
         self._config = config
         self._client = client
         self._auth = auth
         self._templated = "{" in config.url
         self._whole_segments, self._shared_segment = _placeholder_segments(config.url)
-        self._static = {"User-Agent": "space-pipeline", **config.headers}
+        self._static = _merged({"User-Agent": "space-pipeline"}, config.headers)
         if config.token and auth is None:
             self._static["Authorization"] = f"Bearer {config.token}"
+        self._static_names = {name.lower(): name for name in self._static}
         self._forward = {name.lower() for name in config.forward_headers}
         self._redact = Redactor.of([*header_secrets(self._static), *url_secrets(config.url)])
         self._closed = False
@@ -254,6 +318,8 @@ class HttpSink:
             if lower == "content-type":
                 content_type = header_value(name, value)
             elif lower in self._forward:
+                if (same := self._static_names.get(lower)) is not None:
+                    headers.pop(same, None)  # the record's own replaces the static one
                 headers[name] = header_value(name, value)
         headers["Content-Type"] = content_type
         headers["X-Kafka-Topic"] = header_value("topic", record.topic)

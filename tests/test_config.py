@@ -352,3 +352,77 @@ def test_an_error_in_a_setting_that_may_hold_credentials_does_not_echo_it(
 
     assert line.startswith("PIPELINE_SPACE_API_HEADERS: must be a JSON object")
     assert "s3cret" not in line
+
+
+# Headers that must not come from settings or records
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "host",
+        "Content-Length",
+        "transfer-encoding",
+        "Connection",
+        "keep-alive",
+        "TE",
+        "trailer",
+        "upgrade",
+        "Proxy-Authorization",
+        "authorization",
+        "idempotency-key",
+        "X-Kafka-Offset",
+    ],
+)
+def test_forwarding_a_framing_hop_by_hop_or_own_header_is_refused(
+    env: pytest.MonkeyPatch, name: str
+) -> None:
+    """A Kafka header forwarded as ``Host`` or ``Content-Length`` would give a request two of
+    them (a request-smuggling shape); hop-by-hop headers, credentials and the headers the
+    sink writes itself are refused too, at start, naming the setting and the header."""
+    env.setenv("PIPELINE_FORWARD_HEADERS", f"traceparent,{name}")
+
+    line = error_line()
+
+    assert line.startswith("PIPELINE_FORWARD_HEADERS: ")
+    assert repr(name) in line or name in line
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["Host", "content-length", "Transfer-Encoding", "connection", "Upgrade", "Proxy-Authorization"],
+)
+def test_a_static_framing_or_hop_by_hop_header_is_refused(
+    env: pytest.MonkeyPatch, name: str
+) -> None:
+    """``PIPELINE_SPACE_API_HEADERS`` may not set what frames the request or belongs to one
+    connection either; the line names the header but never echoes the values."""
+    env.setenv("PIPELINE_SPACE_API_HEADERS", f'{{"{name}": "s3cret"}}')
+
+    line = error_line()
+
+    assert line.startswith("PIPELINE_SPACE_API_HEADERS: ")
+    assert name in line
+    assert "s3cret" not in line
+
+
+def test_a_static_authorization_header_is_allowed_alone(env: pytest.MonkeyPatch) -> None:
+    """An API key scheme of the API's own (``Authorization: ApiKey ...``) is a static header."""
+    env.setenv("PIPELINE_SPACE_API_HEADERS", '{"Authorization": "ApiKey k3y"}')
+
+    assert {"Authorization": "ApiKey k3y"} == load().space_api_headers
+
+
+def test_a_static_authorization_header_and_a_token_are_one_or_the_other(
+    env: pytest.MonkeyPatch,
+) -> None:
+    """Both would send two Authorization headers: refused, naming both settings."""
+    env.setenv("PIPELINE_SPACE_API_HEADERS", '{"authorization": "ApiKey k3y"}')
+    env.setenv("PIPELINE_SPACE_API_TOKEN", "s3cret")
+
+    line = error_line()
+
+    assert "PIPELINE_SPACE_API_HEADERS" in line
+    assert "PIPELINE_SPACE_API_TOKEN" in line
+    assert "k3y" not in line
+    assert "s3cret" not in line

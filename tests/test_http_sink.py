@@ -523,6 +523,40 @@ async def test_trace_context_headers_are_forwarded_and_others_are_not(server: Fa
     assert "secret" not in sent
 
 
+@pytest.mark.parametrize("name", ["Content-Length", "host", "Transfer-Encoding", "Proxy-Foo"])
+def test_a_framing_header_can_never_be_forwarded_even_if_listed(name: str) -> None:
+    """A sink built without the settings' checks refuses it too: a record's ``Content-Length``
+    header must never reach the wire."""
+    with pytest.raises(ValueError, match="forward"):
+        sink_for(FakeServer(), forward_headers=("traceparent", name))
+
+
+@pytest.mark.parametrize("name", ["host", "Content-Length", "transfer-encoding", "connection"])
+def test_a_static_framing_header_is_refused(name: str) -> None:
+    """Static headers may not frame the request either."""
+    with pytest.raises(ValueError, match=name):
+        sink_for(FakeServer(), headers={name: "x"})
+
+
+async def test_a_static_header_replaces_a_default_of_any_case(server: FakeServer) -> None:
+    """``user-agent`` replaces our ``User-Agent``: one header on the wire, never two."""
+    async with sink_for(server, headers={"user-agent": "mine/1.0"}) as api:
+        await api.send(Record())
+
+    assert ["mine/1.0"] == server.request.headers.get_list("User-Agent")
+
+
+async def test_a_forwarded_header_replaces_a_static_one_of_any_case(server: FakeServer) -> None:
+    """The record's own ``x-tenant`` wins over the static ``X-Tenant``, and only one is sent."""
+    async with sink_for(
+        server, headers={"X-Tenant": "default"}, forward_headers=("x-tenant",)
+    ) as api:
+        await api.send(Record(headers=[("x-tenant", b"acme")]))
+        await api.send(Record())
+
+    assert [["acme"], ["default"]] == [r.headers.get_list("X-Tenant") for r in server.requests]
+
+
 async def test_an_invalid_forwarded_header_rejects_the_record(server: FakeServer) -> None:
     """A forwarded header with a line break is the record's fault, never a crash or a retry."""
     async with sink_for(server, forward_headers=("x-tenant",)) as api:
