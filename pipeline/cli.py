@@ -23,7 +23,7 @@ from typing import Any
 import structlog
 
 from pipeline import __version__
-from pipeline.config import Settings, as_text, describe, env_name, load_settings
+from pipeline.config import Settings, as_text, describe, env_name, load_settings, redactor
 from pipeline.errors import ConfigError
 from pipeline.logging import configure_logging
 
@@ -47,7 +47,7 @@ def _run(_: argparse.Namespace) -> int:
     settings = _settings_or_exit()
     if isinstance(settings, int):
         return settings
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, redact=redactor(settings))
     try:
         asyncio.run(_serve(settings))
     except Exception as error:

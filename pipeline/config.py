@@ -13,8 +13,7 @@ import json
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AnyHttpUrl,
@@ -36,13 +35,15 @@ from pipeline.policy import (
     parse_skip_list,
     parse_statuses,
 )
+from pipeline.redaction import MASK, Redactor, header_secrets, mask_url, secret_name, url_secrets
 
 ENV_PREFIX = "PIPELINE_"
 
-# Values of these settings may hold credentials: an error names the setting, never echoes it,
-# and `space-pipeline config` masks them.
-SENSITIVE = ("password", "token", "headers", "secret")
-MASK = "********"
+# Settings whose values may hold credentials while their names do not (an API key in a static
+# header, an assertion among the token request's fields): `space-pipeline config` shows the
+# names and masks the values, and an error never echoes them. SecretStr settings are masked
+# whole; URLs show everything but a password and secret-looking query values.
+MASKED_VALUES = frozenset({"space_api_headers", "oauth2_extra_params"})
 
 NO_SINK = (
     "PIPELINE_SPACE_API_URL: required setting is not set (or PIPELINE_SINK_FUNCTION, to deliver"
@@ -420,7 +421,11 @@ def _unknown_variables(environ: Mapping[str, str], env_file: Mapping[str, str]) 
 
 
 def describe_errors(error: ValidationError) -> list[str]:
-    """One line per problem, naming the variable as the operator spells it, and saying why."""
+    """One line per problem, naming the variable as the operator spells it, and saying why.
+
+    The value is echoed so the operator sees what is wrong with it, unless it may be a secret;
+    a URL is echoed with its password and secret query values masked.
+    """
     lines = []
     for problem in error.errors():
         loc = [str(part) for part in problem.get("loc", ()) if isinstance(part, str)]
@@ -429,13 +434,21 @@ def describe_errors(error: ValidationError) -> list[str]:
             lines += message.splitlines()
             continue
         name = env_name(loc[0])
+        given = problem.get("input")
         if problem.get("type") == "missing":
             lines.append(f"{name}: required setting is not set")
-        elif any(word in loc[0] for word in SENSITIVE):
+        elif _secret_field(loc[0]):
             lines.append(f"{name}: {message}")
         else:
-            lines.append(f"{name}: {message} (got {problem.get('input')!r})")
+            shown = mask_url(given) if isinstance(given, str) else given
+            lines.append(f"{name}: {message} (got {shown!r})")
     return lines
+
+
+def _secret_field(field: str) -> bool:
+    info = Settings.model_fields.get(field)
+    secret = info is not None and SecretStr in (info.annotation, *get_args(info.annotation))
+    return secret or field in MASKED_VALUES
 
 
 def describe(settings: Settings) -> list[str]:
@@ -446,21 +459,28 @@ def describe(settings: Settings) -> list[str]:
     lines = []
     explicit = settings.model_fields_set
     for field in Settings.model_fields:
-        value = as_text(getattr(settings, field))
-        if value and any(word in field for word in SENSITIVE):
-            value = MASK
+        value = getattr(settings, field)
+        if field in MASKED_VALUES and value:
+            value = dict.fromkeys(value, MASK)
         note = "" if field in explicit else "  # default"
-        lines.append(f"{env_name(field)}={value}{note}")
+        lines.append(f"{env_name(field)}={as_text(value)}{note}")
     return lines
 
 
-def mask_url(url: str) -> str:
-    """``url`` with any password in it masked, fit for a log line."""
-    parsed = urlsplit(url)
-    if parsed.password is None:
-        return url
-    netloc = parsed.netloc.replace(f":{parsed.password}@", f":{MASK}@", 1)
-    return urlunsplit(parsed._replace(netloc=netloc))
+def redactor(settings: Settings) -> Redactor:
+    """Masks every secret the settings hold, wherever it shows up (a log line, an echo)."""
+    s = settings
+    secrets: list[str | None] = [
+        secret.get_secret_value()
+        for secret in (s.space_api_token, s.kafka_sasl_password, s.kafka_ssl_keyfile_password)
+        if secret is not None
+    ]
+    secrets.append(s.oauth2_secret)
+    secrets += header_secrets(s.space_api_headers)
+    secrets += [value for name, value in s.oauth2_extra_params.items() if secret_name(name)]
+    for url in (s.space_api_url, s.oauth2_token_url, s.http_proxy):
+        secrets += url_secrets(url) if url else []
+    return Redactor.of(secrets)
 
 
 def as_text(value: Any) -> str:  # noqa: ANN401 - any setting's type

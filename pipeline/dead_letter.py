@@ -14,23 +14,31 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from pipeline.config import Settings
+from pipeline.config import Settings, redactor
 from pipeline.consumer import kafka_security
 from pipeline.errors import RejectedError
 from pipeline.records import KafkaRecord
+from pipeline.redaction import Redactor
 from pipeline.retry import Backoff
 
 log = structlog.get_logger("pipeline.dead_letter")
 
+# Masks what looks secret in a URL, when no secrets are known.
+URLS_ONLY = Redactor()
 # Kafka's default limit on a whole record is 1 MiB: a body excerpt must never get near it.
 ERROR_BODY_BYTES = 1024
 
 
 def dead_letter_headers(
-    record: KafkaRecord, error: RejectedError, attempts: int
+    record: KafkaRecord, error: RejectedError, attempts: int, *, redact: Redactor = URLS_ONLY
 ) -> list[tuple[str, bytes]]:
-    """The record's own headers, then where it came from and why it was refused."""
-    body = getattr(error, "body", "") or ""
+    """The record's own headers, then where it came from and why it was refused.
+
+    The refusal's body is scrubbed once more (``redact``: the secrets the settings hold, URL
+    passwords and secret query values): whatever sink refused the record, a topic many can
+    read must not hold a credential the API echoed.
+    """
+    body = redact(getattr(error, "body", "") or "")
     extra = {
         "x-original-topic": record.topic,
         "x-original-partition": str(record.partition),
@@ -65,6 +73,7 @@ class DeadLetters:
             enable_idempotence=settings.dead_letter_idempotence,
             **kafka_security(settings),
         )
+        self._redact = redactor(settings)
         self._started = False
 
     async def __aenter__(self) -> DeadLetters:
@@ -92,7 +101,7 @@ class DeadLetters:
         Cancelling (a rebalance's deadline, a shutdown) is the only way out without it: the
         record then stays uncommitted, and its next owner meets it again.
         """
-        headers = dead_letter_headers(record, error, attempts)
+        headers = dead_letter_headers(record, error, attempts, redact=self._redact)
         attempt = 0
         while True:
             attempt += 1

@@ -23,7 +23,7 @@ from aiokafka.errors import KafkaError
 
 from pipeline import metrics
 from pipeline.commit import Commits
-from pipeline.config import Settings, mask_url
+from pipeline.config import Settings
 from pipeline.consumer import KafkaSource, build_consumer
 from pipeline.dead_letter import DeadLetters
 from pipeline.gate import ApiGate, GateLimits
@@ -32,6 +32,7 @@ from pipeline.partition import FlowLimits, Partitions, lane_partition, names
 from pipeline.policy import RejectRules, Rules, Skips, format_statuses
 from pipeline.progress import Progress
 from pipeline.records import KafkaRecord
+from pipeline.redaction import mask_url
 from pipeline.retry import Backoff
 from pipeline.sender import BatchLimits, Lane, OrderedSender
 from pipeline.sink import batched, build_sink

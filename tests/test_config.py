@@ -426,3 +426,74 @@ def test_a_static_authorization_header_and_a_token_are_one_or_the_other(
     assert "PIPELINE_SPACE_API_TOKEN" in line
     assert "k3y" not in line
     assert "s3cret" not in line
+
+
+# Secrets are masked precisely: never shown, and nothing else hidden
+
+
+def test_the_configuration_masks_exactly_the_secrets(
+    env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``space-pipeline config`` masks SecretStr values, static header values, OAuth2 extra
+    parameter values, URL passwords and secret-looking query values (the token URL's too),
+    and shows everything else as it is: header names, forwarded headers, an empty ``{}``, the
+    path of a secret file."""
+    secret_file = tmp_path / "client-secret"
+    secret_file.write_text("file-s3cret")
+    env.setenv("PIPELINE_SPACE_API_URL", "https://space.example/v1/{key}?api_key=ak1&tenant=acme")
+    env.setenv("PIPELINE_FORWARD_HEADERS", "traceparent,x-tenant")
+    env.setenv("PIPELINE_OAUTH2_TOKEN_URL", "https://idp.example/token?client_secret=cs1&realm=r")
+    env.setenv("PIPELINE_OAUTH2_CLIENT_ID", "stage")
+    env.setenv("PIPELINE_OAUTH2_CLIENT_SECRET_FILE", str(secret_file))
+    env.setenv("PIPELINE_OAUTH2_EXTRA_PARAMS", '{"audience": "aud1", "assertion": "as1"}')
+
+    lines = describe(load())
+    text = "\n".join(lines)
+
+    for secret in ("ak1", "cs1", "aud1", "as1", "file-s3cret"):
+        assert secret not in text
+    assert "PIPELINE_FORWARD_HEADERS=traceparent,x-tenant" in lines
+    assert "PIPELINE_SPACE_API_HEADERS={}  # default" in lines
+    assert (
+        "PIPELINE_SPACE_API_URL=https://space.example/v1/{key}?api_key=********&tenant=acme"
+        in lines
+    )
+    assert (
+        "PIPELINE_OAUTH2_TOKEN_URL=https://idp.example/token?client_secret=********&realm=r"
+        in lines
+    )
+    assert f"PIPELINE_OAUTH2_CLIENT_SECRET_FILE={secret_file}" in lines
+    assert 'PIPELINE_OAUTH2_EXTRA_PARAMS={"audience": "********", "assertion": "********"}' in lines
+
+
+def test_static_header_names_are_shown_and_their_values_masked(env: pytest.MonkeyPatch) -> None:
+    """A static header may hold an API key: its value is masked, its name is not."""
+    env.setenv("PIPELINE_SPACE_API_HEADERS", '{"X-Api-Key": "k3y", "X-Tenant": "acme"}')
+
+    lines = describe(load())
+
+    assert 'PIPELINE_SPACE_API_HEADERS={"X-Api-Key": "********", "X-Tenant": "********"}' in lines
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "secret"),
+    [
+        ("PIPELINE_SPACE_API_URL", "https://user:pa55@/v1/records", "pa55"),
+        ("PIPELINE_SPACE_API_URL", "ftp://space.example/?token=t0k", "t0k"),
+        ("PIPELINE_OAUTH2_TOKEN_URL", "https://idp:[bad/token?client_secret=cs1", "cs1"),
+    ],
+)
+def test_an_invalid_url_is_echoed_with_its_secrets_masked(
+    env: pytest.MonkeyPatch, name: str, value: str, secret: str
+) -> None:
+    """The error names the setting and shows the URL, so the operator sees what is wrong with
+    it, but never its password or a secret query value."""
+    env.setenv(name, value)
+    if name == "PIPELINE_OAUTH2_TOKEN_URL":
+        env.setenv("PIPELINE_OAUTH2_CLIENT_ID", "stage")
+        env.setenv("PIPELINE_OAUTH2_CLIENT_SECRET", "s3cret")
+
+    found = "\n".join(problems())
+
+    assert name in found
+    assert secret not in found

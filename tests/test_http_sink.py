@@ -665,3 +665,88 @@ async def test_an_unexpected_failure_is_retried_a_few_times_only() -> None:
     backoff = Backoff()
     assert backoff.retry_delay(error, 1) is not None
     assert backoff.retry_delay(error, error.max_attempts) is None
+
+
+# Secrets never leave the sink in what the API answered
+
+
+def echoing(status: int = 422) -> Handler:
+    """An API that echoes our request's Authorization, API key and URL in its error body."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen = {
+            "authorization": request.headers.get("authorization"),
+            "x-api-key": request.headers.get("x-api-key"),
+            "url": str(request.url),
+        }
+        return httpx.Response(status, json={"error": "unwanted", "request": seen})
+
+    return answer
+
+
+class StaticTokens:
+    """A token source that hands out the token it was given."""
+
+    def __init__(self, token: str) -> None:
+        self.value = token
+
+    async def token(self) -> str:
+        return self.value
+
+    def invalidate(self, token: str) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("config", "secrets"),
+    [
+        ({"token": "t0ken-abc"}, ["t0ken-abc"]),
+        ({"headers": {"X-Api-Key": "key-123"}}, ["key-123"]),
+        ({"headers": {"Authorization": "Basic dXNlcjpwYTU1"}}, ["dXNlcjpwYTU1"]),
+        ({"url": URL + "?api_key=qk-456&tenant=acme"}, ["qk-456"]),
+    ],
+    ids=["bearer", "api-key-header", "basic", "query-key"],
+)
+async def test_an_error_body_echoing_our_credentials_is_scrubbed(
+    config: dict[str, object], secrets: list[str]
+) -> None:
+    """What the API echoes of our ``Authorization``, a static API key or a signed URL is masked
+    in the rejection's body, which goes to the halt log and the dead letter's x-error-body."""
+    error = await raised_with(echoing(), RejectedError, **config)
+
+    for secret in secrets:
+        assert secret not in error.body
+    assert "********" in error.body
+    assert "unwanted" in error.body
+
+
+async def test_an_echoed_oauth2_token_is_scrubbed() -> None:
+    """The OAuth2 token of the request is known only then: it is masked too."""
+    client = HttpxClient(httpx.MockTransport(echoing()), Timeouts())
+    async with HttpSink(HttpSinkConfig(URL), client, auth=StaticTokens("dyn-t0ken")) as api:
+        with pytest.raises(RejectedError) as raised:
+            await api.send(Record())
+
+    assert "dyn-t0ken" not in raised.value.body
+    assert "Bearer ********" in raised.value.body
+
+
+async def test_a_secret_cut_by_the_end_of_the_excerpt_is_masked_too() -> None:
+    """The body excerpt stops at 1 KiB; a token cut there must not show its first half."""
+    token = "abcdefghijklmnop"
+
+    def long_echo(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(400, text="x" * 1004 + request.headers["authorization"])
+
+    error = await raised_with(long_echo, RejectedError, token=token)
+
+    assert "abcdefgh" not in error.body
+    assert error.body.endswith("********")
+
+
+async def raised_with(handler: Handler, error_type: type[E], **config: object) -> E:
+    """The ``error_type`` that sending one record to ``handler`` raises, configured so."""
+    async with sink_for(handler, **config) as api:
+        with pytest.raises(error_type) as raised:
+            await api.send(Record())
+    return raised.value

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -11,6 +14,31 @@ from prometheus_client import REGISTRY
 
 from pipeline.dev.stub_api import REDIRECT_LOCATION, FaultWindow, StubConfig, StubServer
 from tests.conftest import eventually, new_dlq, running_stage
+
+
+@contextlib.asynccontextmanager
+async def echoing_api(reject: str) -> AsyncIterator[str]:
+    """An API that accepts every record but ``reject`` (an Idempotency-Key), which it answers
+    422 echoing what it got: our Authorization, our API key header and the URL we called."""
+    from aiohttp import web  # noqa: PLC0415
+
+    async def answer(request: web.Request) -> web.Response:
+        if request.headers.get("Idempotency-Key") != reject:
+            return web.Response(status=204)
+        seen = {name: request.headers.get(name) for name in ("Authorization", "X-Api-Key")}
+        return web.json_response({"refused": str(request.url), "headers": seen}, status=422)
+
+    app = web.Application()
+    app.router.add_route("*", "/{path:.*}", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
 
 pytestmark = pytest.mark.integration
 
@@ -281,3 +309,35 @@ async def test_readyz_names_the_auth_outage_over_http(new_topic):
             readyz = await client.get(f"http://127.0.0.1:{stage.ops_port}/readyz")
     assert 503 == readyz.status_code
     assert "credentials" in readyz.json()["reason"]
+
+
+async def test_no_secret_reaches_the_logs_or_the_dead_letter_topic(new_topic, stage_process):
+    """The API URL carries a password and an ``api_key``, a static header an API key, the
+    token is a bearer; the API echoes them all in its 422. Nothing the stage logs (start-up,
+    dead letters, stop) and nothing it writes to the dead-letter topic holds any of them."""
+    topic = await new_topic(1)
+    dlq = await new_dlq(topic)
+    await topic.produce(5)
+    secrets = ("pa55w0rd", "qk-4567", "hk-8901", "t0k-2345")
+    async with echoing_api(reject=f"{topic.name}/0/2") as base:
+        url = base.replace("http://", "http://user:pa55w0rd@") + "/items?api_key=qk-4567&v=2"
+        env = topic.env(
+            url,
+            space_api_token="t0k-2345",
+            space_api_headers='{"X-Api-Key": "hk-8901"}',
+            on_reject="dead-letter",
+            dead_letter_topic=dlq,
+            dead_letter_idempotence="false",
+        )
+        proc = stage_process(env)
+        await eventually(lambda: '"policy.dead_lettered"' in proc.logs(), what="the dead letter")
+        proc.process.send_signal(signal.SIGTERM)
+        assert 0 == await asyncio.to_thread(proc.wait, 20)
+    letters = await dead_letters(topic.bootstrap, dlq)
+    body = dict(letters[0].headers)["x-error-body"].decode()
+    logs = proc.logs()
+    assert '"stage.started"' in logs
+    assert "refused" in body
+    for secret in secrets:
+        assert secret not in logs
+        assert secret not in body
