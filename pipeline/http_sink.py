@@ -9,6 +9,11 @@ forwarded (W3C trace context by default). The URL may name the record (``{topic}
 A batch is one request for consecutive records of a lane: a JSON array of the values (embedded as
 they are) or newline-delimited values, with ``Idempotency-Key: topic/partition/first-last``.
 
+A body may be compressed (``Content-Encoding: gzip`` or ``zstd``): a JSON batch shrinks several
+fold, which a metered or distant API feels more than the CPU it costs. Levels are fast ones (gzip
+1, as nginx, zstd 3, its own default); a big body is compressed off the event loop, so other
+lanes go on meanwhile.
+
 The answer is classified by :class:`~pipeline.policy.Classification`: accepted, retried, an auth
 outage, or a rejection of the record. A redirect is none of these: the configured URL is wrong
 whatever the record, an outage of the endpoint (:class:`~pipeline.errors.ConfigOutageError`) that
@@ -20,9 +25,13 @@ rejection too, never a crash or a retry loop.
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import gzip
 import re
+import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 from urllib.parse import quote, unquote, urlsplit
@@ -42,6 +51,11 @@ from pipeline.redaction import Redactor, header_secrets, url_secrets
 from pipeline.retry import parse_retry_after
 
 PLACEHOLDERS = ("topic", "partition", "key")
+Compression = Literal["none", "gzip", "zstd"]
+GZIP_LEVEL = 1  # most of level 6's gain on JSON for half its CPU; nginx's default too
+# Compressing 128 KiB takes about a millisecond: above that a thread does it (zlib and zstd
+# release the GIL), below it the hand-over to a thread would cost more than it saves.
+COMPRESS_IN_THREAD_BYTES = 128 * 1024
 # Headers that frame a message or belong to one connection (RFC 9110 7.6.1, RFC 9112): the client
 # writes them. One more from a record or a setting gives a request two ``Host`` or two
 # ``Content-Length`` headers, the shape of request smuggling through a proxy. ``Proxy-*`` too.
@@ -85,6 +99,7 @@ class HttpSinkConfig:
         tombstones: A record without a value: ``send`` (empty body) or ``delete`` (a DELETE).
         batch_format: How a batch is framed; ``None`` sends one record per request.
         classification: Which statuses are retried or an auth outage.
+        compression: How request bodies are compressed (``Content-Encoding``); empty ones never.
     """
 
     url: str
@@ -96,6 +111,7 @@ class HttpSinkConfig:
     tombstones: Literal["send", "delete"] = "send"
     batch_format: BatchFormat | None = None
     classification: Classification = field(default_factory=Classification)
+    compression: Compression = "none"
 
 
 def check_url_template(url: str) -> str:
@@ -183,6 +199,18 @@ def check_static_headers(names: Iterable[str]) -> None:
             raise ValueError(f"{name!r} is set by the sink itself")
 
 
+def _compressor(compression: Compression) -> Callable[[bytes], bytes] | None:
+    if compression == "gzip":
+        return functools.partial(gzip.compress, compresslevel=GZIP_LEVEL, mtime=0)
+    if compression == "zstd":
+        if sys.version_info >= (3, 14):
+            from compression import zstd  # noqa: PLC0415 - only when asked for
+        else:
+            from backports import zstd  # noqa: PLC0415 - the same module, before 3.14
+        return zstd.compress
+    return None
+
+
 def _merged(base: Mapping[str, str], more: Mapping[str, str]) -> dict[str, str]:
     """``base`` updated by ``more``, names compared without case: each header is sent once."""
     merged = dict(base)
@@ -234,6 +262,7 @@ class HttpSink:
             self._static["Authorization"] = f"Bearer {config.token}"
         self._static_names = {name.lower(): name for name in self._static}
         self._forward = {name.lower() for name in config.forward_headers}
+        self._compress = _compressor(config.compression)
         self._redact = Redactor.of([*header_secrets(self._static), *url_secrets(config.url)])
         self._closed = False
 
@@ -259,6 +288,9 @@ class HttpSink:
                 metrics.BATCH_SIZES.observe(len(payload))  # type: ignore[arg-type]
         except (ValueError, TypeError) as error:  # UnicodeError is a ValueError
             raise failure(error) from error
+        if self._compress is not None and body:
+            body = await self._compressed(body)
+            headers["Content-Encoding"] = self._config.compression
         auth = self._auth
         token = await auth.token() if auth is not None else None
         classification = self._config.classification
@@ -280,6 +312,13 @@ class HttpSink:
             token, replayed = await auth.token(), True
         if outcome is not Outcome.ACCEPTED:
             raise self._failure(outcome, answer, token)
+
+    async def _compressed(self, body: bytes) -> bytes:
+        compress = self._compress
+        assert compress is not None  # noqa: S101 - only called when compressing
+        if len(body) < COMPRESS_IN_THREAD_BYTES:
+            return compress(body)
+        return await asyncio.to_thread(compress, body)
 
     def _count(self, outcome: str, started: float) -> None:
         metrics.ATTEMPTS.labels(outcome).count += 1

@@ -497,3 +497,13 @@ def test_an_invalid_url_is_echoed_with_its_secrets_masked(
 
     assert name in found
     assert secret not in found
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "zstd"])
+def test_the_compression_setting_reaches_the_sink(env: pytest.MonkeyPatch, encoding: str) -> None:
+    """``PIPELINE_SPACE_API_COMPRESSION`` is what the HTTP sink compresses with."""
+    from pipeline.sink import http_sink_config  # noqa: PLC0415
+
+    env.setenv("PIPELINE_SPACE_API_COMPRESSION", encoding)
+
+    assert encoding == http_sink_config(load()).compression
