@@ -144,6 +144,10 @@ def _placeholder_segments(url: str) -> tuple[frozenset[str], bool]:
     return whole, shared
 
 
+_DOTS = (".", "..")
+_DOTS_BYTES = (b".", b"..")
+
+
 def _dot_segment(text: str) -> bool:
     """Whether ``text`` is a ``.`` or ``..`` segment to a server that decodes it first.
 
@@ -151,12 +155,12 @@ def _dot_segment(text: str) -> bool:
     rounds of decoding are checked.
     """
     for _ in range(3):
-        if text in (".", ".."):
+        if text in _DOTS:
             return True
         if "%" not in text:
             return False
         text = unquote(text)
-    return text in (".", "..")
+    return text in _DOTS
 
 
 def _dot_segment_in(url: str) -> str | None:
@@ -333,10 +337,16 @@ class HttpSink:
         if key is None and "{key}" in self._config.url:
             raise ValueError("the URL names {key} and the record has none")
         whole = self._whole_segments
-        if whole:
-            if "topic" in whole and _dot_segment(record.topic):
-                raise ValueError(f"the topic {record.topic!r} would be a dot segment of the path")
-            if "key" in whole and key and _dot_segment(key.decode("latin-1")):
+        if whole:  # a membership test per value: only dots or a '%' can make a dot segment
+            topic = record.topic
+            if "topic" in whole and (topic in _DOTS or "%" in topic) and _dot_segment(topic):
+                raise ValueError(f"the topic {topic!r} would be a dot segment of the path")
+            if (
+                "key" in whole
+                and key
+                and (key in _DOTS_BYTES or b"%" in key)
+                and _dot_segment(key.decode("latin-1"))
+            ):
                 raise ValueError(f"the key {key!r} would be a dot segment of the path")
         url = self._config.url.format_map(
             {
