@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 import pytest
 import trustme
 
-from pipeline.errors import InvalidRecordError, RetryableSendError
+from pipeline.errors import ConfigOutageError, InvalidRecordError, RetryableSendError
 from pipeline.http11 import LeanClient
 from pipeline.http_client import Timeouts
 
@@ -200,7 +200,8 @@ async def test_a_header_that_cannot_be_sent_is_an_invalid_record(headers: dict[s
 
 
 async def test_https_with_the_given_trust() -> None:
-    """TLS to an API whose certificate the given context trusts."""
+    """TLS to an API whose certificate the given context trusts; without that trust, the
+    endpoint is misconfigured (see tests/test_tls.py)."""
     authority = trustme.CA()
     cert = authority.issue_cert("127.0.0.1")
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -211,7 +212,7 @@ async def test_https_with_the_given_trust() -> None:
         async with LeanClient(Timeouts(), 4, client_ctx) as http:
             result = await http.request("POST", base, {}, b"x")
         async with client() as untrusting:
-            with pytest.raises(RetryableSendError):
+            with pytest.raises(ConfigOutageError):
                 await untrusting.request("POST", base, {}, b"x")
 
     assert 204 == result.status
@@ -246,7 +247,9 @@ async def test_interim_1xx_answers_are_skipped_and_never_paired_with_the_next_re
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
-        writer.write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nRetry-After: 9\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nRetry-After: 9\r\n\r\n"
+        )
         await asyncio.sleep(0.1)  # the real answer in a later read
         writer.write(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
         await read_request(reader)
