@@ -153,9 +153,9 @@ class _Connection(asyncio.Protocol):
         asked for; the loop may not have read it yet, so the socket itself is asked, as httpcore
         does. Only this way is a request never written into a connection already known dead.
         """
-        if self.closed or self.transport is None or self.transport.is_closing():
+        if self.closed:
             return False
-        return self._readable is None or not self._readable.poll(0)
+        return self._readable is None or not self._readable.poll(0)  # an EOF stays readable
 
     def close(self) -> None:
         """Drop the connection (an answer that never finished makes it unusable)."""
