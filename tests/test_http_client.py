@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
+import trustme
 from pydantic import ValidationError
 from structlog.testing import capture_logs
 
@@ -38,6 +40,16 @@ def aiohttp_client(proxy: str | None = None) -> AnyClient:
 
 def httpx_client() -> AnyClient:
     return HttpxClient(httpx.AsyncHTTPTransport(), Timeouts(connect=2, read=2))
+
+
+PROXY_VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", "https_proxy", "http_proxy", "no_proxy")
+
+
+@pytest.fixture(autouse=True)
+def no_proxy_from_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The specs set the proxy variables they need; the machine's own would reroute them."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
 
 
 BOTH = pytest.mark.parametrize("make", [lean, aiohttp_client], ids=["lean", "aiohttp"])
@@ -222,6 +234,27 @@ async def test_the_configured_proxy_wins_over_the_environment(
     assert 1 == len(lines)
 
 
+async def test_an_https_api_is_reached_through_the_proxy_with_connect(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``HTTPS_PROXY`` and an https API: a CONNECT tunnel, TLS to the API inside it, verified
+    with the configured trust."""
+    authority = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(server_context)
+    trust = ssl.create_default_context()
+    authority.configure_trust(trust)
+    handler, heads = recording()
+    async with forward_proxy() as (proxy, lines), server(handler, server_context) as base:
+        monkeypatch.setenv("HTTPS_PROXY", proxy)
+        async with AiohttpClient(Timeouts(connect=2, read=2), 4, ssl_context=trust) as http:
+            answer = await http.request("POST", f"{base}/v1", {}, b"x")
+
+    assert 204 == answer.status
+    assert [f"CONNECT {urlsplit(base).netloc} HTTP/1.1".encode()] == lines
+    assert 1 == len(heads)
+
+
 def settings(url: str, **overrides: object) -> Settings:
     return Settings(
         kafka_bootstrap_servers="localhost:9092",
@@ -258,8 +291,6 @@ def test_the_lean_client_warns_that_it_ignores_a_proxy_in_the_environment(
 ) -> None:
     """One warning at start, naming the variable and the way out, when the lean client would
     go around a proxy the environment names for the API."""
-    for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy", "NO_PROXY", "no_proxy"):
-        monkeypatch.delenv(name, raising=False)
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
     with capture_logs() as logs:

@@ -29,6 +29,13 @@ def aiohttp_client(context: ssl.SSLContext | None) -> AnyClient:
     return AiohttpClient(Timeouts(connect=2, read=2), 4, ssl_context=context)
 
 
+@pytest.fixture(autouse=True)
+def no_proxy_from_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The machine's proxy variables would reroute the aiohttp client."""
+    for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+
 BOTH = pytest.mark.parametrize("make", [lean, aiohttp_client], ids=["lean", "aiohttp"])
 
 
