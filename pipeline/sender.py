@@ -93,7 +93,10 @@ class Gate(Protocol):
 
     @property
     def blocked(self) -> bool:
-        """Whether admission now waits for an outage or a throttle to end."""
+        """Whether admission now waits: for an outage, a throttle or a rate slot.
+
+        A deadline drain cancels a lane rather than let it wait: nothing of its attempt was sent.
+        """
         ...
 
     async def admit(self) -> bool:
@@ -693,7 +696,7 @@ class OrderedSender(Generic[T]):
         Each attempt takes a slot, passes the gate and calls ``send``, written out here rather
         than in helpers: every coroutine level is paid again at each resumption of the request,
         and on a fast API that is most of the sender's cost. Returns ``False`` when a deadline
-        drain stopped it before a retry (nothing settled).
+        drain stopped it before an attempt it would have had to wait for (nothing settled).
         """
         clock, slots, gate = self._clock, self._slots, self._gate
         started = clock.monotonic()
@@ -706,6 +709,8 @@ class OrderedSender(Generic[T]):
             await slots.acquire()
             try:
                 if gate is not None and not gate.clear:
+                    if gate.blocked and self._parked(lane):
+                        return False  # a deadline drain cannot wait at the gate either
                     probe = await gate.admit()
                 state.phase = _Phase.SENDING
                 if self._is_async:
