@@ -61,6 +61,17 @@ async def call_blocking(function: Callable[..., R], *args: object) -> R:
     return await sender._in_thread(state, function, *args)
 
 
+def current_attempt() -> int:
+    """Which attempt at its items the running send is: 1, then 2 for the first retry, and so on.
+
+    An async send function that reports attempts (a dead letter's headers do) reads the count
+    here rather than keep its own: counts kept per item outlive the items the sender gave up on
+    (a lane cancelled by a revoke is never retried), and grow for ever. Outside a lane it is 1.
+    """
+    current = _LANE.get()
+    return 1 if current is None else current[1].attempt
+
+
 def is_async_callable(function: Callable[..., object]) -> bool:
     """Whether ``function`` is awaited, or is blocking code to run in a thread.
 
@@ -291,6 +302,7 @@ class _State(enum.Enum):
 class _LaneState(Generic[T]):
     __slots__ = (
         "arrived",
+        "attempt",
         "current",
         "halted_by",
         "nbytes",
@@ -304,6 +316,7 @@ class _LaneState(Generic[T]):
     def __init__(self) -> None:
         self.queue: deque[Receipt[T]] = deque()
         self.current: list[Receipt[T]] = []
+        self.attempt = 0  # of the current items: for `current_attempt`
         self.nbytes = 0
         self.halted_by: BaseException | None = None
         self.worker: asyncio.Task[None] | None = None
@@ -712,7 +725,7 @@ class OrderedSender(Generic[T]):
                     if gate.blocked and self._parked(lane):
                         return False  # a deadline drain cannot wait at the gate either
                     probe = await gate.admit()
-                state.phase = _Phase.SENDING
+                state.phase, state.attempt = _Phase.SENDING, attempt
                 if self._is_async:
                     result = await self._send(payload)  # type: ignore[misc]
                 else:
