@@ -3,7 +3,8 @@
 One fetch at a time (however many lanes need a token at once), refreshed before it expires
 (``expires_in``) but never more often than every half-lifetime (or second), and fetched anew when
 the API refuses it (the sink then replays the request once). A token endpoint that fails is an
-auth outage of the whole API, handled by the gate like a 401: never a bad record.
+auth outage of the whole API, handled by the gate like a 401: never a bad record. Its answer is
+read up to ``MAX_TOKEN_ANSWER_BYTES``: a token endpoint must not fill the stage's memory.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ log = structlog.get_logger("pipeline.oauth2")
 # never before half of it has passed: a short lifetime must not turn into a fetch per request.
 REFRESH_SHARE = 0.1
 MIN_REFRESH_S = 5.0
+# A token answer is a few hundred bytes: a bigger one is a wrong endpoint, read no further.
+MAX_TOKEN_ANSWER_BYTES = 64 * 1024
 # The lifetime of a token whose answer gives none.
 DEFAULT_LIFETIME_S = 3600.0
 # A lifetime below this (zero, negative, a few ms) counts as this: a token endpoint that says its
@@ -102,10 +105,15 @@ class TokenSource:
         }
         try:
             answer = await self._client.request(
-                "POST", c.token_url, headers, urlencode(form).encode(), read_body=True
+                "POST",
+                c.token_url,
+                headers,
+                urlencode(form).encode(),
+                read_body=True,
+                max_body=MAX_TOKEN_ANSWER_BYTES,
             )
         except SendError as error:
-            raise self._failed(f"the token endpoint is unreachable: {error}") from error
+            raise self._failed(f"the token endpoint failed: {error}") from error
         if not 200 <= answer.status < 300:
             excerpt = answer.body[:200].decode("utf-8", "replace")
             raise self._failed(f"the token endpoint answered {answer.status}: {excerpt}")

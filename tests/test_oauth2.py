@@ -159,6 +159,19 @@ async def test_a_token_endpoint_claiming_no_lifetime_is_asked_once_a_second_at_m
     assert 1 <= endpoint.requests <= 5
 
 
+@pytest.mark.parametrize("client_name", list(CLIENTS))
+async def test_a_huge_token_answer_is_an_auth_outage_without_reading_it_all(
+    client_name: str,
+) -> None:
+    """A token endpoint answering 32 MiB (one answered 635 MiB): the fetch fails as an auth
+    outage saying the answer is too large, long before the body has been read."""
+    async with token_endpoint(body_size=32 << 20) as endpoint, CLIENTS[client_name]() as client:
+        source = TokenSource(ClientCredentials(endpoint.url, "stage", "s3cret"), client)
+        with pytest.raises(AuthError, match="larger than 65536 bytes"):
+            await source.token()
+    assert endpoint.body_bytes_sent < 16 << 20
+
+
 async def test_a_refused_token_is_fetched_anew_and_the_request_replayed() -> None:
     """The API refuses a token it revoked: the sink fetches a new one and replays once."""
     async with oauth_stub() as stub, AiohttpClient(Timeouts(), 4) as client:
