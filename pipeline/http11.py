@@ -21,7 +21,14 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from pipeline.http_client import BODY_EXCERPT_BYTES, Answer, ClosingClient, Timeouts, failure
+from pipeline.http_client import (
+    BODY_EXCERPT_BYTES,
+    Answer,
+    ClosingClient,
+    Timeouts,
+    failure,
+    too_large,
+)
 
 _Origin = tuple[str, str, int]  # scheme, host, port
 
@@ -41,6 +48,7 @@ class _Connection(asyncio.Protocol):
         self._body_size = 0
         self._keep_alive = True
         self._want_body = False
+        self._max_body: int | None = None
         self.answered = False
 
     # asyncio.Protocol
@@ -81,6 +89,8 @@ class _Connection(asyncio.Protocol):
         if self._want_body or excerpt:
             self._body.append(body)
             self._body_size += len(body)
+            if self._max_body is not None and self._body_size > self._max_body:
+                self._fail(too_large(self._max_body))
 
     def on_message_complete(self) -> None:
         waiter = self._waiter
@@ -89,12 +99,14 @@ class _Connection(asyncio.Protocol):
 
     # The exchange
 
-    def exchange(self, request: bytes, want_body: bool) -> asyncio.Future[Answer]:
+    def exchange(
+        self, request: bytes, want_body: bool, max_body: int | None = None
+    ) -> asyncio.Future[Answer]:
         """Write ``request`` and return the future of its answer."""
         assert self.transport is not None  # noqa: S101 - connected
         self.used = True
         self._status, self._retry_after, self._body, self._body_size = 0, None, [], 0
-        self._want_body, self.answered = want_body, False
+        self._want_body, self._max_body, self.answered = want_body, max_body, False
         self._waiter = asyncio.get_running_loop().create_future()
         self.transport.write(request)
         return self._waiter
@@ -149,6 +161,7 @@ class LeanClient(ClosingClient):
         body: bytes | None,
         *,
         read_body: bool = False,
+        max_body: int | None = None,
     ) -> Answer:
         """Send one request and read what the sink needs of the answer."""
         try:
@@ -161,22 +174,27 @@ class LeanClient(ClosingClient):
             connection = idle.pop()
             if not connection.closed:
                 try:
-                    return await self._exchange(origin, connection, request, read_body)
+                    return await self._exchange(origin, connection, request, read_body, max_body)
                 except _StaleConnectionError:
                     break  # the server had closed it meanwhile: once more, on a new one
         connection = await self._connect(origin)
         try:
-            return await self._exchange(origin, connection, request, read_body)
+            return await self._exchange(origin, connection, request, read_body, max_body)
         except _StaleConnectionError as error:
             raise failure(error.__cause__ or error) from error
 
     async def _exchange(
-        self, origin: _Origin, connection: _Connection, request: bytes, read_body: bool
+        self,
+        origin: _Origin,
+        connection: _Connection,
+        request: bytes,
+        read_body: bool,
+        max_body: int | None = None,
     ) -> Answer:
         reused = connection.used
         try:
             async with asyncio.timeout(self._timeouts.read):
-                answer = await connection.exchange(request, read_body)
+                answer = await connection.exchange(request, read_body, max_body)
         except asyncio.CancelledError:
             connection.close()
             raise
