@@ -33,7 +33,14 @@ from typing import NamedTuple
 import httptools
 from yarl import URL
 
-from pipeline.http_client import BODY_EXCERPT_BYTES, Answer, ClosingClient, Timeouts, failure
+from pipeline.http_client import (
+    BODY_EXCERPT_BYTES,
+    Answer,
+    ClosingClient,
+    Timeouts,
+    failure,
+    too_large,
+)
 
 _Origin = tuple[str, str, int]  # scheme, host, port
 
@@ -63,6 +70,7 @@ class _Connection(asyncio.Protocol):
         self._body_size = 0
         self._keep_alive = True
         self._want_body = False
+        self._max_body: int | None = None
         self.answered = False
 
     # asyncio.Protocol
@@ -118,6 +126,8 @@ class _Connection(asyncio.Protocol):
         if self._want_body or excerpt:
             self._body.append(body)
             self._body_size += len(body)
+            if self._max_body is not None and self._body_size > self._max_body:
+                self._fail(too_large(self._max_body))
 
     def on_message_complete(self) -> None:
         if self._status < 200:  # interim (RFC 9110, 15.2): the answer is still to come
@@ -131,12 +141,14 @@ class _Connection(asyncio.Protocol):
 
     # The exchange
 
-    def exchange(self, request: bytes, want_body: bool) -> asyncio.Future[Answer]:
+    def exchange(
+        self, request: bytes, want_body: bool, max_body: int | None = None
+    ) -> asyncio.Future[Answer]:
         """Write ``request`` and return the future of its answer."""
         assert self.transport is not None  # noqa: S101 - connected
         self._status, self._retry_after, self._location = 0, None, None
         self._body, self._body_size = [], 0
-        self._want_body, self.answered = want_body, False
+        self._want_body, self._max_body, self.answered = want_body, max_body, False
         self._waiter = asyncio.get_running_loop().create_future()
         self.transport.write(request)
         return self._waiter
@@ -202,6 +214,7 @@ class LeanClient(ClosingClient):
         body: bytes | None,
         *,
         read_body: bool = False,
+        max_body: int | None = None,
     ) -> Answer:
         """Send one request and read what the sink needs of the answer."""
         try:
@@ -214,17 +227,22 @@ class LeanClient(ClosingClient):
         while idle:
             connection = idle.pop()
             if connection.untouched():
-                return await self._exchange(origin, connection, request, read_body)
+                return await self._exchange(origin, connection, request, read_body, max_body)
             connection.close()  # closed by the server while idle: nothing was sent on it
         connection = await self._connect(origin)
-        return await self._exchange(origin, connection, request, read_body)
+        return await self._exchange(origin, connection, request, read_body, max_body)
 
     async def _exchange(
-        self, origin: _Origin, connection: _Connection, request: bytes, read_body: bool
+        self,
+        origin: _Origin,
+        connection: _Connection,
+        request: bytes,
+        read_body: bool,
+        max_body: int | None = None,
     ) -> Answer:
         try:
             async with asyncio.timeout(self._timeouts.read):
-                answer = await connection.exchange(request, read_body)
+                answer = await connection.exchange(request, read_body, max_body)
         except asyncio.CancelledError:
             connection.close()
             raise

@@ -43,6 +43,13 @@ from pipeline.errors import (
 BODY_EXCERPT_BYTES = 1024
 
 
+def too_large(limit: int) -> SendError:
+    """The error for an answer whose body exceeds a caller's ``max_body``: it is not read on."""
+    return RetryableSendError(
+        f"the answer's body is larger than {limit} bytes (not read further)", reason="too_large"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Answer:
     """What the sink needs of a response.
@@ -97,8 +104,13 @@ class HttpClient(Protocol):
         body: bytes | None,
         *,
         read_body: bool = False,
+        max_body: int | None = None,
     ) -> Answer:
-        """Send and return the answer (any status); the body of a 2xx only with ``read_body``."""
+        """Send and return the answer (any status); the body of a 2xx only with ``read_body``.
+
+        A body read with ``read_body`` that exceeds ``max_body`` bytes raises :func:`too_large`
+        as soon as it does (the connection is dropped), so an answer cannot fill the memory.
+        """
         ...
 
     async def aclose(self) -> None:
@@ -219,6 +231,7 @@ class AiohttpClient(ClosingClient):
         body: bytes | None,
         *,
         read_body: bool = False,
+        max_body: int | None = None,
     ) -> Answer:
         """Send one request and read what the sink needs of the answer."""
         session = self._session or self._open()
@@ -230,6 +243,8 @@ class AiohttpClient(ClosingClient):
                 method, url, data=body, headers=headers, proxy=proxy, allow_redirects=False
             ) as response:
                 status = response.status
+                if 200 <= status < 300 and read_body and max_body is not None:
+                    return Answer(status, body=await _read_at_most(response.content, max_body))
                 if 200 <= status < 300:
                     payload = await response.read()  # drained: the connection goes back
                     return Answer(status, body=payload if read_body else b"")
@@ -246,6 +261,18 @@ class AiohttpClient(ClosingClient):
     async def _close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+async def _read_at_most(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """The body, or :func:`too_large` once more than ``limit`` bytes have come."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class HttpxClient(ClosingClient):
@@ -269,6 +296,7 @@ class HttpxClient(ClosingClient):
         body: bytes | None,
         *,
         read_body: bool = False,
+        max_body: int | None = None,
     ) -> Answer:
         """Send one request through the transport and read what the sink needs."""
         try:
@@ -277,7 +305,14 @@ class HttpxClient(ClosingClient):
             )
             response = await self._transport.handle_async_request(request)
             try:
-                payload = await response.aread()
+                if max_body is None:
+                    payload = await response.aread()
+                else:
+                    payload = b""
+                    async for chunk in response.aiter_bytes():
+                        payload += chunk
+                        if len(payload) > max_body:
+                            raise too_large(max_body)
             finally:
                 await response.aclose()
         except asyncio.CancelledError:
