@@ -7,23 +7,32 @@ itself a fraction of httpx's (see the README's benchmark). :class:`AiohttpClient
 directly, for what the lean client leaves out (HTTP proxies). :class:`HttpxClient` runs any httpx
 transport, so tests keep using ``httpx.MockTransport`` and users can pass a transport of their own.
 
+None follows a redirect: a ``3xx`` comes back as the answer, with its ``Location``, since a POST
+turned into a GET elsewhere would count as the record's acceptance while the API never saw it.
+
 All turn failures into the pipeline's errors the same way: a refused or cut connection is a
-``connection`` error, a timeout is a ``timeout``, a request the client refuses to build (a header
-with a line break) is an :class:`~pipeline.errors.InvalidRecordError`, and anything nobody
-foresaw is an :class:`~pipeline.errors.UnexpectedSendError`, retried a few times only.
+``connection`` error, a timeout is a ``timeout``, a certificate that fails verification is a
+``tls`` :class:`~pipeline.errors.ConfigOutageError` (the URL or the trust is wrong, no record
+is), a request the client refuses to build (a header with a line break) is an
+:class:`~pipeline.errors.InvalidRecordError`, and anything nobody foresaw is an
+:class:`~pipeline.errors.UnexpectedSendError`, retried a few times only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol, Self
+from urllib.request import getproxies_environment, proxy_bypass_environment  # type: ignore[attr-defined]
 
 import aiohttp
 import httpx
+from yarl import URL
 
 from pipeline.errors import (
+    ConfigOutageError,
     InvalidRecordError,
     RetryableSendError,
     SendError,
@@ -118,8 +127,9 @@ _EXCHANGE_FAILED = (aiohttp.ClientError, httpx.TransportError, OSError)
 
 def failure(error: BaseException) -> SendError:
     """The pipeline's error for an exchange that produced no answer."""
-    if isinstance(error, SendError):
-        return error
+    known = error if isinstance(error, SendError) else _untrusted(error)
+    if known is not None:
+        return known
     cause = error.__cause__ or error
     if isinstance(error, _UNREACHABLE) or isinstance(cause, _UNREACHABLE):
         return RetryableSendError(f"Space API unreachable: {cause}", reason="connection")
@@ -133,26 +143,62 @@ def failure(error: BaseException) -> SendError:
     return UnexpectedSendError(message, reason="unexpected")
 
 
+def _untrusted(error: BaseException) -> ConfigOutageError | None:
+    """The outage of an endpoint whose certificate failed verification, if that is ``error``.
+
+    aiohttp wraps the verification error in ``ClientConnectorCertificateError`` (a subclass
+    without its message), the lean client raises it as is.
+    """
+    for candidate in (getattr(error, "certificate_error", None), error.__cause__, error):
+        if isinstance(candidate, ssl.SSLCertVerificationError):
+            return ConfigOutageError(
+                f"the Space API's TLS certificate failed verification ({candidate.verify_message}):"
+                " check PIPELINE_SPACE_API_URL, or trust its CA with PIPELINE_SPACE_API_CA_FILE",
+                reason="tls",
+            )
+    return None
+
+
 class AiohttpClient(ClosingClient):
     """A pooled aiohttp session; async context manager, ``aclose`` idempotent.
+
+    Proxies: ``proxy`` when given, otherwise ``HTTP_PROXY``/``HTTPS_PROXY``/``NO_PROXY`` from the
+    environment, resolved once per URL. aiohttp's own ``trust_env`` is left off: it would also
+    read ``~/.netrc`` for the API's credentials, and look the proxy up in a thread per request.
 
     Args:
         timeouts: Connect and read timeouts of one request.
         max_connections: Pool size; match the sender's concurrency so nothing queues for a socket.
+        ssl_context: Trust and client certificate for ``https`` (see :mod:`pipeline.tls`).
+        proxy: An HTTP proxy every request goes through (``PIPELINE_HTTP_PROXY``).
     """
 
-    def __init__(self, timeouts: Timeouts, max_connections: int) -> None:
+    def __init__(
+        self,
+        timeouts: Timeouts,
+        max_connections: int,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        proxy: str | None = None,
+    ) -> None:
         # One deadline for the whole exchange (connect + read): one timer per request, where a
         # per-read timeout re-arms a timer on every chunk received.
         self._timeout = aiohttp.ClientTimeout(
             total=timeouts.connect + timeouts.read, connect=timeouts.connect
         )
         self._max_connections = max_connections
+        self._ssl = ssl_context
+        self._proxy = proxy
+        self._env_proxies: dict[str, str | None] = {}
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:
         # Created on first use, inside the running loop, as aiohttp wants.
-        connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0)
+        connector = aiohttp.TCPConnector(
+            limit=self._max_connections,
+            limit_per_host=0,
+            ssl=self._ssl if self._ssl is not None else True,
+        )
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=self._timeout,
@@ -160,6 +206,22 @@ class AiohttpClient(ClosingClient):
             auto_decompress=False,
         )
         return self._session
+
+    def _proxy_for(self, url: str) -> str | None:
+        """The environment's proxy for ``url`` (``None`` when ``NO_PROXY`` names its host)."""
+        try:
+            return self._env_proxies[url]
+        except KeyError:
+            pass
+        parsed = URL(url)
+        proxies = getproxies_environment()
+        proxy = proxies.get(parsed.scheme)
+        if proxy is not None and proxy_bypass_environment(parsed.host or "", proxies):
+            proxy = None
+        if len(self._env_proxies) > 4096:  # a templated URL per key: keep the cache bounded
+            self._env_proxies.clear()
+        self._env_proxies[url] = proxy
+        return proxy
 
     async def request(
         self,
@@ -173,8 +235,13 @@ class AiohttpClient(ClosingClient):
     ) -> Answer:
         """Send one request and read what the sink needs of the answer."""
         session = self._session or self._open()
+        proxy = self._proxy or self._proxy_for(url)
         try:
-            async with session.request(method, url, data=body, headers=headers) as response:
+            if "@" in url and any(name.lower() == "authorization" for name in headers):
+                url = str(URL(url).with_user(None))  # the request's own Authorization wins
+            async with session.request(
+                method, url, data=body, headers=headers, proxy=proxy, allow_redirects=False
+            ) as response:
                 status = response.status
                 if 200 <= status < 300 and read_body and max_body is not None:
                     return Answer(status, body=await _read_at_most(response.content, max_body))
@@ -182,7 +249,10 @@ class AiohttpClient(ClosingClient):
                     payload = await response.read()  # drained: the connection goes back
                     return Answer(status, body=payload if read_body else b"")
                 payload = await response.content.read(BODY_EXCERPT_BYTES)
-                return Answer(status, response.headers.get("Retry-After"), payload)
+                headers_in = response.headers
+                return Answer(
+                    status, headers_in.get("Retry-After"), payload, headers_in.get("Location")
+                )
         except asyncio.CancelledError:
             raise
         except Exception as error:
@@ -252,7 +322,9 @@ class HttpxClient(ClosingClient):
         status = response.status_code
         if 200 <= status < 300:
             return Answer(status, body=payload if read_body else b"")
-        return Answer(status, response.headers.get("retry-after"), payload[:BODY_EXCERPT_BYTES])
+        found = response.headers
+        excerpt = payload[:BODY_EXCERPT_BYTES]
+        return Answer(status, found.get("retry-after"), excerpt, found.get("location"))
 
     async def _close(self) -> None:
         await self._transport.aclose()
