@@ -20,7 +20,7 @@ import structlog
 
 from pipeline import metrics
 from pipeline.clock import Clock, SystemClock
-from pipeline.errors import AuthError, SendError
+from pipeline.errors import AuthError, ConfigOutageError, SendError
 from pipeline.http_client import HttpClient
 
 log = structlog.get_logger("pipeline.oauth2")
@@ -112,8 +112,28 @@ class TokenSource:
                 read_body=True,
                 max_body=MAX_TOKEN_ANSWER_BYTES,
             )
+        except ConfigOutageError as error:  # an untrusted certificate: the URL, not the secret
+            metrics.TOKEN_REQUESTS.labels("failed").inc()
+            detail = getattr(error.__cause__, "verify_message", None) or error.reason
+            why = (
+                f"the token endpoint's TLS certificate failed verification ({detail}); fix"
+                " PIPELINE_OAUTH2_TOKEN_URL, or trust its CA with PIPELINE_SPACE_API_CA_FILE"
+            )
+            raise ConfigOutageError(why, reason=error.reason) from error
         except SendError as error:
             raise self._failed(f"the token endpoint failed: {error}") from error
+        if 300 <= answer.status < 400:  # never followed: the setting must name the endpoint
+            metrics.TOKEN_REQUESTS.labels("failed").inc()
+            why = (
+                f"the token endpoint redirects with {answer.status} to {answer.location}; fix"
+                " PIPELINE_OAUTH2_TOKEN_URL"
+            )
+            raise ConfigOutageError(
+                why,
+                reason="redirect",
+                status=answer.status,
+                location=answer.location,
+            )
         if not 200 <= answer.status < 300:
             excerpt = answer.body[:200].decode("utf-8", "replace")
             raise self._failed(f"the token endpoint answered {answer.status}: {excerpt}")

@@ -14,6 +14,7 @@ from pipeline.config import Settings, describe_errors
 from pipeline.errors import ConfigOutageError
 from pipeline.http11 import LeanClient
 from pipeline.http_client import AiohttpClient, Timeouts
+from pipeline.oauth2 import ClientCredentials, TokenSource
 from pipeline.tls import ssl_context
 from tests.test_http11 import OK, read_request, replying, server
 
@@ -159,3 +160,30 @@ def test_tls_files_that_are_not_pem_are_refused_at_start(pki: Pki) -> None:
     )
     assert 1 == len(found)
     assert found[0].startswith("PIPELINE_SPACE_API_CLIENT_CERT_FILE/_KEY_FILE: cannot be loaded")
+
+
+@BOTH
+async def test_an_untrusted_token_endpoint_is_an_outage_of_its_setting(
+    make: Client, pki: Pki
+) -> None:
+    """A token URL whose certificate is not trusted is a fault of the configuration, reported as
+    such (naming the token URL), not as credentials the API refuses."""
+    async with server(replying(OK), pki.server) as base, make(None) as http:
+        source = TokenSource(ClientCredentials(base + "/token", "stage", "s3cret"), http)
+        with pytest.raises(ConfigOutageError, match="PIPELINE_OAUTH2_TOKEN_URL") as caught:
+            await source.token()
+
+    assert "tls" == caught.value.reason
+
+
+@BOTH
+async def test_a_token_endpoint_that_redirects_is_an_outage_of_its_setting(make: Client) -> None:
+    """A redirect from the token endpoint is never followed; it names where it pointed."""
+    moved = b"HTTP/1.1 301 Moved Permanently\r\nLocation: https://idp.example/t\r\n\r\n"
+    async with server(replying(moved)) as base, make(None) as http:
+        source = TokenSource(ClientCredentials(base + "/token", "stage", "s3cret"), http)
+        with pytest.raises(ConfigOutageError, match="PIPELINE_OAUTH2_TOKEN_URL") as caught:
+            await source.token()
+
+    assert ("redirect", 301) == (caught.value.reason, caught.value.status)
+    assert "https://idp.example/t" == caught.value.location
