@@ -21,6 +21,7 @@ is), a request the client refuses to build (a header with a line break) is an
 from __future__ import annotations
 
 import asyncio
+import select
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,6 +30,10 @@ from urllib.request import getproxies_environment, proxy_bypass_environment  # t
 
 import aiohttp
 import httpx
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.client_reqrep import ConnectionKey
+from aiohttp.connector import Connection
+from aiohttp.tracing import Trace
 from yarl import URL
 
 from pipeline.errors import (
@@ -194,7 +199,7 @@ class AiohttpClient(ClosingClient):
 
     def _open(self) -> aiohttp.ClientSession:
         # Created on first use, inside the running loop, as aiohttp wants.
-        connector = aiohttp.TCPConnector(
+        connector = _UntouchedConnector(
             limit=self._max_connections,
             limit_per_host=0,
             ssl=self._ssl if self._ssl is not None else True,
@@ -242,17 +247,7 @@ class AiohttpClient(ClosingClient):
             async with session.request(
                 method, url, data=body, headers=headers, proxy=proxy, allow_redirects=False
             ) as response:
-                status = response.status
-                if 200 <= status < 300 and read_body and max_body is not None:
-                    return Answer(status, body=await _read_at_most(response.content, max_body))
-                if 200 <= status < 300:
-                    payload = await response.read()  # drained: the connection goes back
-                    return Answer(status, body=payload if read_body else b"")
-                payload = await response.content.read(BODY_EXCERPT_BYTES)
-                headers_in = response.headers
-                return Answer(
-                    status, headers_in.get("Retry-After"), payload, headers_in.get("Location")
-                )
+                return await _answer(response, read_body, max_body)
         except asyncio.CancelledError:
             raise
         except Exception as error:
@@ -261,6 +256,26 @@ class AiohttpClient(ClosingClient):
     async def _close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+async def _answer(
+    response: aiohttp.ClientResponse, read_body: bool, max_body: int | None
+) -> Answer:
+    """What the sink needs of ``response``, its body read to the end when it is accepted."""
+    status = response.status
+    if status == 101:  # nobody asked to upgrade: the server speaks something else now
+        raise ConnectionError("the server switched protocols (101)")
+    if 200 <= status < 300 and read_body and max_body is not None:
+        return Answer(status, body=await _read_at_most(response.content, max_body))
+    if 200 <= status < 300 and read_body:
+        return Answer(status, body=await response.read())
+    if 200 <= status < 300:
+        await _discard(response.content)  # read to its end: the connection goes back
+        return Answer(status)
+    # A refusal's body beyond the excerpt is not read: its connection is closed, not drained.
+    payload = await response.content.read(BODY_EXCERPT_BYTES)
+    found = response.headers
+    return Answer(status, found.get("Retry-After"), payload, found.get("Location"))
 
 
 async def _read_at_most(content: aiohttp.StreamReader, limit: int) -> bytes:
@@ -273,6 +288,50 @@ async def _read_at_most(content: aiohttp.StreamReader, limit: int) -> bytes:
             raise too_large(limit)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def _discard(content: aiohttp.StreamReader) -> None:
+    """Read the body to its end, keeping none of it: an accepted answer may be any size."""
+    while await content.readany():
+        pass
+
+
+class _UntouchedConnector(aiohttp.TCPConnector):
+    """aiohttp's pool, handing out only connections on which nothing arrived while idle.
+
+    Bytes on an idle connection are an answer nobody asked for: taken for the next request's
+    answer, it would accept or reject the wrong record. aiohttp 3.14 reuses such a connection:
+    a whole stray message waits in the protocol's queue (``should_close`` then says so, but the
+    pool does not ask), part of one waits in the parser, and bytes the loop has not read yet
+    wait in the socket. There is no public hook between the pool and a reused connection, so
+    this overrides the pool's private ``_get`` and reads the protocol's private parser; the
+    version is bounded in pyproject.toml and the conformance suite catches a change.
+    """
+
+    async def _get(self, key: ConnectionKey, traces: list[Trace]) -> Connection | None:
+        while (connection := await super()._get(key, traces)) is not None:
+            if connection.protocol is not None and _untouched(connection.protocol):
+                return connection
+            connection.close()  # the next pooled one, or a new connection
+        return None
+
+
+def _untouched(protocol: ResponseHandler) -> bool:
+    """Whether nothing arrived on the idle ``protocol`` since its last answer ended."""
+    if protocol.should_close:  # a stray message queued, a parse error, the server's close
+        return False
+    parser = protocol._parser  # private: see _UntouchedConnector
+    try:
+        if parser is not None and parser.feed_eof() is not None:  # part of a message
+            return False
+    except Exception:  # the part did not even make a message
+        return False
+    sock = protocol.transport.get_extra_info("socket") if protocol.transport else None
+    if sock is None:
+        return True
+    readable = select.poll()
+    readable.register(sock.fileno(), select.POLLIN)
+    return not readable.poll(0)  # bytes not read yet, or the server's close
 
 
 class HttpxClient(ClosingClient):

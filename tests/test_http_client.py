@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import socketserver
 import ssl
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from urllib.parse import urlsplit
 
 import httpx
@@ -338,3 +341,97 @@ async def test_a_configured_token_wins_over_credentials_in_the_url(kind: str) ->
             await sink.send(Record())
 
     assert b"Bearer t0k" == header(heads[0], b"authorization")
+
+
+# Bytes nobody asked for (the conformance suite has the cases; these are the edges it misses)
+
+CREATED = b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"
+STALE = b"HTTP/1.1 422 Unprocessable Entity\r\nContent-Length: 5\r\n\r\nstale"
+
+
+def answering_then(stray: bytes) -> tuple[Handler, list[int]]:
+    """A keep-alive server answering 201; on its first connection, 20 ms after the first answer,
+    it also sends ``stray``. Records which connection each request came on."""
+    connections: list[int] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connection = len(set(connections)) + 1
+        while True:
+            await read_request(reader)
+            connections.append(connection)
+            writer.write(CREATED)
+            if connection == 1 and connections.count(1) == 1:
+                await writer.drain()
+                await asyncio.sleep(0.02)
+                writer.write(stray)
+
+    return handler, connections
+
+
+@BOTH
+async def test_half_an_answer_sent_to_an_idle_connection_retires_it(make: Client) -> None:
+    """The start of an answer nobody asked for: the server has lost count on that connection,
+    so the next request goes out on a new one, and gets its own 201."""
+    handler, connections = answering_then(b"HTTP/1.1 422 Unproc")
+    async with server(handler) as base, make() as http:
+        first = await http.request("POST", f"{base}/v1", {}, b"x")
+        await asyncio.sleep(0.1)  # the stray bytes arrive meanwhile
+        second = await http.request("POST", f"{base}/v1", {}, b"x")
+
+    assert (201, 201) == (first.status, second.status)
+    assert [1, 2] == connections, "used again after stray bytes"
+
+
+class StrayAfterFirstAnswer(socketserver.StreamRequestHandler):
+    """Answers 201 to every request; on the first connection, sends a stale 422 after the first."""
+
+    connections: list[int]
+
+    def handle(self) -> None:
+        connections = self.connections
+        connection = len(set(connections)) + 1
+        while head := self.rfile.readline():
+            length = 0
+            while head not in (b"\r\n", b""):
+                name, _, value = head.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+                head = self.rfile.readline()
+            self.rfile.read(length)
+            connections.append(connection)
+            self.wfile.write(CREATED)
+            if connection == 1 and connections.count(1) == 1:
+                time.sleep(0.02)
+                self.wfile.write(STALE)
+
+
+@contextmanager
+def server_in_a_thread() -> Iterator[tuple[str, list[int]]]:
+    """A :class:`StrayAfterFirstAnswer` server the test's event loop cannot hold up."""
+    connections: list[int] = []
+    handler = type("Handler", (StrayAfterFirstAnswer,), {"connections": connections})
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler) as srv:
+        srv.daemon_threads = True
+        thread = threading.Thread(target=srv.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{srv.server_address[1]}", connections
+        finally:
+            srv.shutdown()
+
+
+@BOTH
+async def test_an_answer_the_loop_has_not_read_yet_still_retires_the_connection(
+    make: Client,
+) -> None:
+    """The stray answer is in the socket, not yet read when the next request takes the
+    connection (the loop was busy): the socket itself is asked, so the 422 is never taken for
+    the next request's answer."""
+    with server_in_a_thread() as (base, connections):
+        async with make() as http:
+            first = await http.request("POST", f"{base}/v1", {}, b"x")
+            time.sleep(0.1)  # noqa: ASYNC251 - the loop must not read the stray answer
+            second = await http.request("POST", f"{base}/v1", {}, b"x")
+
+    assert (201, 201) == (first.status, second.status)
+    assert [1, 2] == connections, "used again after stray bytes"
