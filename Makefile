@@ -14,11 +14,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-# promtool and prometheus come from Debian's `prometheus` package (dashboard and alert tests).
+# promtool and prometheus come from Debian's `prometheus` package (dashboard and alert tests);
+# nginx from `nginx-light` (the HTTP conformance suite's reverse proxy; without it those cases
+# are skipped, so a machine where it cannot be installed still runs the rest).
 tools:
 	@command -v promtool >/dev/null 2>&1 || { \
 	  echo "installing Debian's prometheus package (promtool)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || { \
+	  echo "installing Debian's nginx-light package (nginx)"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light >/dev/null; } \
+	  || echo "could not install nginx-light: the nginx conformance cases will be skipped"; }
 
 demo: install
 	$(BIN)/space-pipeline demo

@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
+from urllib.parse import urlsplit
 
 from pydantic import (
     AnyHttpUrl,
@@ -25,6 +26,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
+from pipeline import tls
 from pipeline.errors import ConfigError
 from pipeline.function_sink import import_exceptions, import_function
 from pipeline.http_sink import check_forward_headers, check_static_headers, check_url_template
@@ -334,6 +336,7 @@ class Settings(BaseSettings):
         secret_file = self.oauth2_client_secret_file
         if secret_file is not None and not secret_file.is_file():
             yield f"PIPELINE_OAUTH2_CLIENT_SECRET_FILE: no such file: {secret_file}"
+        yield from self._http_edge_conflicts()
         if self.batch_max_records > 1:
             if self.ordering == "partition" and "{key}" in (self.space_api_url or ""):
                 yield (
@@ -360,6 +363,21 @@ class Settings(BaseSettings):
                 "PIPELINE_SPACE_API_HEADERS holds Authorization, and PIPELINE_SPACE_API_TOKEN"
                 " or PIPELINE_OAUTH2_* sets it too: use one way to authenticate"
             )
+
+    def _http_edge_conflicts(self) -> Iterator[str]:
+        """TLS files that do not load, a proxy the client cannot use."""
+        yield from tls.problems(
+            self.space_api_ca_file, self.space_api_client_cert_file, self.space_api_client_key_file
+        )
+        if self.http_proxy is not None:
+            proxy = urlsplit(self.http_proxy)
+            if proxy.scheme not in ("http", "https") or not proxy.hostname:
+                yield "PIPELINE_HTTP_PROXY: must be a URL such as http://proxy.example:3128"
+            if self.http_client == "lean":
+                yield (
+                    "PIPELINE_HTTP_PROXY needs PIPELINE_HTTP_CLIENT=aiohttp (the lean client does"
+                    " not speak to proxies)"
+                )
 
     @property
     def oauth2_secret(self) -> str | None:

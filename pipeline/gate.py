@@ -7,7 +7,8 @@ them applies to all:
   (plus a little jitter each, so lanes do not restart in lockstep), not only the partition that
   got it. ``Retry-After: 0`` holds nothing back: the lane's own backoff still applies.
 - **Rate limit.** ``PIPELINE_RATE_LIMIT_PER_S`` with a burst: a token bucket shared by all lanes,
-  so no second holds more than rate + burst requests.
+  so no second holds more than rate + burst requests. Waiters take slots in the order they
+  came, and one cancelled in line (nothing sent) leaves its slot to the next.
 - **Circuit breaker.** After ``PIPELINE_CIRCUIT_FAILURES`` consecutive connection errors,
   timeouts or 5xx, the circuit opens: no requests but one probe at a time, after an open time
   that doubles up to the maximum backoff. The first success closes it.
@@ -109,6 +110,8 @@ class ApiGate:
         self._interval = 1.0 / limits.rate_per_s if limits.rate_per_s > 0 else 0.0
         self._tolerance = (max(limits.burst, 1) - 1) * self._interval
         self._theoretical_arrival = 0.0
+        self._rate_turn = asyncio.Lock()  # FIFO: waiters for a rate slot queue in order
+        self._rate_waiters = 0
         self._changed: asyncio.Future[None] | None = None
         self._state_since = time.monotonic()
         self._set_state(CircuitState.CLOSED)
@@ -122,8 +125,14 @@ class ApiGate:
 
     @property
     def blocked(self) -> bool:
-        """Whether admission now waits for an outage or a throttle to end."""
-        return self._outage is not None or self._pause_until > time.monotonic()
+        """Whether admission now waits: for an outage or a throttle to end, or for a rate slot."""
+        now = time.monotonic()
+        return (
+            self._outage is not None
+            or self._pause_until > now
+            or self._rate_waiters > 0
+            or (self._interval > 0 and self._theoretical_arrival - self._tolerance > now)
+        )
 
     @property
     def auth_failing(self) -> bool:
@@ -185,17 +194,30 @@ class ApiGate:
                 await asyncio.sleep(waited)
                 continue
             if self._interval:
-                wait = self._reserve(now)
-                if wait > 0:
-                    metrics.RATE_LIMIT_WAIT_SECONDS.inc(wait)
-                    await asyncio.sleep(wait)
+                await self._take_rate_slot(now)
             return False
 
-    def _reserve(self, now: float) -> float:
-        """Take the next slot of the token bucket (GCRA); seconds to wait for it."""
-        start = max(now, self._theoretical_arrival - self._tolerance)
-        self._theoretical_arrival = max(self._theoretical_arrival, start) + self._interval
-        return start - now
+    async def _take_rate_slot(self, now: float) -> None:
+        """Take the next slot of the token bucket (GCRA), waiting in line for it if need be.
+
+        A slot is booked only by the waiter that gets it: one cancelled in line (its lane was
+        revoked, or cancelled by a deadline drain) books nothing, so nobody after it waits for a
+        slot nobody used. Only the head of the line sleeps, until its slot; the others wait
+        their turn in order, so each admission stays O(1) and the burst is never exceeded.
+        """
+        if not self._rate_waiters and self._theoretical_arrival - self._tolerance <= now:
+            self._theoretical_arrival = max(self._theoretical_arrival, now) + self._interval
+            return
+        self._rate_waiters += 1
+        try:
+            async with self._rate_turn:
+                # Nobody else books while the head waits: its slot cannot move meanwhile.
+                start = max(time.monotonic(), self._theoretical_arrival - self._tolerance)
+                await asyncio.sleep(start - time.monotonic())
+                self._theoretical_arrival = max(self._theoretical_arrival, start) + self._interval
+        finally:
+            self._rate_waiters -= 1
+            metrics.RATE_LIMIT_WAIT_SECONDS.inc(time.monotonic() - now)
 
     async def _wait(self, timeout: float | None) -> None:
         """Sleep until the gate changes, or ``timeout`` passes."""

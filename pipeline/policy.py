@@ -23,6 +23,7 @@ import structlog
 from pipeline import metrics
 from pipeline.errors import RejectedError
 from pipeline.records import KafkaRecord, idempotency_key
+from pipeline.sender import current_attempt
 
 log = structlog.get_logger("pipeline.policy")
 
@@ -161,7 +162,6 @@ class Rules:
         self._rules = rules
         self._dead_letters = dead_letters
         self._batched = batched
-        self._failures: dict[str, int] = {}  # failed attempts of records being retried
         self._recent: dict[tuple[str, int], deque[float]] = {}  # dead letters per partition
 
     async def __call__(self, payload: Any) -> object:  # noqa: ANN401 - a record or a list
@@ -174,17 +174,10 @@ class Rules:
                 raise  # the sender splits the batch until the rejected record is alone
             await self._rejected(single, error)
             return DEAD_LETTERED
-        except BaseException:
-            if single is not None:
-                key = idempotency_key(single)
-                self._failures[key] = self._failures.get(key, 0) + 1
-            raise
-        if self._failures and single is not None:
-            self._failures.pop(idempotency_key(single), None)
         return None
 
     async def _rejected(self, record: KafkaRecord, error: RejectedError) -> None:
-        attempts = self._failures.pop(idempotency_key(record), 0) + 1
+        attempts = current_attempt()  # the sender's count: nothing kept here outlives a revoke
         if self._rules.on_reject != "dead-letter" or self._dead_letters is None:
             raise error  # halt: the partition stops at this record
         if self._guard_trips(record):

@@ -61,6 +61,17 @@ async def call_blocking(function: Callable[..., R], *args: object) -> R:
     return await sender._in_thread(state, function, *args)
 
 
+def current_attempt() -> int:
+    """Which attempt at its items the running send is: 1, then 2 for the first retry, and so on.
+
+    An async send function that reports attempts (a dead letter's headers do) reads the count
+    here rather than keep its own: counts kept per item outlive the items the sender gave up on
+    (a lane cancelled by a revoke is never retried), and grow for ever. Outside a lane it is 1.
+    """
+    current = _LANE.get()
+    return 1 if current is None else current[1].attempt
+
+
 def is_async_callable(function: Callable[..., object]) -> bool:
     """Whether ``function`` is awaited, or is blocking code to run in a thread.
 
@@ -93,7 +104,10 @@ class Gate(Protocol):
 
     @property
     def blocked(self) -> bool:
-        """Whether admission now waits for an outage or a throttle to end."""
+        """Whether admission now waits: for an outage, a throttle or a rate slot.
+
+        A deadline drain cancels a lane rather than let it wait: nothing of its attempt was sent.
+        """
         ...
 
     async def admit(self) -> bool:
@@ -288,6 +302,7 @@ class _State(enum.Enum):
 class _LaneState(Generic[T]):
     __slots__ = (
         "arrived",
+        "attempt",
         "current",
         "halted_by",
         "nbytes",
@@ -301,6 +316,7 @@ class _LaneState(Generic[T]):
     def __init__(self) -> None:
         self.queue: deque[Receipt[T]] = deque()
         self.current: list[Receipt[T]] = []
+        self.attempt = 0  # of the current items: for `current_attempt`
         self.nbytes = 0
         self.halted_by: BaseException | None = None
         self.worker: asyncio.Task[None] | None = None
@@ -693,7 +709,7 @@ class OrderedSender(Generic[T]):
         Each attempt takes a slot, passes the gate and calls ``send``, written out here rather
         than in helpers: every coroutine level is paid again at each resumption of the request,
         and on a fast API that is most of the sender's cost. Returns ``False`` when a deadline
-        drain stopped it before a retry (nothing settled).
+        drain stopped it before an attempt it would have had to wait for (nothing settled).
         """
         clock, slots, gate = self._clock, self._slots, self._gate
         started = clock.monotonic()
@@ -706,8 +722,10 @@ class OrderedSender(Generic[T]):
             await slots.acquire()
             try:
                 if gate is not None and not gate.clear:
+                    if gate.blocked and self._parked(lane):
+                        return False  # a deadline drain cannot wait at the gate either
                     probe = await gate.admit()
-                state.phase = _Phase.SENDING
+                state.phase, state.attempt = _Phase.SENDING, attempt
                 if self._is_async:
                     result = await self._send(payload)  # type: ignore[misc]
                 else:

@@ -8,8 +8,13 @@ rules live around it, so every sink gets them the same way.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Protocol
+from urllib.parse import urlsplit
+from urllib.request import proxy_bypass_environment  # type: ignore[attr-defined]
+
+import structlog
 
 from pipeline.config import Settings
 from pipeline.function_sink import FunctionSink, import_exceptions, import_function
@@ -19,6 +24,9 @@ from pipeline.http_sink import HttpSink, HttpSinkConfig
 from pipeline.oauth2 import ClientCredentials, TokenSource
 from pipeline.policy import Classification
 from pipeline.records import KafkaRecord
+from pipeline.tls import ssl_context
+
+log = structlog.get_logger("pipeline.sink")
 
 
 class Sink(Protocol):
@@ -63,11 +71,17 @@ def build_sink(settings: Settings) -> HttpSink | FunctionSink:
             batched=batched(s),
         )
     timeouts = Timeouts(connect=s.space_api_connect_timeout_s, read=s.space_api_timeout_s)
+    context = ssl_context(
+        s.space_api_ca_file, s.space_api_client_cert_file, s.space_api_client_key_file
+    )
     client: HttpClient
     if s.http_client == "lean":
-        client = LeanClient(timeouts, max_connections=s.max_in_flight + 1)
+        _warn_if_proxied(s.space_api_url or "")
+        client = LeanClient(timeouts, max_connections=s.max_in_flight + 1, ssl_context=context)
     else:
-        client = AiohttpClient(timeouts, max_connections=s.max_in_flight + 1)
+        client = AiohttpClient(
+            timeouts, s.max_in_flight + 1, ssl_context=context, proxy=s.http_proxy
+        )
     auth = None
     if s.oauth2_token_url is not None and s.oauth2_client_id is not None:
         credentials = ClientCredentials(
@@ -79,3 +93,18 @@ def build_sink(settings: Settings) -> HttpSink | FunctionSink:
         )
         auth = TokenSource(credentials, client)
     return HttpSink(http_sink_config(s), client, auth=auth)
+
+
+def _warn_if_proxied(url: str) -> None:
+    """The lean client goes straight to the API: say so when the environment names a proxy."""
+    host = urlsplit(url).hostname or ""
+    for name, value in os.environ.items():
+        if name.lower() in ("https_proxy", "http_proxy") and value:
+            if not proxy_bypass_environment(host):
+                log.warning(
+                    "http.proxy_ignored",
+                    variable=name,
+                    hint="the lean client does not speak to proxies: set"
+                    " PIPELINE_HTTP_CLIENT=aiohttp to go through it",
+                )
+            return

@@ -13,6 +13,7 @@ from structlog.testing import capture_logs
 
 from pipeline.errors import AuthError, ConfigOutageError, RejectedError, RetryableSendError
 from pipeline.gate import ApiGate, CircuitState, GateLimits
+from pipeline.sender import OrderedSender
 
 
 def no_jitter() -> float:
@@ -121,6 +122,104 @@ async def test_the_rate_limit_lets_a_burst_through_then_spaces_attempts() -> Non
     assert offsets[-1] == pytest.approx(20 * 0.02, abs=0.05)
     per_second = max(sum(1 for t in admitted if s <= t < s + 1) for s in admitted)
     assert per_second <= 50 + 5
+
+
+async def test_a_slot_booked_by_a_cancelled_waiter_is_given_back() -> None:
+    """Ten attempts waiting for the rate limit are cancelled (their lanes were revoked): the next
+    attempt waits for the next free slot, not behind ten slots nobody used."""
+    gate = ApiGate(GateLimits(rate_per_s=10, burst=1))
+    await attempt(gate)  # the bucket's one token: the next slot is 0.1 s away
+    waiting = [asyncio.create_task(attempt(gate)) for _ in range(10)]
+    await asyncio.sleep(0.01)
+    for task in waiting:
+        task.cancel()
+    await asyncio.gather(*waiting, return_exceptions=True)
+
+    started = time.monotonic()
+    admitted = await attempt(gate)
+
+    assert admitted - started < 0.3, "it waited for slots nobody used"
+
+
+async def test_a_cancelled_waiter_leaves_no_hole_and_the_others_keep_their_order() -> None:
+    """20/s: of five waiters the second is cancelled; the other four take the next four slots,
+    in the order they came."""
+    gate = ApiGate(GateLimits(rate_per_s=20, burst=1))
+    await attempt(gate)
+    started = time.monotonic()
+    order: list[int] = []
+
+    async def waiter(number: int) -> float:
+        admitted = await attempt(gate)
+        order.append(number)
+        return admitted
+
+    waiting = []
+    for number in range(5):
+        waiting.append(asyncio.create_task(waiter(number)))
+        await asyncio.sleep(0)  # they come one after the other
+    await asyncio.sleep(0.01)
+    waiting.pop(1).cancel()
+    admitted = await asyncio.gather(*waiting)
+
+    assert [0, 2, 3, 4] == order
+    assert admitted[-1] - started == pytest.approx(4 * 0.05, abs=0.04)
+
+
+async def test_a_deadline_drain_does_not_wait_for_a_rate_slot() -> None:
+    """A lane waiting 5 s for the rate limit has sent nothing: a drain with a 1 s deadline
+    cancels it at once, like a lane sleeping before a retry, rather than sleep to the deadline."""
+    sent: list[str] = []
+
+    async def send(item: str) -> None:
+        sent.append(item)
+
+    gate = ApiGate(GateLimits(rate_per_s=0.2, burst=1))
+    async with OrderedSender(send, gate=gate) as sender:
+        sender.try_submit("first", "a")
+        waiting = sender.try_submit("second", "b")
+        await asyncio.sleep(0.05)  # "first" went; "second" waits for the next slot
+        started = time.monotonic()
+        drained = await sender.drain(timeout=1)
+        took = time.monotonic() - started
+
+    assert not drained
+    assert took < 0.5
+    assert waiting.cancelled()
+    assert ["first"] == sent
+
+
+async def test_a_lane_that_reaches_a_rate_wait_during_a_deadline_drain_is_cancelled_at_once() -> (
+    None
+):
+    """A lane still waiting for a place in flight when the drain starts, and then for the rate
+    limit (another lane took the last slot meanwhile), does not sleep to the deadline either."""
+    release = asyncio.Event()
+    sent: list[str] = []
+
+    async def send(item: str) -> None:
+        sent.append(item)
+        if item == "slow":
+            await release.wait()
+
+    gate = ApiGate(GateLimits(rate_per_s=0.2, burst=2))
+    async with OrderedSender(send, gate=gate, max_in_flight=1) as sender:
+        sender.try_submit("slow", "a")  # on the wire, holding the one place in flight
+        await asyncio.sleep(0.01)
+        sender.try_submit("other", "z")  # next in line: takes the bucket's last token
+        revoked = sender.try_submit("revoked", "b")
+        await asyncio.sleep(0.01)
+        draining = asyncio.create_task(sender.drain(["b"], timeout=1))
+        await asyncio.sleep(0.01)
+        started = time.monotonic()
+        release.set()
+        drained = await draining
+        took = time.monotonic() - started
+
+    assert not drained
+    assert took < 0.5
+    assert revoked.cancelled()
+    assert ["slow", "other"] == sent
 
 
 # Circuit breaker

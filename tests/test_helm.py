@@ -717,6 +717,39 @@ def test_secret_references_and_tls_mount(chart: helm.Chart) -> None:
     assert config["PIPELINE_KAFKA_SSL_KEYFILE"] == f"{mount}/tls.key"
 
 
+def test_api_tls_files_are_mounted_from_their_secret_and_named_in_the_settings(
+    chart: helm.Chart,
+) -> None:
+    """``apiTls.existingSecret``: the Space API's CA and our client certificate and key, mounted
+    read-only beside Kafka's, with PIPELINE_SPACE_API_CA_FILE and friends pointing at them."""
+    docs = render(chart, load_values(ALL_FEATURES))
+    (tls,) = [v for v in pod_spec(docs)["volumes"] if v["name"] == "api-tls"]
+    assert tls["secret"]["secretName"] == "space-api-client-tls"
+    assert [item["key"] for item in tls["secret"]["items"]] == ["ca.crt", "tls.crt", "tls.key"]
+    mount = "/etc/space-pipeline/api-tls"
+    assert {"name": "api-tls", "mountPath": mount, "readOnly": True} in container(docs)[
+        "volumeMounts"
+    ]
+    config = configmap_env(docs)
+    assert config["PIPELINE_SPACE_API_CA_FILE"] == f"{mount}/ca.crt"
+    assert config["PIPELINE_SPACE_API_CLIENT_CERT_FILE"] == f"{mount}/tls.crt"
+    assert config["PIPELINE_SPACE_API_CLIENT_KEY_FILE"] == f"{mount}/tls.key"
+
+
+def test_api_tls_with_a_ca_only_sets_no_client_certificate(chart: helm.Chart) -> None:
+    """Server-only TLS to a private CA: empty certKey and keyKey project and set nothing else;
+    without a Secret nothing is mounted at all."""
+    only_ca = {"apiTls": {"existingSecret": "api-ca", "certKey": "", "keyKey": ""}}
+    docs = render(chart, only_ca)
+    (tls,) = [v for v in pod_spec(docs)["volumes"] if v["name"] == "api-tls"]
+    assert [item["key"] for item in tls["secret"]["items"]] == ["ca.crt"]
+    config = configmap_env(docs)
+    assert "PIPELINE_SPACE_API_CA_FILE" in config
+    assert "PIPELINE_SPACE_API_CLIENT_CERT_FILE" not in config
+    assert "PIPELINE_SPACE_API_CLIENT_KEY_FILE" not in config
+    assert "api-tls" not in {v["name"] for v in pod_spec(render(chart))["volumes"]}
+
+
 def test_pdb_allows_one_unavailable(chart: helm.Chart) -> None:
     """The PodDisruptionBudget is on by default with maxUnavailable 1 and the pod selector."""
     docs = render(chart)
@@ -1239,7 +1272,9 @@ def test_all_features_configmap_is_accepted_by_settings(
     env = configmap_env(render(chart, values))
     # Not settings the stage checks here: the TLS files exist only in the pod, and an
     # extraConfig name newer than the stage.
-    for name in ("KAFKA_SSL_CAFILE", "KAFKA_SSL_CERTFILE", "KAFKA_SSL_KEYFILE", "FUTURE_SETTING"):
+    in_the_pod = ("KAFKA_SSL_CAFILE", "KAFKA_SSL_CERTFILE", "KAFKA_SSL_KEYFILE")
+    in_the_pod += ("SPACE_API_CA_FILE", "SPACE_API_CLIENT_CERT_FILE", "SPACE_API_CLIENT_KEY_FILE")
+    for name in (*in_the_pod, "FUTURE_SETTING"):
         del env[ENV_PREFIX + name]
     secrets = {name: "from-a-secret" for name in ("KAFKA_SASL_PASSWORD", "OAUTH2_CLIENT_SECRET")}
     pod_environment(monkeypatch, {**env, **{ENV_PREFIX + k: v for k, v in secrets.items()}})

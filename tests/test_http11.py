@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 import pytest
 import trustme
 
-from pipeline.errors import InvalidRecordError, RetryableSendError
+from pipeline.errors import ConfigOutageError, InvalidRecordError, RetryableSendError
 from pipeline.http11 import LeanClient
 from pipeline.http_client import Timeouts
 
@@ -28,7 +28,9 @@ async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
 
 
 @asynccontextmanager
-async def server(handler: Handler, ssl_context: ssl.SSLContext | None = None) -> AsyncIterator[str]:
+async def server(
+    handler: Handler, ssl_context: ssl.SSLContext | None = None, host: str = "127.0.0.1"
+) -> AsyncIterator[str]:
     """A raw TCP server running ``handler`` per connection; yields its base URL.
 
     Every connection is closed, and every handler ended, when the block ends.
@@ -48,11 +50,11 @@ async def server(handler: Handler, ssl_context: ssl.SSLContext | None = None) ->
         finally:
             writer.close()
 
-    srv = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=ssl_context)
+    srv = await asyncio.start_server(serve, host, 0, ssl=ssl_context)
     port = srv.sockets[0].getsockname()[1]
     scheme = "https" if ssl_context else "http"
     try:
-        yield f"{scheme}://127.0.0.1:{port}"
+        yield f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
     finally:
         srv.close()
         for task in handlers:
@@ -198,7 +200,8 @@ async def test_a_header_that_cannot_be_sent_is_an_invalid_record(headers: dict[s
 
 
 async def test_https_with_the_given_trust() -> None:
-    """TLS to an API whose certificate the given context trusts."""
+    """TLS to an API whose certificate the given context trusts; without that trust, the
+    endpoint is misconfigured (see tests/test_tls.py)."""
     authority = trustme.CA()
     cert = authority.issue_cert("127.0.0.1")
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -209,7 +212,7 @@ async def test_https_with_the_given_trust() -> None:
         async with LeanClient(Timeouts(), 4, client_ctx) as http:
             result = await http.request("POST", base, {}, b"x")
         async with client() as untrusting:
-            with pytest.raises(RetryableSendError):
+            with pytest.raises(ConfigOutageError):
                 await untrusting.request("POST", base, {}, b"x")
 
     assert 204 == result.status
@@ -233,3 +236,128 @@ async def test_a_token_answer_body_is_read_in_full_when_asked() -> None:
 
     assert payload == wanted.body
     assert b"" == unwanted.body
+
+
+# Interim answers, and answers nobody asked for
+
+
+async def test_interim_1xx_answers_are_skipped_and_never_paired_with_the_next_request() -> None:
+    """A ``100 Continue`` and a ``103 Early Hints`` precede the real answer: the record gets its
+    201, and the next record on the connection its own 422, not the 201 shifted by one."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nRetry-After: 9\r\n\r\n"
+        )
+        await asyncio.sleep(0.1)  # the real answer in a later read
+        writer.write(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 422 Unprocessable\r\nContent-Length: 3\r\n\r\nbad")
+        await asyncio.sleep(5)
+
+    async with server(handler) as base, client() as http:
+        first = await http.request("POST", base, {}, b"1")
+        second = await http.request("POST", base, {}, b"2")
+
+    assert (201, None) == (first.status, first.retry_after)
+    assert (422, b"bad") == (second.status, second.body)
+
+
+async def test_a_101_switching_protocols_is_a_failed_exchange() -> None:
+    """The stage never asks for an upgrade: a 101 is no answer, and the connection is dropped."""
+    upgrade = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n"
+    async with server(replying(upgrade)) as base, client() as http:
+        with pytest.raises(RetryableSendError) as raised:
+            await http.request("POST", base, {}, b"x")
+
+    assert "connection" == raised.value.reason
+
+
+def answering_then_unsolicited(later: bool) -> tuple[Handler, list[int]]:
+    """A server whose first connection sends an extra answer nobody asked for, in the same read
+    as the real one or while the connection sits idle; any further request on that connection
+    gets a 500, and on a new connection a 204. Yields the count of requests per connection."""
+    per_connection: list[int] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        index = len(per_connection)
+        per_connection.append(0)
+        while True:
+            await read_request(reader)
+            per_connection[index] += 1
+            if index > 0:
+                writer.write(OK)
+            elif per_connection[index] > 1:
+                writer.write(b"HTTP/1.1 500 Shifted\r\nContent-Length: 0\r\n\r\n")
+            elif later:
+                writer.write(OK)
+                await asyncio.sleep(0.05)
+                writer.write(b"HTTP/1.1 422 Unasked\r\nContent-Length: 0\r\n\r\n")
+            else:
+                writer.write(OK + b"HTTP/1.1 422 Unasked\r\nContent-Length: 0\r\n\r\n")
+
+    return handler, per_connection
+
+
+@pytest.mark.parametrize("later", [False, True], ids=["same-read", "while-idle"])
+async def test_an_answer_nobody_asked_for_retires_the_connection(later: bool) -> None:
+    """Bytes after an answer, or an answer with no request waiting: the connection can no longer
+    be trusted to pair answers with requests, so the next request goes on a new one."""
+    handler, per_connection = answering_then_unsolicited(later)
+    async with server(handler) as base, client() as http:
+        first = await http.request("POST", base, {}, b"1")
+        await asyncio.sleep(0.2)
+        second = await http.request("POST", base, {}, b"2")
+
+    assert (204, 204) == (first.status, second.status)
+    assert [1, 1] == per_connection
+
+
+# Keep-alive connections the server closed: replayed only when nothing was sent
+
+
+async def test_a_connection_closed_while_idle_is_replaced_and_the_request_arrives_once() -> None:
+    """The server closes an idle keep-alive connection; the next request sees it was closed
+    before writing anything, and goes out once on a new connection, without an error."""
+    bodies: list[bytes] = []
+    closed = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        bodies.append((await read_request(reader))[1])
+        writer.write(OK)
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.close()
+        closed.set()
+
+    async with server(handler) as base, client() as http:
+        await http.request("POST", base, {}, b"1")
+        await closed.wait()
+        await asyncio.sleep(0.05)
+        answer = await http.request("POST", base, {}, b"2")
+
+    assert 204 == answer.status
+    assert [b"1", b"2"] == bodies
+
+
+async def test_a_request_the_server_read_before_closing_is_not_sent_again() -> None:
+    """The server reads the whole request on a reused connection, then closes without an
+    answer: it may have acted on it, so that is a failed attempt for the retry policy to count,
+    never a silent second POST."""
+    bodies: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            bodies.append((await read_request(reader))[1])
+            if len(bodies) == 2:
+                return  # read, never answered: server() closes the connection
+            writer.write(OK)
+
+    async with server(handler) as base, client() as http:
+        await http.request("POST", base, {}, b"1")
+        with pytest.raises(RetryableSendError) as raised:
+            await http.request("POST", base, {}, b"2")
+
+    assert "connection" == raised.value.reason
+    assert [b"1", b"2"] == bodies

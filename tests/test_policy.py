@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from pipeline.errors import RejectedError, RetryableSendError
 from pipeline.policy import (
+    DEAD_LETTERED,
     Classification,
     Outcome,
     RejectRules,
@@ -15,6 +18,8 @@ from pipeline.policy import (
     parse_skip_list,
     parse_statuses,
 )
+from pipeline.retry import Backoff
+from pipeline.sender import OrderedSender
 from tests.fakes import Record
 
 
@@ -113,7 +118,7 @@ async def test_halt_gives_the_rejection_back_to_the_sender() -> None:
 
 async def test_dead_letter_stores_the_record_with_its_attempts_and_moves_on() -> None:
     """``on_reject=dead-letter``: the rejected record is written (after two retryable failures,
-    three attempts in all) and the call returns, so the lane moves on."""
+    three attempts in all) and its delivery ends, so the lane moves on."""
     sink = Scripted(
         {
             1: [
@@ -126,12 +131,37 @@ async def test_dead_letter_stores_the_record_with_its_attempts_and_moves_on() ->
     dead = FakeDeadLetters()
     rules = Rules(sink.send, RejectRules("dead-letter"), dead)
 
-    for _ in range(2):
-        with pytest.raises(RetryableSendError):
-            await rules(Record(offset=1))
-    await rules(Record(offset=1))
+    async with OrderedSender(rules, backoff=Backoff(initial=0.001)) as sender:
+        delivery = await sender.try_submit(Record(offset=1), "orders/3")
 
     assert [(1, "4xx", 3)] == dead.written
+    assert DEAD_LETTERED == delivery.result
+
+
+async def test_records_abandoned_by_a_revoke_leave_nothing_behind() -> None:
+    """A record failing when its partition is revoked is never tried again by this member:
+    fifty such revokes leave the rules holding nothing for those records."""
+    failed = asyncio.Event()
+
+    async def down(record: Record) -> None:
+        failed.set()
+        raise RetryableSendError("busy", reason="5xx")
+
+    rules = Rules(down, RejectRules("dead-letter"), FakeDeadLetters())
+    async with OrderedSender(rules, backoff=Backoff(initial=30.0)) as sender:
+        for offset in range(50):
+            failed.clear()
+            sender.try_submit(Record(offset=offset), "orders/3")
+            await failed.wait()
+            sender.cancel(["orders/3"])  # the revoke
+            await asyncio.sleep(0)
+
+    assert kept(rules) <= 1
+
+
+def kept(rules: Rules) -> int:
+    """Entries in every map the rules hold."""
+    return sum(len(value) for value in vars(rules).values() if isinstance(value, dict))
 
 
 async def test_a_rejected_batch_goes_back_to_the_sender_to_be_split() -> None:
