@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import structlog
 
 from pipeline import metrics
+from pipeline.redaction import mask_url
 
 log = structlog.get_logger("pipeline.gate")
 
@@ -248,7 +249,8 @@ class ApiGate:
             metrics.THROTTLED.inc()
         if outage := getattr(error, "outage", None):
             _count_refusal(outage, error)
-            self._fail(outage, probe, str(error), getattr(error, "status", None))
+            # What the error says reaches /readyz: no URL in it may show a secret.
+            self._fail(outage, probe, mask_url(str(error)), getattr(error, "status", None))
         elif getattr(error, "reason", None) in CIRCUIT_REASONS:
             self._failures += 1
             if probe or self._failures >= self._limits.circuit_failures:

@@ -436,3 +436,17 @@ async def test_endpoint_faults_are_counted_by_reason_and_the_outage_is_a_gauge()
     after = {reason: sample(name, reason=reason) - before[reason] for reason in before}
     assert {"redirect": 1, "tls": 1, "other": 1} == after
     assert (1, 0) == (during, sample("space_pipeline_endpoint_outage"))
+
+
+async def test_the_refusal_never_shows_a_secret_of_a_url_it_names() -> None:
+    """``/readyz`` is served to anyone who can reach the pod: a Location (or any URL) in the
+    error shows no password and no secret query value."""
+    gate = ApiGate(GateLimits())
+
+    await attempt(gate, redirected(302, "https://u:pa55@idp.example/token?sig=s1g&realm=r"))
+
+    refusal = gate.refusal
+    assert refusal is not None
+    assert "pa55" not in refusal
+    assert "s1g" not in refusal
+    assert "realm=r" in refusal
