@@ -46,6 +46,10 @@ ENV_PREFIX = "PIPELINE_"
 # names and masks the values, and an error never echoes them. SecretStr settings are masked
 # whole; URLs show everything but a password and secret-looking query values.
 MASKED_VALUES = frozenset({"space_api_headers", "oauth2_extra_params"})
+# An OAuth2 extra parameter's value is masked in logs when its name looks secret, or when it is
+# this long: an assertion or a key is, while masking a short value (``audience=api``) would
+# blank every word like it in every line.
+EXTRA_PARAM_SECRET_CHARS = 8
 
 NO_SINK = (
     "PIPELINE_SPACE_API_URL: required setting is not set (or PIPELINE_SINK_FUNCTION, to deliver"
@@ -495,7 +499,11 @@ def redactor(settings: Settings) -> Redactor:
     ]
     secrets.append(s.oauth2_secret)
     secrets += header_secrets(s.space_api_headers)
-    secrets += [value for name, value in s.oauth2_extra_params.items() if secret_name(name)]
+    secrets += [
+        value
+        for name, value in s.oauth2_extra_params.items()
+        if secret_name(name) or len(value) >= EXTRA_PARAM_SECRET_CHARS
+    ]
     for url in (s.space_api_url, s.oauth2_token_url, s.http_proxy):
         secrets += url_secrets(url) if url else []
     return Redactor.of(secrets)

@@ -507,3 +507,29 @@ def test_the_compression_setting_reaches_the_sink(env: pytest.MonkeyPatch, encod
     env.setenv("PIPELINE_SPACE_API_COMPRESSION", encoding)
 
     assert encoding == http_sink_config(load()).compression
+
+
+def test_the_log_redactor_knows_every_secret_the_settings_hold(
+    env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Tokens, passwords, the OAuth2 secret (from its file too), credential-named static
+    headers, long OAuth2 extra values and URL secrets; not a tenant name or a short value."""
+    from pipeline.config import redactor  # noqa: PLC0415
+
+    secret_file = tmp_path / "client-secret"
+    secret_file.write_text("file-s3cret\n")
+    env.setenv("PIPELINE_SPACE_API_URL", "https://u:url-pa55@space.example/v1?sig=sig-123")
+    env.setenv("PIPELINE_SPACE_API_HEADERS", '{"X-Api-Key": "hdr-k3y", "X-Tenant": "acme"}')
+    env.setenv("PIPELINE_OAUTH2_TOKEN_URL", "https://idp.example/token")
+    env.setenv("PIPELINE_OAUTH2_CLIENT_ID", "stage")
+    env.setenv("PIPELINE_OAUTH2_CLIENT_SECRET_FILE", str(secret_file))
+    env.setenv("PIPELINE_OAUTH2_EXTRA_PARAMS", '{"assertion": "eyJhbGciOi.xyz", "aud": "api"}')
+    env.setenv("PIPELINE_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    env.setenv("PIPELINE_KAFKA_SASL_MECHANISM", "PLAIN")
+    env.setenv("PIPELINE_KAFKA_SASL_USERNAME", "stage")
+    env.setenv("PIPELINE_KAFKA_SASL_PASSWORD", "sasl-pa55")
+
+    redact = redactor(load())
+    line = redact("url-pa55 sig-123 hdr-k3y file-s3cret eyJhbGciOi.xyz sasl-pa55 | acme api stage")
+
+    assert "******** " * 6 + "| acme api stage" == line
