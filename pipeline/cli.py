@@ -204,8 +204,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     demo.add_argument(
         "--fault",
         default="outage@3+3",
-        help="a fault the stub API injects, KIND@START+SECONDS with KIND outage, throttle or"
-        " auth; 'none' for none (default: %(default)s, 503s for 3 s from 3 s in)",
+        help="a fault the stub API injects, KIND@START+SECONDS with KIND outage, throttle,"
+        " auth or redirect; 'none' for none (default: %(default)s, 503s for 3 s from 3 s in)",
     )
     demo.set_defaults(handler=_demo)
 
