@@ -9,10 +9,11 @@ delivered nor dead-lettered; a failed produce is retried, never skipped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import structlog
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 
 from pipeline.config import Settings
 from pipeline.consumer import kafka_security
@@ -80,11 +81,25 @@ class DeadLetters:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    async def close(self) -> None:
-        """Flush and stop the producer; later calls do nothing."""
-        if self._started:
-            self._started = False
-            await self._producer.stop()
+    async def close(self, timeout: float | None = None) -> None:
+        """Flush and stop the producer, giving up on the flush after ``timeout`` seconds.
+
+        With the broker gone a flush waits for each unsent dead letter's request timeout (40 s
+        by default): a shutdown cannot. What is still unsent then is dropped; its record was
+        never committed, so its next owner meets it again. Later calls do nothing.
+        """
+        if not self._started:
+            return
+        self._started = False
+        try:
+            async with asyncio.timeout(timeout):
+                await self._producer.stop()
+        except TimeoutError:
+            log.warning("dead_letter.close_timeout", timeout_s=round(timeout or 0, 3))
+            await _force_stop(self._producer)
+        except BaseException:
+            await _force_stop(self._producer)
+            raise
 
     async def write(self, record: KafkaRecord, error: RejectedError, attempts: int) -> None:
         """Produce the dead letter and wait for Kafka's acknowledgement, retrying until it comes.
@@ -114,3 +129,17 @@ class DeadLetters:
                 await asyncio.sleep(delay)
             else:
                 return
+
+
+async def _force_stop(producer: AIOKafkaProducer) -> None:
+    """Release what an interrupted ``AIOKafkaProducer.stop()`` did not reach.
+
+    ``stop()`` marks the producer closed first, so calling it again does nothing: the unsent
+    batches are failed (which ends the flush ``stop()`` started), then its sender task and
+    connections are closed by hand.
+    """
+    producer._message_accumulator.fail_all(KafkaTimeoutError("the producer was closed unsent"))
+    with contextlib.suppress(Exception):
+        await producer._sender.close()
+    with contextlib.suppress(Exception):
+        await producer.client.close()
