@@ -10,18 +10,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+from collections.abc import Iterator
 
 import structlog
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError, KafkaTimeoutError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    NodeNotReadyError,
+    RequestTimedOutError,
+)
 
-from pipeline.config import Settings
+from pipeline.config import Settings, env_name
 from pipeline.consumer import kafka_security
-from pipeline.errors import RejectedError
+from pipeline.errors import ConfigError, RejectedError
 from pipeline.records import KafkaRecord
 from pipeline.retry import Backoff
 
 log = structlog.get_logger("pipeline.dead_letter")
+
+# The broker could not be reached: a fault of the moment, not of the settings.
+UNREACHABLE = (KafkaConnectionError, KafkaTimeoutError, NodeNotReadyError, RequestTimedOutError)
 
 # Kafka's default limit on a whole record is 1 MiB: a body excerpt must never get near it.
 ERROR_BODY_BYTES = 1024
@@ -69,7 +80,14 @@ class DeadLetters:
         self._started = False
 
     async def __aenter__(self) -> DeadLetters:
-        await self._producer.start()
+        try:
+            with _quiet_init_producer_id():
+                await self._producer.start()
+        except BaseException as error:
+            await self._producer.stop()  # what start() opened, so nothing is left unclosed
+            if problem := self._config_problem(error):
+                raise problem from error
+            raise
         self._started = True
         partitions = await self._producer.partitions_for(self._topic)
         if not partitions:
@@ -80,6 +98,27 @@ class DeadLetters:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+    def _config_problem(self, error: BaseException) -> ConfigError | None:
+        """The setting to blame when an idempotent producer could not get its producer id.
+
+        A broker without InitProducerId (the embedded tansu broker) or one that does not let
+        us write idempotently refuses every dead letter: no restart cures that, the setting
+        must change. A broker that is unreachable is no such problem.
+        """
+        pid = self._producer._txn_manager
+        if pid is None or pid.has_pid() or not isinstance(error, KafkaError):
+            return None
+        if isinstance(error, UNREACHABLE):
+            return None
+        return ConfigError(
+            [
+                f"{env_name('dead_letter_idempotence')}: the broker refused an idempotent"
+                f" producer (InitProducerId failed with {type(error).__name__}); set"
+                f" {env_name('dead_letter_idempotence')}=false to dead-letter with acks=all"
+                " only, or allow idempotent writes on the broker"
+            ]
+        )
 
     async def close(self, timeout: float | None = None) -> None:
         """Flush and stop the producer, giving up on the flush after ``timeout`` seconds.
@@ -143,3 +182,18 @@ async def _force_stop(producer: AIOKafkaProducer) -> None:
         await producer._sender.close()
     with contextlib.suppress(Exception):
         await producer.client.close()
+
+
+@contextlib.contextmanager
+def _quiet_init_producer_id() -> Iterator[None]:
+    """Drop aiokafka's own error line for a failed InitProducerId: ours says what to do."""
+    logger = logging.getLogger("aiokafka.producer.sender")
+
+    def keep(record: logging.LogRecord) -> bool:
+        return "InitProducerIdRequest" not in record.getMessage()
+
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)

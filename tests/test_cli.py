@@ -13,7 +13,7 @@ import sys
 import httpx
 
 from pipeline.config import Settings
-from pipeline.dev.broker import free_port
+from pipeline.dev.broker import create_topic, free_port
 from pipeline.dev.stub_api import StubConfig, StubServer
 from tests.conftest import VALID, clean_env, command, eventually, eventually_async, run_once
 
@@ -281,3 +281,30 @@ def test_the_run_command_does_not_import_the_dev_tools():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert "[]" == result.stdout.strip()
+
+
+async def test_an_idempotent_dead_letter_producer_on_a_broker_without_it_exits_2_naming_the_fix(
+    proxied_kafka, tmp_path
+):
+    """tansu has no InitProducerId: with the default ``PIPELINE_DEAD_LETTER_IDEMPOTENCE=true``
+    the stage cannot dead-letter at all. It exits 2 with one line naming the setting and what to
+    set it to, and nothing else on either stream (no traceback, no "Unclosed" producer)."""
+    topic = await proxied_kafka.new_topic(1)
+    dlq = f"{topic.name}-dlq"
+    await create_topic(topic.bootstrap, dlq, 1)
+    env = {
+        "PIPELINE_KAFKA_BOOTSTRAP_SERVERS": topic.bootstrap,
+        "PIPELINE_KAFKA_TOPICS": topic.name,
+        "PIPELINE_SPACE_API_URL": "http://127.0.0.1:1/items",
+        "PIPELINE_METRICS_PORT": "0",
+        "PIPELINE_ON_REJECT": "dead-letter",
+        "PIPELINE_DEAD_LETTER_TOPIC": dlq,
+    }
+    result = await asyncio.to_thread(run_once, tmp_path, **env)
+
+    assert 2 == result.returncode, result.stdout + result.stderr
+    assert "" == result.stdout
+    lines = result.stderr.splitlines()
+    assert 1 == len(lines), result.stderr
+    assert "PIPELINE_DEAD_LETTER_IDEMPOTENCE" in lines[0]
+    assert "PIPELINE_DEAD_LETTER_IDEMPOTENCE=false" in lines[0]
