@@ -3,7 +3,13 @@
 The record keeps its key, value and headers, and gains headers saying where it came from and why
 it was refused (``x-original-*``, ``x-error-*``). The lane moves on only once Kafka acknowledged
 the dead letter (``acks=all``), so an offset is never committed past a record that is neither
-delivered nor dead-lettered; a failed produce is retried, never skipped.
+delivered nor dead-lettered; a failed produce is retried, never skipped. A produce that can never
+succeed (the dead letter is too large, the topic is gone, writing is not allowed) halts the
+partition at its record instead of retrying for ever behind a green ``/readyz``.
+
+A record as large as its topic holds by default still fits: the producer takes a full-size
+record plus the added headers, and the error body is cut first to keep the dead letter within
+that default, never the record's own bytes.
 """
 
 from __future__ import annotations
@@ -19,13 +25,16 @@ from aiokafka.errors import (
     KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
+    KafkaUnavailableError,
     NodeNotReadyError,
     RequestTimedOutError,
+    UnknownTopicOrPartitionError,
 )
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from pipeline.config import Settings, env_name
 from pipeline.consumer import kafka_security
-from pipeline.errors import ConfigError, RejectedError
+from pipeline.errors import ConfigError, DeadLetterError, RejectedError
 from pipeline.records import KafkaRecord
 from pipeline.retry import Backoff
 
@@ -33,29 +42,55 @@ log = structlog.get_logger("pipeline.dead_letter")
 
 # The broker could not be reached: a fault of the moment, not of the settings.
 UNREACHABLE = (KafkaConnectionError, KafkaTimeoutError, NodeNotReadyError, RequestTimedOutError)
+# Not ``retriable`` by aiokafka's word, and yet of the moment: worth another attempt.
+TRANSIENT = (KafkaTimeoutError, KafkaUnavailableError)
 
-# Kafka's default limit on a whole record is 1 MiB: a body excerpt must never get near it.
+# At most this much of the API's answer goes into ``x-error-body``.
 ERROR_BODY_BYTES = 1024
+# Kafka's default limit on a record batch (``max.message.bytes``): what a topic holds unless
+# configured otherwise, so the size a dead letter should keep within.
+RECORD_LIMIT = 1_048_588
+# What the producer sends at most: a record of ``RECORD_LIMIT`` plus the added headers and
+# framing (its default, 1 MiB, refuses a full-size record once it has them).
+MAX_REQUEST_SIZE = RECORD_LIMIT + 64 * 1024
 
 
 def dead_letter_headers(
-    record: KafkaRecord, error: RejectedError, attempts: int
+    record: KafkaRecord, error: RejectedError, attempts: int, *, limit: int = RECORD_LIMIT
 ) -> list[tuple[str, bytes]]:
-    """The record's own headers, then where it came from and why it was refused."""
-    body = getattr(error, "body", "") or ""
+    """The record's own headers, then where it came from and why it was refused.
+
+    The error body is cut short (to nothing if need be) when the dead letter would otherwise
+    grow past ``limit``: the record's own bytes are what the dead letter is for.
+    """
+    body = (getattr(error, "body", "") or "").encode("utf-8", "replace")[:ERROR_BODY_BYTES]
     extra = {
-        "x-original-topic": record.topic,
-        "x-original-partition": str(record.partition),
-        "x-original-offset": str(record.offset),
-        "x-error-status": "" if error.status is None else str(error.status),
-        "x-error-reason": error.reason,
-        "x-error-body": body.encode("utf-8", "replace")[:ERROR_BODY_BYTES].decode(
-            "utf-8", "ignore"
-        ),
-        "x-error-attempts": str(attempts),
+        "x-original-topic": record.topic.encode(),
+        "x-original-partition": str(record.partition).encode(),
+        "x-original-offset": str(record.offset).encode(),
+        "x-error-status": b"" if error.status is None else str(error.status).encode(),
+        "x-error-reason": error.reason.encode(),
+        "x-error-body": body,
+        "x-error-attempts": str(attempts).encode(),
     }
-    own = [(name, value or b"") for name, value in record.headers]
-    return own + [(name, value.encode()) for name, value in extra.items()]
+    headers = [(name, value or b"") for name, value in record.headers] + list(extra.items())
+    size = DefaultRecordBatchBuilder.estimate_size_in_bytes(record.key, record.value, headers)
+    if size > limit and body:
+        body = body[: max(len(body) - (size - limit), 0)].decode("utf-8", "ignore").encode()
+        headers[-2] = ("x-error-body", body)
+    return headers
+
+
+def permanent(failure: KafkaError, producer: AIOKafkaProducer, topic: str) -> bool:
+    """Whether no retry of a dead letter's produce can succeed.
+
+    aiokafka's ``retriable`` says so for errors the broker or the client gave for good (too
+    large, not authorized, ...), except a timeout, which is of the moment. A missing topic is
+    reported only after metadata kept saying there is none (no auto-create).
+    """
+    if isinstance(failure, UnknownTopicOrPartitionError):
+        return topic not in producer.client.cluster.topics()
+    return not failure.retriable and not isinstance(failure, TRANSIENT)
 
 
 class DeadLetters:
@@ -75,6 +110,7 @@ class DeadLetters:
             client_id=f"{settings.kafka_client_id}-dead-letters",
             acks="all",
             enable_idempotence=settings.dead_letter_idempotence,
+            max_request_size=MAX_REQUEST_SIZE,
             **kafka_security(settings),
         )
         self._started = False
@@ -144,7 +180,9 @@ class DeadLetters:
         """Produce the dead letter and wait for Kafka's acknowledgement, retrying until it comes.
 
         Cancelling (a rebalance's deadline, a shutdown) is the only way out without it: the
-        record then stays uncommitted, and its next owner meets it again.
+        record then stays uncommitted, and its next owner meets it again. A produce that can
+        never succeed raises :class:`~pipeline.errors.DeadLetterError`, which halts the
+        partition at the record.
         """
         headers = dead_letter_headers(record, error, attempts)
         attempt = 0
@@ -155,6 +193,14 @@ class DeadLetters:
                     self._topic, value=record.value, key=record.key, headers=headers
                 )
             except KafkaError as failure:
+                if permanent(failure, self._producer, self._topic):
+                    msg = (
+                        f"rejected ({error.reason}), and its dead letter cannot be written to"
+                        f" {self._topic!r}: {failure!r}"
+                    )
+                    raise DeadLetterError(
+                        msg, cause=failure, status=error.status, body=error.body
+                    ) from failure
                 delay = self._backoff.delay(attempt)
                 log.warning(
                     "dead_letter.produce_failed",
