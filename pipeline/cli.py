@@ -51,7 +51,12 @@ def _run(_: argparse.Namespace) -> int:
     try:
         asyncio.run(_serve(settings))
     except Exception as error:
-        log.error("stage.failed", error=repr(_root_cause(error)))  # noqa: TRY400 - one line
+        cause = _root_cause(error)
+        if isinstance(cause, ConfigError):  # found only once the broker answered
+            for problem in cause.problems:
+                print(f"space-pipeline: {problem}", file=sys.stderr)
+            return EXIT_CONFIG
+        log.error("stage.failed", error=repr(cause))  # noqa: TRY400 - one line
         return EXIT_FATAL
     return 0
 

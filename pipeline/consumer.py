@@ -273,9 +273,21 @@ class KafkaSource:
         except TimeoutError:
             log.warning("consumer.leave_timeout", timeout_s=timeout)
             await _force_close(consumer)
+        except asyncio.CancelledError:
+            if _being_cancelled():
+                raise
+            # aiokafka's fetcher re-raises the cancellation of a fetch it stops while that
+            # waits to retry (a broker that is gone): a failed leave, not ours to propagate.
+            log.warning("consumer.leave_failed", error="a fetch was cancelled")
+            await _force_close(consumer)
         except KafkaError as error:
             log.warning("consumer.leave_failed", error=repr(error))
             await _force_close(consumer)
+
+
+def _being_cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 async def _force_close(consumer: AIOKafkaConsumer) -> None:
@@ -284,17 +296,18 @@ async def _force_close(consumer: AIOKafkaConsumer) -> None:
     ``stop()`` marks the consumer closed first, so calling it again does nothing; its coordinator
     tasks, fetcher and connections must be stopped by hand.
     """
-    coordinator = consumer._coordinator
+    coordinator, fetcher = consumer._coordinator, consumer._fetcher
     tasks = [
         getattr(coordinator, name, None)
         for name in ("_coordination_task", "_heartbeat_task", "_commit_refresh_task")
     ]
+    # The fetcher's own tasks too, rather than its `close()`, which stops at the first
+    # cancelled fetch (see `close`).
+    tasks += [getattr(fetcher, "_fetch_task", None), *getattr(fetcher, "_pending_tasks", ())]
     running: list[asyncio.Task[Any]] = [t for t in tasks if t is not None and not t.done()]
     for task in running:
         task.cancel()
     waits: list[Awaitable[Any]] = [*running]
     await asyncio.gather(*waits, return_exceptions=True)
-    with contextlib.suppress(Exception):
-        await consumer._fetcher.close()
     with contextlib.suppress(Exception):
         await consumer._client.close()

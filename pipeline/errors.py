@@ -10,7 +10,8 @@
     │   ├── ConfigOutageError      a redirect or an untrusted certificate: the URL setting is wrong
     │   ├── UnexpectedSendError    a failure nobody foresaw (a bug): retried a few times only
     │   └── RejectedError          the API refused the item for good: any other non-2xx
-    │       └── InvalidRecordError     the record cannot become a valid request
+    │       ├── InvalidRecordError     the record cannot become a valid request
+    │       └── DeadLetterError        refused, and its dead letter can never be written either
     ├── LaneFullError          ``try_submit`` found the lane's buffer full
     ├── LaneHaltedError        the lane stopped after a rejection; the item was not sent
     ├── SenderClosedError      the sender no longer takes items
@@ -144,6 +145,23 @@ class InvalidRecordError(RejectedError):
 
     def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message, reason="invalid_record", status=status)
+
+
+class DeadLetterError(RejectedError):
+    """A refused record's dead letter can never be written: too large, no topic, not allowed.
+
+    Retrying cannot help, and moving on would lose the record: its partition halts at it, with
+    the rejection's status and body and, in the message, what Kafka said.
+
+    Args:
+        cause: Kafka's error for the dead letter.
+    """
+
+    def __init__(
+        self, message: str, *, cause: BaseException, status: int | None = None, body: str = ""
+    ) -> None:
+        super().__init__(message, reason="dead_letter_failed", status=status, body=body)
+        self.cause = cause
 
 
 class LaneFullError(PipelineError):

@@ -24,7 +24,7 @@ from aiokafka import TopicPartition
 
 from pipeline import metrics
 from pipeline.consumer import Committed
-from pipeline.errors import LaneFullError, LaneHaltedError
+from pipeline.errors import DeadLetterError, LaneFullError, LaneHaltedError
 from pipeline.offsets import PartitionOffsets
 from pipeline.policy import DEAD_LETTERED, Skips
 from pipeline.records import KafkaRecord
@@ -368,7 +368,12 @@ class Partitions:
     async def _let_past(self, part: Partition, record: KafkaRecord) -> None:
         """A record named in the skip list: dead-letter it (or not), then count it as done."""
         assert self._skips is not None  # noqa: S101 - only called with a skip list
-        await self._skips.let_past(record)
+        try:
+            await self._skips.let_past(record)
+        except DeadLetterError as error:  # it cannot be let past: it must not be lost either
+            if not part.revoked:
+                self.halt(part, record, error)
+            return
         if not part.revoked:
             self._accepted(part, record)
 

@@ -177,6 +177,11 @@ class Rules:
         return None
 
     async def _rejected(self, record: KafkaRecord, error: RejectedError) -> None:
+        """Halt at ``record``, or dead-letter it.
+
+        A dead letter that can never be written raises
+        :class:`~pipeline.errors.DeadLetterError`: a final failure, so the lane halts there.
+        """
         attempts = current_attempt()  # the sender's count: nothing kept here outlives a revoke
         if self._rules.on_reject != "dead-letter" or self._dead_letters is None:
             raise error  # halt: the partition stops at this record
@@ -236,7 +241,11 @@ class Skips:
         return idempotency_key(record) in self._keys
 
     async def let_past(self, record: KafkaRecord) -> None:
-        """Dead-letter (if configured) and count one named record; returns once it is done."""
+        """Dead-letter (if configured) and count one named record; returns once it is done.
+
+        Raises :class:`~pipeline.errors.DeadLetterError` when the dead letter can never be
+        written: the record may then not be let past, and its partition halts.
+        """
         if self._dead_letters is not None:
             error = RejectedError("named in PIPELINE_SKIP_RECORDS", reason="skipped")
             await self._dead_letters.write(record, error, 0)

@@ -16,12 +16,15 @@ for good is split in halves until the failing item is alone, so the items before
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import inspect
 import logging
+import queue
+import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Generator, Hashable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import partial
@@ -80,6 +83,72 @@ def is_async_callable(function: Callable[..., object]) -> bool:
     return inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
         getattr(function, "__call__", None)  # noqa: B004 - an object with `async def __call__`
     )
+
+
+class _DaemonThreads:
+    """A bounded pool of daemon threads for blocking calls.
+
+    ``concurrent.futures.ThreadPoolExecutor`` joins its workers when the interpreter exits, so one
+    abandoned call that never returns would hold the process long past any shutdown deadline.
+    These threads are daemons: once the caller has given up on a call, nothing waits for it.
+    Threads start as calls need them, up to ``max_workers``, and are reused.
+    """
+
+    def __init__(self, max_workers: int, name: str) -> None:
+        self._max_workers = max_workers
+        self._name = name
+        self._work: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[object, ...]]]
+        self._work = queue.SimpleQueue()
+        self._idle = threading.Semaphore(0)
+        self._threads = 0
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def submit(self, function: Callable[..., R], *args: object) -> Future[R]:
+        """Run ``function(*args)`` in a thread; the future gets what it returns or raises."""
+        future: Future[R] = Future()
+        with self._lock:
+            if self._closed:
+                msg = "the thread pool is shut down"
+                raise RuntimeError(msg)
+            self._work.put((future, function, args))
+            if not self._idle.acquire(blocking=False) and self._threads < self._max_workers:
+                self._threads += 1
+                name = f"{self._name}_{self._threads}"
+                threading.Thread(target=self._serve, name=name, daemon=True).start()
+        return future
+
+    def shutdown(self) -> None:
+        """Cancel calls not yet started and let idle threads end; running calls run on."""
+        with self._lock:
+            self._closed = True
+            while True:
+                try:
+                    future, _, _ = self._work.get_nowait()
+                except queue.Empty:
+                    break
+                future.cancel()
+            for _ in range(self._threads):
+                self._work.put((Future(), _stop, ()))
+
+    def _serve(self) -> None:
+        while True:
+            future, function, args = self._work.get()
+            if function is _stop:
+                return
+            if future.set_running_or_notify_cancel():
+                try:
+                    result = function(*args)
+                except BaseException as error:  # the caller gets it, as from any pool
+                    future.set_exception(error)
+                else:
+                    future.set_result(result)
+            del future, function, args  # a finished call's objects must not outlive it here
+            self._idle.release()
+
+
+def _stop() -> None:
+    """The marker that ends a :class:`_DaemonThreads` worker."""
 
 
 class RetryPolicy(Protocol):
@@ -386,7 +455,7 @@ class OrderedSender(Generic[T]):
             raise ValueError(msg)
         self._send = send
         self._is_async = is_async_callable(send)
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: _DaemonThreads | None = None
         self._max_in_flight = max_in_flight
         self._lane_capacity = lane_capacity
         self._lane_bytes = lane_bytes
@@ -459,7 +528,7 @@ class OrderedSender(Generic[T]):
                 self.abandoned_calls,
             )
         if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor.shutdown()
         self._state = _State.CLOSED
 
     async def _wait_for_threads(self, deadline: float | None) -> int:
@@ -646,14 +715,24 @@ class OrderedSender(Generic[T]):
             state.worker = None
         if state.busy_in_thread:
             assert state.thread_call is not None  # noqa: S101 - busy implies a call
-            loop = asyncio.get_running_loop()
             state.thread_call.add_done_callback(
-                lambda _: loop.call_soon_threadsafe(self._thread_returned, lane, state)
+                partial(self._returned_in_thread, asyncio.get_running_loop(), lane, state)
             )
         else:
             self._resume_or_forget(lane, state)
         self._signal_space(state)
         self._lane_idled.set()
+
+    def _returned_in_thread(
+        self, loop: asyncio.AbstractEventLoop, lane: Lane, state: _LaneState[T], _: object
+    ) -> None:
+        """Tell the loop that a cancelled lane's call returned, if the loop is still there.
+
+        An abandoned call may return long after the sender closed and its loop ended: then
+        nobody is left to tell, and the return is ignored.
+        """
+        with contextlib.suppress(RuntimeError):  # the loop is closed
+            loop.call_soon_threadsafe(self._thread_returned, lane, state)
 
     def _thread_returned(self, lane: Lane, state: _LaneState[T]) -> None:
         """A blocking call whose item was cancelled has returned: its lane may go on."""
@@ -809,7 +888,7 @@ class OrderedSender(Generic[T]):
         The lane stays busy until the call returns, even if the lane is cancelled meanwhile.
         """
         if self._executor is None:
-            self._executor = ThreadPoolExecutor(self._max_in_flight, "ordered-sender")
+            self._executor = _DaemonThreads(self._max_in_flight, "ordered-sender")
         call = self._executor.submit(function, *args)
         state.thread_call = call  # type: ignore[assignment]
         return await asyncio.wrap_future(call)

@@ -42,8 +42,10 @@ log = structlog.get_logger("pipeline.stage")
 
 HOUSEKEEPING_INTERVAL_S = 1.0
 RETRY_LOG_INTERVAL_S = 10.0
-# Shares of the shutdown budget: drain what is on the wire, then commit, then leave the group.
-DRAIN_SHARE, COMMIT_SHARE = 0.6, 0.2
+# The shutdown budget's steps, each as the point of the budget it must be done by: requests on
+# the wire, the commit, the sender's blocking calls, the dead-letter producer's flush; leaving
+# the group gets the rest. A step that finishes early leaves its time to the next ones.
+DRAIN_UNTIL, COMMIT_UNTIL, SENDER_UNTIL, DEAD_LETTERS_UNTIL = 0.5, 0.7, 0.75, 0.85
 
 
 class Stage:
@@ -69,6 +71,9 @@ class Stage:
         self._partitions: Partitions | None = None
         self._commits: Commits | None = None
         self._fetching: asyncio.Task[None] | None = None
+        self._committing: asyncio.Task[None] | None = None
+        self._dead_letters: DeadLetters | None = None
+        self._deadline: float | None = None  # the loop's clock, set by the stop
         self._last_poll = time.monotonic()
         self._unhealthy: str | None = None
         self._retry_lines = Repeats(RETRY_LOG_INTERVAL_S)
@@ -91,10 +96,14 @@ class Stage:
             **({"force": force_hint} if force_hint else {}),
         )
         self._stopping.set()
+        self._deadline = asyncio.get_running_loop().time() + self._settings.shutdown_timeout_s
         if self._fetching is not None:
             # Polling may wait for a rebalance without end; a stop ends it at once. Nothing is
             # lost: records leave aiokafka's buffer only in the step that hands them over.
             self._fetching.cancel()
+        if self._committing is not None:
+            # A periodic commit may wait for a broker that is gone; the shutdown commits anyway.
+            self._committing.cancel()
         for task in self._side_work:
             task.cancel()
 
@@ -107,6 +116,7 @@ class Stage:
             dead_letters = None
             if s.dead_letter_topic:
                 dead_letters = await stack.enter_async_context(DeadLetters(s))
+            self._dead_letters = dead_letters
             sink = build_sink(s)
             await stack.enter_async_context(sink)
             gate = self._gate = ApiGate(
@@ -164,7 +174,7 @@ class Stage:
                     self._log_start(ops.port)
                     if not self._stopping.is_set():
                         self._fetching = tasks.create_task(self._poll_and_hand_over())
-                    tasks.create_task(self._commit_periodically())
+                    self._committing = tasks.create_task(self._commit_periodically())
                     tasks.create_task(self._housekeep())
                     if s.progress_interval_s > 0:
                         tasks.create_task(self._report_progress(s.progress_interval_s))
@@ -204,30 +214,45 @@ class Stage:
         )
 
     async def _shutdown(self) -> None:
-        """Drain what is on the wire, commit, leave the group: within the shutdown timeout."""
+        """Drain what is on the wire, commit, close, leave the group: all by one deadline.
+
+        The deadline is ``PIPELINE_SHUTDOWN_TIMEOUT_S`` after the stop was asked for (or from now
+        when the stage ends otherwise), and each step gets what is left of it up to its own
+        point: nothing that hangs (a blocking call, a broker that is gone) holds the stage past
+        it, and a step that overruns cannot take the time of those after it.
+        """
         assert self._source is not None  # noqa: S101 - set before the main loop
         assert self._sender is not None  # noqa: S101
         assert self._partitions is not None  # noqa: S101
         assert self._commits is not None  # noqa: S101
         sender, partitions = self._sender, self._partitions
+        loop = asyncio.get_running_loop()
         budget = self._settings.shutdown_timeout_s
+        deadline = self._deadline if self._deadline is not None else loop.time() + budget
+
+        def left(until: float) -> float:
+            return max(deadline - budget * (1 - until) - loop.time(), 0.0)
+
         started = time.monotonic()
         parts = list(partitions)
         discarded = sender.discard_queued(sender.lanes())
-        drained = await sender.drain(timeout=budget * DRAIN_SHARE)
+        drained = await sender.drain(timeout=left(DRAIN_UNTIL))
         if not drained:
             self._report_abandoned(sender.lanes(), "shutdown")
-        commit_left = started + budget * (DRAIN_SHARE + COMMIT_SHARE) - time.monotonic()
-        await self._commits.commit(parts, timeout=max(commit_left, 0.1))
+        await self._commits.commit(parts, timeout=left(COMMIT_UNTIL))
         cancelled = sender.cancel(sender.lanes())
         partitions.forget(parts)
-        await self._source.close(timeout=max(started + budget - time.monotonic(), 0.1))
+        await sender.close(timeout=left(SENDER_UNTIL))
+        if self._dead_letters is not None:
+            await self._dead_letters.close(timeout=left(DEAD_LETTERS_UNTIL))
+        await self._source.close(timeout=left(1.0))
         metrics.flush()
         log.info(
             "stage.stopped",
             drained=drained,
             discarded_unsent=discarded,
             cancelled_in_flight=cancelled,
+            abandoned_calls=sender.abandoned_calls,
             took_s=round(time.monotonic() - started, 3),
             committed={p.name: p.span.committed for p in parts},
         )

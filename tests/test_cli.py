@@ -9,13 +9,15 @@ import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 
 from pipeline.config import Settings
-from pipeline.dev.broker import free_port
+from pipeline.dev.broker import create_topic, free_port
 from pipeline.dev.stub_api import StubConfig, StubServer
 from tests.conftest import VALID, clean_env, command, eventually, eventually_async, run_once
+from tests.test_outcomes import dead_letters
 
 
 def unreachable() -> str:
@@ -281,3 +283,87 @@ def test_the_run_command_does_not_import_the_dev_tools():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert "[]" == result.stdout.strip()
+
+
+async def test_an_idempotent_dead_letter_producer_on_a_broker_without_it_exits_2_naming_the_fix(
+    proxied_kafka, tmp_path
+):
+    """tansu has no InitProducerId: with the default ``PIPELINE_DEAD_LETTER_IDEMPOTENCE=true``
+    the stage cannot dead-letter at all. It exits 2 with one line naming the setting and what to
+    set it to, and nothing else on either stream (no traceback, no "Unclosed" producer)."""
+    topic = await proxied_kafka.new_topic(1)
+    dlq = f"{topic.name}-dlq"
+    await create_topic(topic.bootstrap, dlq, 1)
+    env = {
+        "PIPELINE_KAFKA_BOOTSTRAP_SERVERS": topic.bootstrap,
+        "PIPELINE_KAFKA_TOPICS": topic.name,
+        "PIPELINE_SPACE_API_URL": "http://127.0.0.1:1/items",
+        "PIPELINE_METRICS_PORT": "0",
+        "PIPELINE_ON_REJECT": "dead-letter",
+        "PIPELINE_DEAD_LETTER_TOPIC": dlq,
+    }
+    result = await asyncio.to_thread(run_once, tmp_path, **env)
+
+    assert 2 == result.returncode, result.stdout + result.stderr
+    assert "" == result.stdout
+    lines = result.stderr.splitlines()
+    assert 1 == len(lines), result.stderr
+    assert "PIPELINE_DEAD_LETTER_IDEMPOTENCE" in lines[0]
+    assert "PIPELINE_DEAD_LETTER_IDEMPOTENCE=false" in lines[0]
+
+
+def readme_block(after: str) -> str:
+    """The first ``sh`` block of the README after the line starting with ``after``."""
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    start = text.index("```sh\n", text.index("\n" + after)) + len("```sh\n")
+    return text[start : text.index("```", start)]
+
+
+async def test_the_walk_through_with_dead_letters_works_as_written(tmp_path, stage_process):
+    """The README's dead-letter variant of the walk-through, its commands and settings taken
+    from the README itself (only the addresses are this test's): the refused record lands on
+    the dead-letter topic, every other record is delivered, and the stage stops with code 0."""
+    block = readme_block("Dead letters instead of a halt").replace("\\\n", " ")
+    stub_line, produce_line, run_line = block.strip().splitlines()
+    settings = dict(re.findall(r"(PIPELINE_\w+)=(\S+)", run_line))
+    broker = Tool("broker", "--port", "0")
+    stub_args = stub_line.split()[1:]
+    stub_args[stub_args.index("--port") + 1] = "0"
+    stub = Tool(*stub_args)
+    try:
+        address = re.search(r"on (\S+:\d+)", await asyncio.to_thread(broker.first_line))
+        url = re.search(r"(http://\S+/items)", await asyncio.to_thread(stub.first_line))
+        assert address is not None
+        assert url is not None
+        bootstrap = address.group(1)
+        produced = command(
+            tmp_path, "produce", "--bootstrap", bootstrap, "--topic", "telemetry",
+            "--partitions", "4", "--count", "30",
+        )  # fmt: skip
+        assert 0 == produced.returncode, produced.stderr
+        created = command(tmp_path, *produce_line.replace("127.0.0.1:9092", bootstrap).split()[1:])
+        assert 0 == created.returncode, created.stderr
+        settings |= {
+            "PIPELINE_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "PIPELINE_SPACE_API_URL": url.group(1),
+            "PIPELINE_METRICS_PORT": str(free_port()),
+        }
+        stage = stage_process(clean_env() | settings)
+        stats_url = url.group(1).replace("/items", "/stats")
+
+        async def all_but_one_delivered() -> bool:
+            async with httpx.AsyncClient() as client:
+                return int((await client.get(stats_url)).json()["unique"]) == 29
+
+        await eventually_async(all_but_one_delivered, timeout=30, what="29 delivered")
+        letters = await dead_letters(bootstrap, settings["PIPELINE_DEAD_LETTER_TOPIC"])
+        assert stage.process is not None
+        stage.process.send_signal(signal.SIGTERM)
+        assert 0 == await asyncio.to_thread(stage.wait, 20), stage.logs()
+    finally:
+        codes = [broker.stop(), stub.stop()]
+    assert [0, 0] == codes
+    assert [b"telemetry/0/5"] == [
+        b"/".join(dict(r.headers)[f"x-original-{h}"] for h in ("topic", "partition", "offset"))
+        for r in letters
+    ]

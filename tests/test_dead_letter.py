@@ -1,16 +1,79 @@
-"""The dead letter's headers: where the record came from, why it was refused, and no secret."""
+"""The dead letter itself: what it holds (never a secret), how large it may grow, and when
+writing it is hopeless."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import httpx
 import pytest
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    NotEnoughReplicasError,
+    RecordTooLargeError,
+    RequestTimedOutError,
+    TopicAuthorizationFailedError,
+    UnknownTopicOrPartitionError,
+)
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-from pipeline.dead_letter import dead_letter_headers
+from pipeline.dead_letter import RECORD_LIMIT, dead_letter_headers, permanent
 from pipeline.errors import RejectedError
 from pipeline.http_client import HttpxClient, Timeouts
 from pipeline.http_sink import HttpSink, HttpSinkConfig
+from pipeline.records import Record
 from pipeline.redaction import Redactor
-from tests.fakes import Record
+from tests.fakes import Record as FakeRecord
+
+
+@pytest.mark.parametrize(
+    ("failure", "never"),
+    [
+        (MessageSizeTooLargeError(), True),
+        (RecordTooLargeError(), True),
+        (TopicAuthorizationFailedError(), True),
+        (UnknownTopicOrPartitionError(), True),  # and metadata knows no such topic
+        (KafkaTimeoutError(), False),
+        (KafkaConnectionError(), False),
+        (NotEnoughReplicasError(), False),
+        (RequestTimedOutError(), False),
+    ],
+)
+def test_a_dead_letter_produce_is_given_up_only_when_no_retry_can_succeed(failure, never):
+    """aiokafka's ``retriable`` decides, except that a timeout is of the moment and a missing
+    topic counts only when the metadata has no such topic."""
+    producer = SimpleNamespace(client=SimpleNamespace(cluster=SimpleNamespace(topics=set)))
+    assert never is permanent(failure, producer, "dlq")
+
+
+def test_an_unknown_topic_that_metadata_still_lists_is_retried():
+    """Kafka's "unknown topic" for a topic the metadata lists is a passing state (a leader
+    moving), not a missing topic."""
+    producer = SimpleNamespace(
+        client=SimpleNamespace(cluster=SimpleNamespace(topics=lambda: {"dlq"}))
+    )
+    assert not permanent(UnknownTopicOrPartitionError(), producer, "dlq")
+
+
+def test_the_error_body_is_cut_to_keep_a_full_size_record_within_the_limit_never_the_record():
+    """The dead letter of a record near the limit keeps every byte of the record; the error
+    body gives way, to nothing if need be."""
+    error = RejectedError("no", reason="422", status=422, body="x" * 5000)
+    small = Record("t", 0, 1, 0, b"k", b"v" * 100)
+    near = Record("t", 0, 1, 0, b"k", b"v" * (RECORD_LIMIT - 600))
+    full = Record("t", 0, 1, 0, b"k", b"v" * RECORD_LIMIT)
+
+    def body(record: Record) -> bytes:
+        return dict(dead_letter_headers(record, error, 1))["x-error-body"]
+
+    assert 1024 == len(body(small))
+    assert 0 < len(body(near)) < 1024
+    assert b"" == body(full)
+    headers = dead_letter_headers(near, error, 1)
+    size = DefaultRecordBatchBuilder.estimate_size_in_bytes(near.key, near.value, headers)
+    assert size <= RECORD_LIMIT
 
 
 def x_error_body(headers: list[tuple[str, bytes]]) -> str:
@@ -19,7 +82,7 @@ def x_error_body(headers: list[tuple[str, bytes]]) -> str:
 
 def test_the_headers_say_where_the_record_came_from_and_why_it_was_refused() -> None:
     """The record's own headers come first, then ``x-original-*`` and ``x-error-*``."""
-    record = Record(topic="orders", partition=3, offset=42, headers=[("trace", b"t1")])
+    record = FakeRecord(topic="orders", partition=3, offset=42, headers=[("trace", b"t1")])
     error = RejectedError("no", reason="4xx", status=422, body='{"error": "id missing"}')
 
     headers = dead_letter_headers(record, error, 2)
@@ -45,9 +108,9 @@ async def test_a_token_the_api_echoes_never_reaches_the_dead_letter_topic() -> N
     client = HttpxClient(httpx.MockTransport(echo), Timeouts())
     async with HttpSink(HttpSinkConfig("https://space.example/v1", token="t0k3n"), client) as api:
         with pytest.raises(RejectedError) as raised:
-            await api.send(Record())
+            await api.send(FakeRecord())
 
-    body = x_error_body(dead_letter_headers(Record(), raised.value, 1))
+    body = x_error_body(dead_letter_headers(FakeRecord(), raised.value, 1))
     assert "t0k3n" not in body
     assert "bad record, sent with ********" == body
 
@@ -65,7 +128,7 @@ def test_any_error_body_is_scrubbed_of_urls_and_known_secrets(body: str, secret:
     values and the secrets the settings hold are masked before the body goes to Kafka."""
     error = RejectedError("no", reason="4xx", status=400, body=body)
 
-    headers = dead_letter_headers(Record(), error, 1, redact=Redactor.of(["s3cret-key"]))
+    headers = dead_letter_headers(FakeRecord(), error, 1, redact=Redactor.of(["s3cret-key"]))
 
     assert secret not in x_error_body(headers)
     assert "********" in x_error_body(headers)

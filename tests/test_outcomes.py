@@ -9,36 +9,12 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import REGISTRY
 
 from pipeline.dev.stub_api import REDIRECT_LOCATION, FaultWindow, StubConfig, StubServer
-from tests.conftest import eventually, new_dlq, running_stage
-
-
-@contextlib.asynccontextmanager
-async def echoing_api(reject: str) -> AsyncIterator[str]:
-    """An API that accepts every record but ``reject`` (an Idempotency-Key), which it answers
-    422 echoing what it got: our Authorization, our API key header and the URL we called."""
-    from aiohttp import web  # noqa: PLC0415
-
-    async def answer(request: web.Request) -> web.Response:
-        if request.headers.get("Idempotency-Key") != reject:
-            return web.Response(status=204)
-        seen = {name: request.headers.get(name) for name in ("Authorization", "X-Api-Key")}
-        return web.json_response({"refused": str(request.url), "headers": seen}, status=422)
-
-    app = web.Application()
-    app.router.add_route("*", "/{path:.*}", answer)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
-
+from pipeline.records import Record
+from tests.conftest import eventually, eventually_async, new_dlq, running_stage
 
 pytestmark = pytest.mark.integration
 
@@ -66,6 +42,30 @@ async def dead_letters(bootstrap: str, topic: str) -> list:
 
 def sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+@contextlib.asynccontextmanager
+async def echoing_api(reject: str) -> AsyncIterator[str]:
+    """An API that accepts every record but ``reject`` (an Idempotency-Key), which it answers
+    422 echoing what it got: our Authorization, our API key header and the URL we called."""
+    from aiohttp import web  # noqa: PLC0415
+
+    async def answer(request: web.Request) -> web.Response:
+        if request.headers.get("Idempotency-Key") != reject:
+            return web.Response(status=204)
+        seen = {name: request.headers.get(name) for name in ("Authorization", "X-Api-Key")}
+        return web.json_response({"refused": str(request.url), "headers": seen}, status=422)
+
+    app = web.Application()
+    app.router.add_route("*", "/{path:.*}", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
 
 
 async def test_rejected_records_are_dead_lettered_and_everything_else_flows(new_topic):
@@ -309,6 +309,128 @@ async def test_readyz_names_the_auth_outage_over_http(new_topic):
             readyz = await client.get(f"http://127.0.0.1:{stage.ops_port}/readyz")
     assert 503 == readyz.status_code
     assert "credentials" in readyz.json()["reason"]
+
+
+class Refused(Exception):
+    """A refusal with a long explanation, as some APIs give (the sink's body is its repr)."""
+
+    retryable = False
+
+
+async def refuse(record: object) -> None:
+    """A sink function that refuses every record, at length."""
+    raise Refused("no: " + "because " * 1000)
+
+
+delivered_by_sink: list[int] = []
+
+
+async def refuse_the_first(record: Record) -> None:
+    """A sink function that refuses offset 0 at length and takes every other record."""
+    if record.offset == 0:
+        raise Refused("no: " + "because " * 1000)
+    delivered_by_sink.append(record.offset)
+
+
+async def send_big(topic, value_size: int, then: int = 0) -> None:
+    """Offset 0 of partition 0: a record of ``value_size`` bytes; then ``then`` small ones."""
+    producer = AIOKafkaProducer(bootstrap_servers=topic.bootstrap, max_request_size=4 << 20)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic.name, b"v" * value_size, key=b"big", partition=0)
+        for i in range(then):
+            await producer.send_and_wait(topic.name, b"small %d" % i, key=b"s", partition=0)
+    finally:
+        await producer.stop()
+
+
+async def test_a_record_the_topic_could_hold_is_dead_lettered_whole_with_a_shorter_error_body(
+    new_topic,
+):
+    """A refused record just under Kafka's 1 MiB default, with a long refusal: the dead letter
+    fits (the producer allows a full-size record plus headers), the error body is cut to make
+    room, and the record's own bytes arrive intact."""
+    topic = await new_topic(1)
+    dlq = await new_dlq(topic)
+    size = 1_047_900
+    await send_big(topic, size)
+    settings = topic.settings(
+        None, sink_function="tests.test_outcomes:refuse", dead_letter_topic=dlq, **DLQ
+    )
+    async with running_stage(settings):
+        await eventually_async(
+            lambda: letters_at_least(topic.bootstrap, dlq, 1), timeout=20, what="the dead letter"
+        )
+    [letter] = await dead_letters(topic.bootstrap, dlq)
+    headers = dict(letter.headers)
+    assert b"v" * size == letter.value
+    assert b"big" == letter.key
+    assert 0 < len(headers["x-error-body"]) < 1024
+    assert headers["x-error-body"].startswith(b"Refused('no: because")
+    assert {0: 1} == await topic.committed()
+
+
+async def test_a_dead_letter_that_can_never_be_written_halts_its_partition_naming_why(new_topic):
+    """A refused record too large for any dead letter (2 MiB): no retry can help, so instead
+    of retrying for ever behind a green /readyz, the partition halts at it, visibly (log line,
+    halted gauge, /readyz naming it), and nothing after it is delivered or committed."""
+    delivered_by_sink.clear()
+    topic = await new_topic(1)
+    dlq = await new_dlq(topic)
+    await send_big(topic, 2 << 20, then=3)
+    settings = topic.settings(
+        None,
+        sink_function="tests.test_outcomes:refuse_the_first",
+        sink_argument="record",
+        dead_letter_topic=dlq,
+        kafka_fetch_max_bytes=8 << 20,
+        kafka_max_partition_fetch_bytes=8 << 20,
+        **DLQ,
+    )
+    async with running_stage(settings) as stage:
+        await eventually(lambda: "halted" in stage.ready().reason, timeout=20, what="the halt")
+        reason = stage.ready().reason
+        await asyncio.sleep(0.5)
+        halted = sample("space_pipeline_partition_halted", topic=topic.name, partition="0")
+    assert f"{topic.name}/0@0" in reason
+    assert 1.0 == halted
+    assert [] == delivered_by_sink
+    assert [] == await dead_letters(topic.bootstrap, dlq)
+    assert (await topic.committed())[0] in (None, 0)
+
+
+async def letters_at_least(bootstrap: str, topic: str, count: int) -> bool:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, 0)
+        return (await consumer.end_offsets([tp]))[tp] >= count
+    finally:
+        await consumer.stop()
+
+
+async def test_a_skipped_record_whose_dead_letter_can_never_be_written_halts_instead(new_topic):
+    """A record named in the skip list goes to the dead-letter topic before it is let past; when
+    that can never work the partition halts at it (the stage does not fail), since letting
+    it past would lose it."""
+    topic = await new_topic(1)
+    dlq = await new_dlq(topic)
+    await send_big(topic, 2 << 20, then=3)
+    settings = topic.settings(
+        None,
+        sink_function="tests.test_outcomes:refuse_the_first",
+        skip_records=f"{topic.name}/0/0",
+        dead_letter_topic=dlq,
+        dead_letter_idempotence=False,
+        kafka_fetch_max_bytes=8 << 20,
+        kafka_max_partition_fetch_bytes=8 << 20,
+    )
+    async with running_stage(settings) as stage:
+        await eventually(lambda: "halted" in stage.ready().reason, timeout=20, what="the halt")
+        reason = stage.ready().reason
+    assert f"{topic.name}/0@0" in reason
+    assert [] == await dead_letters(topic.bootstrap, dlq)
+    assert (await topic.committed())[0] in (None, 0)
 
 
 async def test_no_secret_reaches_the_logs_or_the_dead_letter_topic(new_topic, stage_process):

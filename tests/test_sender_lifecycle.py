@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -338,3 +340,71 @@ async def test_a_blocking_call_made_by_an_async_send_keeps_its_lane_busy_too() -
 
     assert [1] == calls_while_busy
     assert 1 == blocking.max_running
+
+
+def test_a_blocking_call_that_returns_after_the_loop_closed_is_ignored(caplog) -> None:
+    """The loop that ran the sender is gone when an abandoned call finally returns: nothing is
+    scheduled on the closed loop, and no "Event loop is closed" traceback is logged."""
+    send = Blocking()
+    returned = threading.Event()
+
+    def send_then_note(item: int) -> None:
+        try:
+            send(item)
+        finally:
+            returned.set()
+
+    async def abandon() -> None:
+        async with OrderedSender(send_then_note) as sender:
+            sender.try_submit(1, "a")
+            await asyncio.to_thread(send.started.wait, 5)
+            await sender.close(timeout=0.1)
+
+    asyncio.run(abandon())
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG):
+        send.release.set()
+        assert returned.wait(5)
+        time.sleep(0.2)  # the pool's done-callbacks run just after the call returns
+
+    assert [] == [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "Event loop is closed" not in caplog.text
+
+
+ABANDONING_PROGRAM = """
+import asyncio, sys, time
+from pipeline.sender import OrderedSender
+
+def hang(item):
+    print("called", flush=True)
+    time.sleep(30)
+
+async def main():
+    async with OrderedSender(hang) as sender:
+        sender.try_submit(1, "a")
+        while not sender.occupancy("a")[1]:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)
+        await sender.close(timeout=0.2)
+    print("closed", time.monotonic(), flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_an_abandoned_blocking_call_does_not_hold_the_interpreter_at_exit() -> None:
+    """The sender's threads never block interpreter exit: a program whose blocking call hangs for
+    30 s exits right after ``close(timeout)`` gave up on it."""
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", ABANDONING_PROGRAM],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    took = time.monotonic() - started
+
+    assert 0 == done.returncode, done.stderr
+    assert "closed" in done.stdout
+    assert took < 5.0, f"exit took {took:.1f}s"
