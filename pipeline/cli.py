@@ -23,7 +23,7 @@ from typing import Any
 import structlog
 
 from pipeline import __version__
-from pipeline.config import Settings, as_text, describe, env_name, load_settings
+from pipeline.config import Settings, as_text, describe, env_name, load_settings, redactor
 from pipeline.errors import ConfigError
 from pipeline.logging import configure_logging
 
@@ -47,7 +47,7 @@ def _run(_: argparse.Namespace) -> int:
     settings = _settings_or_exit()
     if isinstance(settings, int):
         return settings
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, redact=redactor(settings))
     try:
         asyncio.run(_serve(settings))
     except Exception as error:
@@ -209,8 +209,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     demo.add_argument(
         "--fault",
         default="outage@3+3",
-        help="a fault the stub API injects, KIND@START+SECONDS with KIND outage, throttle or"
-        " auth; 'none' for none (default: %(default)s, 503s for 3 s from 3 s in)",
+        help="a fault the stub API injects, KIND@START+SECONDS with KIND outage, throttle,"
+        " auth or redirect; 'none' for none (default: %(default)s, 503s for 3 s from 3 s in)",
     )
     demo.set_defaults(handler=_demo)
 

@@ -13,8 +13,8 @@ import json
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from typing import Annotated, Any, Literal, get_args
+from urllib.parse import urlsplit
 
 from pydantic import (
     AnyHttpUrl,
@@ -29,7 +29,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, Settin
 from pipeline import tls
 from pipeline.errors import ConfigError
 from pipeline.function_sink import import_exceptions, import_function
-from pipeline.http_sink import check_url_template
+from pipeline.http_sink import check_forward_headers, check_static_headers, check_url_template
 from pipeline.policy import (
     DEFAULT_AUTH_STATUSES,
     DEFAULT_RETRY_STATUSES,
@@ -37,13 +37,19 @@ from pipeline.policy import (
     parse_skip_list,
     parse_statuses,
 )
+from pipeline.redaction import MASK, Redactor, header_secrets, mask_url, secret_name, url_secrets
 
 ENV_PREFIX = "PIPELINE_"
 
-# Values of these settings may hold credentials: an error names the setting, never echoes it,
-# and `space-pipeline config` masks them.
-SENSITIVE = ("password", "token", "headers", "secret")
-MASK = "********"
+# Settings whose values may hold credentials while their names do not (an API key in a static
+# header, an assertion among the token request's fields): `space-pipeline config` shows the
+# names and masks the values, and an error never echoes them. SecretStr settings are masked
+# whole; URLs show everything but a password and secret-looking query values.
+MASKED_VALUES = frozenset({"space_api_headers", "oauth2_extra_params"})
+# An OAuth2 extra parameter's value is masked in logs when its name looks secret, or when it is
+# this long: an assertion or a key is, while masking a short value (``audience=api``) would
+# blank every word like it in every line.
+EXTRA_PARAM_SECRET_CHARS = 8
 
 NO_SINK = (
     "PIPELINE_SPACE_API_URL: required setting is not set (or PIPELINE_SINK_FUNCTION, to deliver"
@@ -204,6 +210,22 @@ class Settings(BaseSettings):
             return tuple(name.strip() for name in value.split(",") if name.strip())
         return value
 
+    @field_validator("forward_headers")
+    @classmethod
+    def _check_forwarded(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        check_forward_headers(value)
+        return value
+
+    @field_validator("space_api_headers")
+    @classmethod
+    def _check_static(cls, value: dict[str, str]) -> dict[str, str]:
+        check_static_headers(value)
+        for name, text in value.items():  # the value may be a secret: named, never shown
+            if "\r" in text or "\n" in text or "\0" in text:
+                msg = f"the value of {name!r} holds a line break or NUL"
+                raise ValueError(msg)
+        return value
+
     @field_validator("retry_statuses", "auth_statuses", mode="before")
     @classmethod
     def _parse_statuses(cls, value: object) -> object:
@@ -286,6 +308,7 @@ class Settings(BaseSettings):
         if self.on_reject == "dead-letter" and not self.dead_letter_topic:
             yield "PIPELINE_ON_REJECT=dead-letter needs PIPELINE_DEAD_LETTER_TOPIC"
         yield from self._sink_conflicts()
+        yield from self._header_conflicts()
         if self.dead_letter_topic in self.kafka_topics:
             yield (
                 "PIPELINE_DEAD_LETTER_TOPIC must not be one of PIPELINE_KAFKA_TOPICS: rejected "
@@ -333,6 +356,17 @@ class Settings(BaseSettings):
                     "PIPELINE_BATCH_MAX_RECORDS must not exceed PIPELINE_PARTITION_BUFFER_RECORDS,"
                     " or no batch ever fills"
                 )
+
+    def _header_conflicts(self) -> Iterator[str]:
+        static_authorization = any(
+            name.lower() == "authorization" for name in self.space_api_headers
+        )
+        token = self.space_api_token is not None or self.oauth2_token_url is not None
+        if static_authorization and token:
+            yield (
+                "PIPELINE_SPACE_API_HEADERS holds Authorization, and PIPELINE_SPACE_API_TOKEN"
+                " or PIPELINE_OAUTH2_* sets it too: use one way to authenticate"
+            )
 
     def _http_edge_conflicts(self) -> Iterator[str]:
         """TLS files that do not load, a proxy the client cannot use."""
@@ -409,7 +443,11 @@ def _unknown_variables(environ: Mapping[str, str], env_file: Mapping[str, str]) 
 
 
 def describe_errors(error: ValidationError) -> list[str]:
-    """One line per problem, naming the variable as the operator spells it, and saying why."""
+    """One line per problem, naming the variable as the operator spells it, and saying why.
+
+    The value is echoed so the operator sees what is wrong with it, unless it may be a secret;
+    a URL is echoed with its password and secret query values masked.
+    """
     lines = []
     for problem in error.errors():
         loc = [str(part) for part in problem.get("loc", ()) if isinstance(part, str)]
@@ -418,13 +456,21 @@ def describe_errors(error: ValidationError) -> list[str]:
             lines += message.splitlines()
             continue
         name = env_name(loc[0])
+        given = problem.get("input")
         if problem.get("type") == "missing":
             lines.append(f"{name}: required setting is not set")
-        elif any(word in loc[0] for word in SENSITIVE):
+        elif _secret_field(loc[0]):
             lines.append(f"{name}: {message}")
         else:
-            lines.append(f"{name}: {message} (got {problem.get('input')!r})")
+            shown = mask_url(given) if isinstance(given, str) else given
+            lines.append(f"{name}: {message} (got {shown!r})")
     return lines
+
+
+def _secret_field(field: str) -> bool:
+    info = Settings.model_fields.get(field)
+    secret = info is not None and SecretStr in (info.annotation, *get_args(info.annotation))
+    return secret or field in MASKED_VALUES
 
 
 def describe(settings: Settings) -> list[str]:
@@ -435,21 +481,32 @@ def describe(settings: Settings) -> list[str]:
     lines = []
     explicit = settings.model_fields_set
     for field in Settings.model_fields:
-        value = as_text(getattr(settings, field))
-        if value and any(word in field for word in SENSITIVE):
-            value = MASK
+        value = getattr(settings, field)
+        if field in MASKED_VALUES and value:
+            value = dict.fromkeys(value, MASK)
         note = "" if field in explicit else "  # default"
-        lines.append(f"{env_name(field)}={value}{note}")
+        lines.append(f"{env_name(field)}={as_text(value)}{note}")
     return lines
 
 
-def mask_url(url: str) -> str:
-    """``url`` with any password in it masked, fit for a log line."""
-    parsed = urlsplit(url)
-    if parsed.password is None:
-        return url
-    netloc = parsed.netloc.replace(f":{parsed.password}@", f":{MASK}@", 1)
-    return urlunsplit(parsed._replace(netloc=netloc))
+def redactor(settings: Settings) -> Redactor:
+    """Masks every secret the settings hold, wherever it shows up (a log line, an echo)."""
+    s = settings
+    secrets: list[str | None] = [
+        secret.get_secret_value()
+        for secret in (s.space_api_token, s.kafka_sasl_password, s.kafka_ssl_keyfile_password)
+        if secret is not None
+    ]
+    secrets.append(s.oauth2_secret)
+    secrets += header_secrets(s.space_api_headers)
+    secrets += [
+        value
+        for name, value in s.oauth2_extra_params.items()
+        if secret_name(name) or len(value) >= EXTRA_PARAM_SECRET_CHARS
+    ]
+    for url in (s.space_api_url, s.oauth2_token_url, s.http_proxy):
+        secrets += url_secrets(url) if url else []
+    return Redactor.of(secrets)
 
 
 def as_text(value: Any) -> str:  # noqa: ANN401 - any setting's type

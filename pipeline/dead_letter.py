@@ -32,10 +32,11 @@ from aiokafka.errors import (
 )
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-from pipeline.config import Settings, env_name
+from pipeline.config import Settings, env_name, redactor
 from pipeline.consumer import kafka_security
 from pipeline.errors import ConfigError, DeadLetterError, RejectedError
 from pipeline.records import KafkaRecord
+from pipeline.redaction import Redactor
 from pipeline.retry import Backoff
 
 log = structlog.get_logger("pipeline.dead_letter")
@@ -45,6 +46,8 @@ UNREACHABLE = (KafkaConnectionError, KafkaTimeoutError, NodeNotReadyError, Reque
 # Not ``retriable`` by aiokafka's word, and yet of the moment: worth another attempt.
 TRANSIENT = (KafkaTimeoutError, KafkaUnavailableError)
 
+# Masks what looks secret in a URL, when no secrets are known.
+URLS_ONLY = Redactor()
 # At most this much of the API's answer goes into ``x-error-body``.
 ERROR_BODY_BYTES = 1024
 # Kafka's default limit on a record batch (``max.message.bytes``): what a topic holds unless
@@ -56,14 +59,23 @@ MAX_REQUEST_SIZE = RECORD_LIMIT + 64 * 1024
 
 
 def dead_letter_headers(
-    record: KafkaRecord, error: RejectedError, attempts: int, *, limit: int = RECORD_LIMIT
+    record: KafkaRecord,
+    error: RejectedError,
+    attempts: int,
+    *,
+    limit: int = RECORD_LIMIT,
+    redact: Redactor = URLS_ONLY,
 ) -> list[tuple[str, bytes]]:
     """The record's own headers, then where it came from and why it was refused.
 
-    The error body is cut short (to nothing if need be) when the dead letter would otherwise
-    grow past ``limit``: the record's own bytes are what the dead letter is for.
+    The refusal's body is scrubbed once more (``redact``: the secrets the settings hold, URL
+    passwords and secret query values): whatever sink refused the record, a topic many can
+    read must not hold a credential the API echoed. It is cut short (to nothing if need be)
+    when the dead letter would otherwise grow past ``limit``: the record's own bytes are what
+    the dead letter is for.
     """
-    body = (getattr(error, "body", "") or "").encode("utf-8", "replace")[:ERROR_BODY_BYTES]
+    text = redact(getattr(error, "body", "") or "")
+    body = text.encode("utf-8", "replace")[:ERROR_BODY_BYTES]
     extra = {
         "x-original-topic": record.topic.encode(),
         "x-original-partition": str(record.partition).encode(),
@@ -113,6 +125,7 @@ class DeadLetters:
             max_request_size=MAX_REQUEST_SIZE,
             **kafka_security(settings),
         )
+        self._redact = redactor(settings)
         self._started = False
 
     async def __aenter__(self) -> DeadLetters:
@@ -184,7 +197,7 @@ class DeadLetters:
         never succeed raises :class:`~pipeline.errors.DeadLetterError`, which halts the
         partition at the record.
         """
-        headers = dead_letter_headers(record, error, attempts)
+        headers = dead_letter_headers(record, error, attempts, redact=self._redact)
         attempt = 0
         while True:
             attempt += 1

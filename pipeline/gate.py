@@ -12,8 +12,12 @@ them applies to all:
 - **Circuit breaker.** After ``PIPELINE_CIRCUIT_FAILURES`` consecutive connection errors,
   timeouts or 5xx, the circuit opens: no requests but one probe at a time, after an open time
   that doubles up to the maximum backoff. The first success closes it.
-- **Auth outage.** A 401/403/407 (or no token to be had) blocks everything the same way, from the
-  first one: only a probe at a time, until the API accepts again.
+- **Refusals.** Answers that no record could pass block everything the same way, from the first
+  one: only a probe at a time, until the API accepts again. An error's ``outage`` names the kind:
+  ``auth`` (a 401/403/407, or no token to be had) or ``config`` (the endpoint setting is wrong:
+  a redirect, an untrusted certificate). What the error says is the outage's detail, shown by
+  ``/readyz`` and logged once per change, so the operator reads the status and where a redirect
+  points, or what is wrong with the certificate, without a line per probe.
 
 While the gate holds requests back, lanes wait with their records, partitions fill up and pause,
 and memory stays bounded. Nothing is the record's fault, so nothing is dead-lettered or lost.
@@ -31,6 +35,7 @@ from dataclasses import dataclass
 import structlog
 
 from pipeline import metrics
+from pipeline.redaction import mask_url
 
 log = structlog.get_logger("pipeline.gate")
 
@@ -68,12 +73,22 @@ class GateLimits:
     retry_after_max: float = 300.0
 
 
+# The line that says a refusal started, and what it means, by kind. A change of its detail is
+# "gate.outage_changed"; its end "gate.recovered".
+_REFUSALS = {
+    "auth": ("gate.auth_failing", "the Space API refuses our credentials"),
+    "config": ("gate.endpoint_wrong", "the configured Space API endpoint is wrong"),
+}
+ENDPOINT_FAULTS = ("redirect", "tls")  # the reasons counted by name; any other is "other"
+
+
 @dataclass(slots=True)
 class _Outage:
-    kind: str  # "circuit" or "auth"
+    kind: str  # "circuit", or a refusal: the error's ``outage`` ("auth", "config")
     since: float
     open_for: float
     retry_at: float
+    detail: str = ""
     probing: bool = False
 
 
@@ -126,6 +141,19 @@ class ApiGate:
         return self._outage is not None and self._outage.kind == "auth"
 
     @property
+    def refusal(self) -> str | None:
+        """Why the API refuses every request whatever the record, in the error's words.
+
+        ``None`` while it does not; an open circuit is no refusal (the API is down, and no
+        setting of ours is wrong).
+        """
+        outage = self._outage
+        if outage is None or outage.kind == "circuit":
+            return None
+        meaning = _REFUSALS.get(outage.kind, ("", "the Space API refuses every request"))[1]
+        return f"{meaning}: {outage.detail}" if outage.detail else meaning
+
+    @property
     def state(self) -> CircuitState:
         """Closed; open (waiting out its open time); half-open (a probe may go)."""
         outage = self._outage
@@ -141,6 +169,7 @@ class ApiGate:
         metrics.CIRCUIT_STATE.set(int(state))
         metrics.CIRCUIT_STATE_SECONDS.set(time.monotonic() - self._state_since)
         metrics.AUTH_OUTAGE.set(int(self.auth_failing))
+        metrics.ENDPOINT_OUTAGE.set(int(self._outage is not None and self._outage.kind == "config"))
 
     # Admission
 
@@ -218,9 +247,10 @@ class ApiGate:
             pause = min(retry_after, self._limits.retry_after_max)
             self._pause_until = max(self._pause_until, time.monotonic() + pause)
             metrics.THROTTLED.inc()
-        if getattr(error, "outage", None) == "auth":
-            metrics.AUTH_FAILURES.inc()
-            self._fail("auth", probe)
+        if outage := getattr(error, "outage", None):
+            _count_refusal(outage, error)
+            # What the error says reaches /readyz: no URL in it may show a secret.
+            self._fail(outage, probe, mask_url(str(error)), getattr(error, "status", None))
         elif getattr(error, "reason", None) in CIRCUIT_REASONS:
             self._failures += 1
             if probe or self._failures >= self._limits.circuit_failures:
@@ -244,20 +274,27 @@ class ApiGate:
             )
             self._wake()
 
-    def _fail(self, kind: str, probe: bool) -> None:
+    def _fail(self, kind: str, probe: bool, detail: str = "", status: int | None = None) -> None:
         now = time.monotonic()
         outage = self._outage
         limits = self._limits
         if outage is None or outage.kind != kind:
             open_for = limits.open_initial
-            self._outage = _Outage(kind, now, open_for, now + open_for)
-            log.warning(
-                "gate.opened" if kind == "circuit" else "gate.auth_failing",
-                outage=kind,
-                open_s=open_for,
-                consecutive_failures=self._failures,
-            )
+            self._outage = _Outage(kind, now, open_for, now + open_for, detail)
+            if kind == "circuit":
+                log.warning(
+                    "gate.opened",
+                    outage=kind,
+                    open_s=open_for,
+                    consecutive_failures=self._failures,
+                )
+            else:
+                event = _REFUSALS.get(kind, ("gate.refused", ""))[0]
+                log.warning(event, outage=kind, status=status, error=detail, open_s=open_for)
         elif probe:
+            if detail != outage.detail:
+                outage.detail = detail
+                log.warning("gate.outage_changed", outage=kind, status=status, error=detail)
             outage.open_for = min(outage.open_for * 2, limits.open_max)
             outage.retry_at = now + outage.open_for
             outage.probing = False
@@ -269,6 +306,14 @@ class ApiGate:
     def _set_state(self, state: CircuitState) -> None:
         self._state_since = time.monotonic()
         metrics.CIRCUIT_STATE.set(int(state))
+
+
+def _count_refusal(kind: str, error: BaseException) -> None:
+    if kind == "auth":
+        metrics.AUTH_FAILURES.inc()
+    elif kind == "config":
+        reason = getattr(error, "reason", None)
+        metrics.ENDPOINT_FAULTS.labels(reason if reason in ENDPOINT_FAULTS else "other").inc()
 
 
 def _answered(error: BaseException) -> bool:

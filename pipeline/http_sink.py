@@ -9,28 +9,66 @@ forwarded (W3C trace context by default). The URL may name the record (``{topic}
 A batch is one request for consecutive records of a lane: a JSON array of the values (embedded as
 they are) or newline-delimited values, with ``Idempotency-Key: topic/partition/first-last``.
 
+A body may be compressed (``Content-Encoding: gzip`` or ``zstd``): a JSON batch shrinks several
+fold, which a metered or distant API feels more than the CPU it costs. Levels are fast ones (gzip
+1, as nginx, zstd 3, its own default); a big body is compressed off the event loop, so other
+lanes go on meanwhile.
+
 The answer is classified by :class:`~pipeline.policy.Classification`: accepted, retried, an auth
-outage, or a rejection of the record. A record that cannot become a valid request (a header value
-that is ``None`` or holds a line break, a ``{key}`` URL without a key) is a rejection too, never
-a crash or a retry loop.
+outage, or a rejection of the record. A redirect is none of these: the configured URL is wrong
+whatever the record, an outage of the endpoint (:class:`~pipeline.errors.ConfigOutageError`) that
+waits for the operator, never a rejection that would halt or dead-letter good records. A record
+that cannot become a valid request (a header value that is ``None`` or holds a line break, a
+``{key}`` URL without a key, a key or topic that would be a ``.`` or ``..`` path segment) is a
+rejection too, never a crash or a retry loop.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import gzip
+import re
+import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 from pipeline import metrics
-from pipeline.errors import AuthError, RejectedError, RetryableSendError, SendError
-from pipeline.http_client import Answer, HttpClient, failure
+from pipeline.errors import (
+    AuthError,
+    ConfigOutageError,
+    RejectedError,
+    RetryableSendError,
+    SendError,
+)
+from pipeline.http_client import BODY_EXCERPT_BYTES, Answer, HttpClient, failure
 from pipeline.policy import Classification, Outcome
 from pipeline.records import KafkaRecord, idempotency_key
+from pipeline.redaction import Redactor, header_secrets, url_secrets
 from pipeline.retry import parse_retry_after
 
 PLACEHOLDERS = ("topic", "partition", "key")
+Compression = Literal["none", "gzip", "zstd"]
+GZIP_LEVEL = 1  # most of level 6's gain on JSON for half its CPU; nginx's default too
+# Compressing 128 KiB takes about a millisecond: above that a thread does it (zlib and zstd
+# release the GIL), below it the hand-over to a thread would cost more than it saves.
+COMPRESS_IN_THREAD_BYTES = 128 * 1024
+# Headers that frame a message or belong to one connection (RFC 9110 7.6.1, RFC 9112): the client
+# writes them. One more from a record or a setting gives a request two ``Host`` or two
+# ``Content-Length`` headers, the shape of request smuggling through a proxy. ``Proxy-*`` too.
+FRAMING_HEADERS = frozenset(
+    {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "te", "trailer",
+     "upgrade"}
+)  # fmt: skip
+# Headers the sink writes itself: a copy from elsewhere would contradict them.
+OWN_HEADERS = frozenset(
+    {"idempotency-key", "x-kafka-topic", "x-kafka-partition", "x-kafka-offset",
+     "x-kafka-last-offset", "x-batch-size", "content-type", "content-encoding"}
+)  # fmt: skip
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 BatchFormat = Literal["json-array", "ndjson"]
 _BATCH_CONTENT_TYPES = {"json-array": "application/json", "ndjson": "application/x-ndjson"}
 
@@ -61,6 +99,7 @@ class HttpSinkConfig:
         tombstones: A record without a value: ``send`` (empty body) or ``delete`` (a DELETE).
         batch_format: How a batch is framed; ``None`` sends one record per request.
         classification: Which statuses are retried or an auth outage.
+        compression: How request bodies are compressed (``Content-Encoding``); empty ones never.
     """
 
     url: str
@@ -72,6 +111,7 @@ class HttpSinkConfig:
     tombstones: Literal["send", "delete"] = "send"
     batch_format: BatchFormat | None = None
     classification: Classification = field(default_factory=Classification)
+    compression: Compression = "none"
 
 
 def check_url_template(url: str) -> str:
@@ -84,6 +124,105 @@ def check_url_template(url: str) -> str:
     except (ValueError, IndexError) as error:
         msg = f"not a valid URL template ({error})"
         raise ValueError(msg) from None
+
+
+def _placeholder_segments(url: str) -> tuple[frozenset[str], bool]:
+    """The placeholders that are a whole path segment, and whether one shares its segment.
+
+    A dot segment (``.`` or ``..``) from a record would make the URL name another resource
+    (``/spaces/../items`` is ``/items`` to servers and to aiohttp). A whole-segment placeholder
+    is checked by its value alone, cheaply; a shared one needs the built path checked.
+    """
+    path = url.split("?", 1)[0].split("#", 1)[0].partition("://")[2]
+    segments = path.split("/")[1:]  # the first is the authority
+    whole = frozenset(
+        segment[1:-1]
+        for segment in segments
+        if segment[:1] == "{" and segment[-1:] == "}" and segment[1:-1] in PLACEHOLDERS
+    )
+    shared = any("{" in segment and segment[1:-1] not in whole for segment in segments)
+    return whole, shared
+
+
+_DOTS = (".", "..")
+_DOTS_BYTES = (b".", b"..")
+
+
+def _dot_segment(text: str) -> bool:
+    """Whether ``text`` is a ``.`` or ``..`` segment to a server that decodes it first.
+
+    Servers decode ``%2E`` before they resolve dot segments, some more than once: three
+    rounds of decoding are checked.
+    """
+    for _ in range(3):
+        if text in _DOTS:
+            return True
+        if "%" not in text:
+            return False
+        text = unquote(text)
+    return text in _DOTS
+
+
+def _dot_segment_in(url: str) -> str | None:
+    for segment in urlsplit(url).path.split("/"):
+        if ("." in segment or "%" in segment) and _dot_segment(segment):
+            return segment
+    return None
+
+
+def check_forward_headers(names: Iterable[str]) -> None:
+    """``ValueError`` naming a header no record may send.
+
+    Framing and hop-by-hop headers, credentials (a record must not choose who we are) and the
+    headers the sink writes itself.
+    """
+    for name in names:
+        lower = name.lower()
+        if not _TOKEN.fullmatch(name):
+            raise ValueError(f"{name!r} is not a header name")
+        if lower in FRAMING_HEADERS or lower.startswith("proxy-"):
+            raise ValueError(f"cannot forward {name!r}: it frames the request or its connection")
+        if lower == "authorization":
+            raise ValueError("cannot forward 'authorization': a record must not set credentials")
+        if lower in OWN_HEADERS - {"content-type"}:  # a record's content-type is used anyway
+            raise ValueError(f"cannot forward {name!r}: the sink sets it itself")
+
+
+def check_static_headers(names: Iterable[str]) -> None:
+    """``ValueError`` naming a static header that frames the request or that the sink sets.
+
+    ``Authorization`` is allowed (an API key scheme of the API's own), unless a token is used.
+    """
+    for name in names:
+        lower = name.lower()
+        if not _TOKEN.fullmatch(name):
+            raise ValueError(f"{name!r} is not a header name")
+        if lower in FRAMING_HEADERS or lower.startswith("proxy-"):
+            raise ValueError(f"{name!r} frames the request or its connection: the client sets it")
+        if lower in OWN_HEADERS:
+            raise ValueError(f"{name!r} is set by the sink itself")
+
+
+def _compressor(compression: Compression) -> Callable[[bytes], bytes] | None:
+    if compression == "gzip":
+        return functools.partial(gzip.compress, compresslevel=GZIP_LEVEL, mtime=0)
+    if compression == "zstd":
+        if sys.version_info >= (3, 14):
+            from compression import zstd  # noqa: PLC0415 - only when asked for
+        else:
+            from backports import zstd  # noqa: PLC0415 - the same module, before 3.14
+        return zstd.compress
+    return None
+
+
+def _merged(base: Mapping[str, str], more: Mapping[str, str]) -> dict[str, str]:
+    """``base`` updated by ``more``, names compared without case: each header is sent once."""
+    merged = dict(base)
+    for name, value in more.items():
+        for same in [known for known in merged if known.lower() == name.lower()]:
+            del merged[same]
+        merged[name] = value
+    return merged
 
 
 def header_value(name: str, value: str | bytes | None) -> str:
@@ -111,14 +250,24 @@ class HttpSink:
         self, config: HttpSinkConfig, client: HttpClient, *, auth: TokenSource | None = None
     ) -> None:
         check_url_template(config.url)
+        check_forward_headers(config.forward_headers)
+        check_static_headers(config.headers)
+        if any(name.lower() == "authorization" for name in config.headers) and (
+            config.token or auth is not None
+        ):
+            raise ValueError("a static Authorization header and a token: use one")
         self._config = config
         self._client = client
         self._auth = auth
         self._templated = "{" in config.url
-        self._static = {"User-Agent": "space-pipeline", **config.headers}
+        self._whole_segments, self._shared_segment = _placeholder_segments(config.url)
+        self._static = _merged({"User-Agent": "space-pipeline"}, config.headers)
         if config.token and auth is None:
             self._static["Authorization"] = f"Bearer {config.token}"
+        self._static_names = {name.lower(): name for name in self._static}
         self._forward = {name.lower() for name in config.forward_headers}
+        self._compress = _compressor(config.compression)
+        self._redact = Redactor.of([*header_secrets(self._static), *url_secrets(config.url)])
         self._closed = False
 
     async def __aenter__(self) -> HttpSink:
@@ -143,6 +292,9 @@ class HttpSink:
                 metrics.BATCH_SIZES.observe(len(payload))  # type: ignore[arg-type]
         except (ValueError, TypeError) as error:  # UnicodeError is a ValueError
             raise failure(error) from error
+        if self._compress is not None and body:
+            body = await self._compressed(body)
+            headers["Content-Encoding"] = self._config.compression
         auth = self._auth
         token = await auth.token() if auth is not None else None
         classification = self._config.classification
@@ -163,7 +315,14 @@ class HttpSink:
             auth.invalidate(token)
             token, replayed = await auth.token(), True
         if outcome is not Outcome.ACCEPTED:
-            raise _failure(outcome, answer)
+            raise self._failure(outcome, answer, token)
+
+    async def _compressed(self, body: bytes) -> bytes:
+        compress = self._compress
+        assert compress is not None  # noqa: S101 - only called when compressing
+        if len(body) < COMPRESS_IN_THREAD_BYTES:
+            return compress(body)
+        return await asyncio.to_thread(compress, body)
 
     def _count(self, outcome: str, started: float) -> None:
         metrics.ATTEMPTS.labels(outcome).count += 1
@@ -177,13 +336,28 @@ class HttpSink:
         key = record.key
         if key is None and "{key}" in self._config.url:
             raise ValueError("the URL names {key} and the record has none")
-        return self._config.url.format_map(
+        whole = self._whole_segments
+        if whole:  # a membership test per value: only dots or a '%' can make a dot segment
+            topic = record.topic
+            if "topic" in whole and (topic in _DOTS or "%" in topic) and _dot_segment(topic):
+                raise ValueError(f"the topic {topic!r} would be a dot segment of the path")
+            if (
+                "key" in whole
+                and key
+                and (key in _DOTS_BYTES or b"%" in key)
+                and _dot_segment(key.decode("latin-1"))
+            ):
+                raise ValueError(f"the key {key!r} would be a dot segment of the path")
+        url = self._config.url.format_map(
             {
                 "topic": quote(record.topic, safe=""),
                 "partition": record.partition,
                 "key": quote(key or b"", safe=""),
             }
         )
+        if self._shared_segment and (segment := _dot_segment_in(url)) is not None:
+            raise ValueError(f"the record makes {segment!r} a dot segment of the path")
+        return url
 
     def _headers(self, record: KafkaRecord) -> dict[str, str]:
         headers = dict(self._static)
@@ -193,6 +367,8 @@ class HttpSink:
             if lower == "content-type":
                 content_type = header_value(name, value)
             elif lower in self._forward:
+                if (same := self._static_names.get(lower)) is not None:
+                    headers.pop(same, None)  # the record's own replaces the static one
                 headers[name] = header_value(name, value)
         headers["Content-Type"] = content_type
         headers["X-Kafka-Topic"] = header_value("topic", record.topic)
@@ -229,24 +405,44 @@ class HttpSink:
             body = b"\n".join(values) + b"\n"
         return self._config.method, self._url(first), headers, body
 
+    # Answers to errors
 
-def _failure(outcome: Outcome, answer: Answer) -> SendError:
-    status = answer.status
-    if outcome is Outcome.RETRY:
-        reason = "429" if status == 429 else "5xx" if status >= 500 else str(status)
-        return RetryableSendError(
-            f"Space API answered {status}",
-            reason=reason,
+    def _failure(self, outcome: Outcome, answer: Answer, token: str | None) -> SendError:
+        status = answer.status
+        if outcome is Outcome.RETRY:
+            reason = "429" if status == 429 else "5xx" if status >= 500 else str(status)
+            return RetryableSendError(
+                f"Space API answered {status}",
+                reason=reason,
+                status=status,
+                retry_after=parse_retry_after(answer.retry_after),
+            )
+        if outcome is Outcome.AUTH:
+            return AuthError(
+                f"Space API refused our credentials with {status}", reason="auth", status=status
+            )
+        if 300 <= status < 400:
+            return self._redirected(answer)
+        body = answer.body.decode("utf-8", "replace")
+        cut = len(answer.body) >= BODY_EXCERPT_BYTES
+        return RejectedError(
+            f"Space API rejected the record with {status}",
+            reason=metrics.status_class(status),
             status=status,
-            retry_after=parse_retry_after(answer.retry_after),
+            body=self._redact(body, more=(token,), cut=cut),
         )
-    if outcome is Outcome.AUTH:
-        return AuthError(
-            f"Space API refused our credentials with {status}", reason="auth", status=status
+
+    def _redirected(self, answer: Answer) -> ConfigOutageError:
+        """A redirect is never followed: a POST would turn into a GET whose 2xx accepts nothing."""
+        status = answer.status
+        if answer.location is None:
+            message = f"Space API answered {status}, a redirect without a Location"
+        else:
+            location = self._redact(answer.location)
+            message = f"Space API answered {status}, redirecting to {location}"
+        return ConfigOutageError(
+            f"{message}: requests are never redirected, so the URL setting must name the API",
+            reason="redirect",
+            status=status,
+            location=None if answer.location is None else self._redact(answer.location),
         )
-    return RejectedError(
-        f"Space API rejected the record with {status}",
-        reason=metrics.status_class(status),
-        status=status,
-        body=answer.body.decode("utf-8", "replace"),
-    )

@@ -3,6 +3,9 @@
 One line per event, with a short dotted event name and key/value context. JSON for machines (a
 log pipeline filters on ``event`` and never parses prose), a readable console rendering for a
 person at a terminal; ``auto`` picks by whether stdout is a terminal.
+
+Every line passes a :class:`~pipeline.redaction.Redactor` before it is written: what an error,
+an API's answer or a library says may hold a secret, and a log is read by many.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from typing import Literal, TextIO
 
 import orjson
 import structlog
-from structlog.typing import Processor
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+from pipeline.redaction import Redactor
 
 LogFormat = Literal["json", "console", "auto"]
 
@@ -22,10 +27,44 @@ def _dumps(event: object, **_: object) -> str:
     return orjson.dumps(event, default=repr).decode()
 
 
+class Redacting:
+    """A processor that masks secrets in every text value of a log line."""
+
+    def __init__(self, redact: Redactor) -> None:
+        self._redact = redact
+
+    def __call__(self, logger: WrappedLogger, method: str, event: EventDict) -> EventDict:
+        """Mask each string value, and the strings of a list or dict value, in place."""
+        redact = self._redact
+        for name, value in event.items():
+            if isinstance(value, str):
+                event[name] = redact(value)
+            elif isinstance(value, list | tuple | dict) and value:
+                event[name] = _redacted(value, redact)
+        return event
+
+
+def _redacted(value: object, redact: Redactor) -> object:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, list | tuple):
+        return [_redacted(item, redact) for item in value]
+    if isinstance(value, dict):
+        return {key: _redacted(item, redact) for key, item in value.items()}
+    return value
+
+
 def configure_logging(
-    level: str = "INFO", log_format: LogFormat = "auto", stream: TextIO | None = None
+    level: str = "INFO",
+    log_format: LogFormat = "auto",
+    stream: TextIO | None = None,
+    redact: Redactor | None = None,
 ) -> None:
-    """Send every log record to ``stream`` (stdout) as JSON lines or console lines."""
+    """Send every log record to ``stream`` (stdout) as JSON lines or console lines.
+
+    ``redact`` masks the secrets the settings hold; URL passwords and secret query values are
+    masked without it too.
+    """
     stream = stream or sys.stdout
     numeric = logging.getLevelNamesMapping()[level.upper()]
     console = log_format == "console" or (log_format == "auto" and stream.isatty())
@@ -47,6 +86,7 @@ def configure_logging(
             factory = structlog.BytesLoggerFactory(stream.buffer)
         else:
             ours, factory = foreign, structlog.PrintLoggerFactory(stream)
+    tail.append(Redacting(redact or Redactor()))
     structlog.configure(
         processors=[*shared, *tail, ours],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),

@@ -146,6 +146,17 @@ AUTH_FAILURES = Counter(
 AUTH_OUTAGE = Gauge(
     "space_pipeline_auth_outage", "1 while the API refuses our credentials; nothing is sent."
 )
+ENDPOINT_FAULTS = Counter(
+    "space_pipeline_endpoint_faults_total",
+    "Attempts that showed the configured endpoint wrong, by reason: redirect (a 3xx, never"
+    " followed), tls (the API's certificate is not trusted) or other.",
+    ("reason",),
+)
+ENDPOINT_OUTAGE = Gauge(
+    "space_pipeline_endpoint_outage",
+    "1 while the configured endpoint is wrong (a redirect, an untrusted certificate); nothing is"
+    " sent but a probe at a time.",
+)
 CIRCUIT_STATE = Gauge(
     "space_pipeline_circuit_state",
     "The API circuit breaker: 0 closed, 1 open (no requests), 2 half-open (one probe at a time).",

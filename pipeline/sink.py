@@ -56,6 +56,7 @@ def http_sink_config(settings: Settings) -> HttpSinkConfig:
         tombstones=s.tombstones,
         batch_format=s.batch_format if batched(s) else None,
         classification=Classification(retry=s.retry_statuses, auth=s.auth_statuses),
+        compression=s.space_api_compression,
     )
 
 

@@ -23,7 +23,7 @@ from aiokafka.errors import KafkaError
 
 from pipeline import metrics
 from pipeline.commit import Commits
-from pipeline.config import Settings, mask_url
+from pipeline.config import Settings
 from pipeline.consumer import KafkaSource, build_consumer
 from pipeline.dead_letter import DeadLetters
 from pipeline.gate import ApiGate, GateLimits
@@ -32,6 +32,7 @@ from pipeline.partition import FlowLimits, Partitions, lane_partition, names
 from pipeline.policy import RejectRules, Rules, Skips, format_statuses
 from pipeline.progress import Progress
 from pipeline.records import KafkaRecord
+from pipeline.redaction import mask_url
 from pipeline.retry import Backoff
 from pipeline.sender import BatchLimits, Lane, OrderedSender
 from pipeline.sink import batched, build_sink
@@ -462,12 +463,17 @@ class Stage:
         return Verdict(ok=True)
 
     def ready(self) -> Verdict:
-        """``/readyz``: joined the group, credentials accepted, no partition halted."""
+        """``/readyz``: joined the group, credentials and endpoint accepted, no partition halted.
+
+        A refusal (credentials, a redirect, an untrusted certificate) is named in the error's
+        own words: the fix is a setting, and the operator reads which one here.
+        """
         if not self._joined:
             return Verdict(ok=False, reason="not yet joined the consumer group")
         assert self._partitions is not None  # noqa: S101 - joined implies running
-        if self._gate is not None and self._gate.auth_failing:
-            return Verdict(ok=False, reason="the Space API refuses our credentials")
+        refusal = self._gate.refusal if self._gate is not None else None
+        if refusal is not None:
+            return Verdict(ok=False, reason=refusal)
         halted = [
             f"{p.name}@{p.reported_halted}"
             for p in self._partitions

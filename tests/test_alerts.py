@@ -31,6 +31,7 @@ MUST_HAVE_QUIET_CASE = {
     "SpacePipelineRebalanceStorm",
     "SpacePipelineCircuitOpen",
     "SpacePipelineAuthFailing",
+    "SpacePipelineEndpointWrong",
     "SpacePipelineDeadLetterRate",
 }
 

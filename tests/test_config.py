@@ -352,3 +352,184 @@ def test_an_error_in_a_setting_that_may_hold_credentials_does_not_echo_it(
 
     assert line.startswith("PIPELINE_SPACE_API_HEADERS: must be a JSON object")
     assert "s3cret" not in line
+
+
+# Headers that must not come from settings or records
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "host",
+        "Content-Length",
+        "transfer-encoding",
+        "Connection",
+        "keep-alive",
+        "TE",
+        "trailer",
+        "upgrade",
+        "Proxy-Authorization",
+        "authorization",
+        "idempotency-key",
+        "X-Kafka-Offset",
+    ],
+)
+def test_forwarding_a_framing_hop_by_hop_or_own_header_is_refused(
+    env: pytest.MonkeyPatch, name: str
+) -> None:
+    """A Kafka header forwarded as ``Host`` or ``Content-Length`` would give a request two of
+    them (a request-smuggling shape); hop-by-hop headers, credentials and the headers the
+    sink writes itself are refused too, at start, naming the setting and the header."""
+    env.setenv("PIPELINE_FORWARD_HEADERS", f"traceparent,{name}")
+
+    line = error_line()
+
+    assert line.startswith("PIPELINE_FORWARD_HEADERS: ")
+    assert repr(name) in line or name in line
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["Host", "content-length", "Transfer-Encoding", "connection", "Upgrade", "Proxy-Authorization"],
+)
+def test_a_static_framing_or_hop_by_hop_header_is_refused(
+    env: pytest.MonkeyPatch, name: str
+) -> None:
+    """``PIPELINE_SPACE_API_HEADERS`` may not set what frames the request or belongs to one
+    connection either; the line names the header but never echoes the values."""
+    env.setenv("PIPELINE_SPACE_API_HEADERS", f'{{"{name}": "s3cret"}}')
+
+    line = error_line()
+
+    assert line.startswith("PIPELINE_SPACE_API_HEADERS: ")
+    assert name in line
+    assert "s3cret" not in line
+
+
+def test_a_static_authorization_header_is_allowed_alone(env: pytest.MonkeyPatch) -> None:
+    """An API key scheme of the API's own (``Authorization: ApiKey ...``) is a static header."""
+    env.setenv("PIPELINE_SPACE_API_HEADERS", '{"Authorization": "ApiKey k3y"}')
+
+    assert {"Authorization": "ApiKey k3y"} == load().space_api_headers
+
+
+def test_a_static_authorization_header_and_a_token_are_one_or_the_other(
+    env: pytest.MonkeyPatch,
+) -> None:
+    """Both would send two Authorization headers: refused, naming both settings."""
+    env.setenv("PIPELINE_SPACE_API_HEADERS", '{"authorization": "ApiKey k3y"}')
+    env.setenv("PIPELINE_SPACE_API_TOKEN", "s3cret")
+
+    line = error_line()
+
+    assert "PIPELINE_SPACE_API_HEADERS" in line
+    assert "PIPELINE_SPACE_API_TOKEN" in line
+    assert "k3y" not in line
+    assert "s3cret" not in line
+
+
+# Secrets are masked precisely: never shown, and nothing else hidden
+
+
+def test_the_configuration_masks_exactly_the_secrets(
+    env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``space-pipeline config`` masks SecretStr values, static header values, OAuth2 extra
+    parameter values, URL passwords and secret-looking query values (the token URL's too),
+    and shows everything else as it is: header names, forwarded headers, an empty ``{}``, the
+    path of a secret file."""
+    secret_file = tmp_path / "client-secret"
+    secret_file.write_text("file-s3cret")
+    env.setenv("PIPELINE_SPACE_API_URL", "https://space.example/v1/{key}?api_key=ak1&tenant=acme")
+    env.setenv("PIPELINE_FORWARD_HEADERS", "traceparent,x-tenant")
+    env.setenv("PIPELINE_OAUTH2_TOKEN_URL", "https://idp.example/token?client_secret=cs1&realm=r")
+    env.setenv("PIPELINE_OAUTH2_CLIENT_ID", "stage")
+    env.setenv("PIPELINE_OAUTH2_CLIENT_SECRET_FILE", str(secret_file))
+    env.setenv("PIPELINE_OAUTH2_EXTRA_PARAMS", '{"audience": "aud1", "assertion": "as1"}')
+
+    lines = describe(load())
+    text = "\n".join(lines)
+
+    for secret in ("ak1", "cs1", "aud1", "as1", "file-s3cret"):
+        assert secret not in text
+    assert "PIPELINE_FORWARD_HEADERS=traceparent,x-tenant" in lines
+    assert "PIPELINE_SPACE_API_HEADERS={}  # default" in lines
+    assert (
+        "PIPELINE_SPACE_API_URL=https://space.example/v1/{key}?api_key=********&tenant=acme"
+        in lines
+    )
+    assert (
+        "PIPELINE_OAUTH2_TOKEN_URL=https://idp.example/token?client_secret=********&realm=r"
+        in lines
+    )
+    assert f"PIPELINE_OAUTH2_CLIENT_SECRET_FILE={secret_file}" in lines
+    assert 'PIPELINE_OAUTH2_EXTRA_PARAMS={"audience": "********", "assertion": "********"}' in lines
+
+
+def test_static_header_names_are_shown_and_their_values_masked(env: pytest.MonkeyPatch) -> None:
+    """A static header may hold an API key: its value is masked, its name is not."""
+    env.setenv("PIPELINE_SPACE_API_HEADERS", '{"X-Api-Key": "k3y", "X-Tenant": "acme"}')
+
+    lines = describe(load())
+
+    assert 'PIPELINE_SPACE_API_HEADERS={"X-Api-Key": "********", "X-Tenant": "********"}' in lines
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "secret"),
+    [
+        ("PIPELINE_SPACE_API_URL", "https://user:pa55@/v1/records", "pa55"),
+        ("PIPELINE_SPACE_API_URL", "ftp://space.example/?token=t0k", "t0k"),
+        ("PIPELINE_OAUTH2_TOKEN_URL", "https://idp:[bad/token?client_secret=cs1", "cs1"),
+    ],
+)
+def test_an_invalid_url_is_echoed_with_its_secrets_masked(
+    env: pytest.MonkeyPatch, name: str, value: str, secret: str
+) -> None:
+    """The error names the setting and shows the URL, so the operator sees what is wrong with
+    it, but never its password or a secret query value."""
+    env.setenv(name, value)
+    if name == "PIPELINE_OAUTH2_TOKEN_URL":
+        env.setenv("PIPELINE_OAUTH2_CLIENT_ID", "stage")
+        env.setenv("PIPELINE_OAUTH2_CLIENT_SECRET", "s3cret")
+
+    found = "\n".join(problems())
+
+    assert name in found
+    assert secret not in found
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "zstd"])
+def test_the_compression_setting_reaches_the_sink(env: pytest.MonkeyPatch, encoding: str) -> None:
+    """``PIPELINE_SPACE_API_COMPRESSION`` is what the HTTP sink compresses with."""
+    from pipeline.sink import http_sink_config  # noqa: PLC0415
+
+    env.setenv("PIPELINE_SPACE_API_COMPRESSION", encoding)
+
+    assert encoding == http_sink_config(load()).compression
+
+
+def test_the_log_redactor_knows_every_secret_the_settings_hold(
+    env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Tokens, passwords, the OAuth2 secret (from its file too), credential-named static
+    headers, long OAuth2 extra values and URL secrets; not a tenant name or a short value."""
+    from pipeline.config import redactor  # noqa: PLC0415
+
+    secret_file = tmp_path / "client-secret"
+    secret_file.write_text("file-s3cret\n")
+    env.setenv("PIPELINE_SPACE_API_URL", "https://u:url-pa55@space.example/v1?sig=sig-123")
+    env.setenv("PIPELINE_SPACE_API_HEADERS", '{"X-Api-Key": "hdr-k3y", "X-Tenant": "acme"}')
+    env.setenv("PIPELINE_OAUTH2_TOKEN_URL", "https://idp.example/token")
+    env.setenv("PIPELINE_OAUTH2_CLIENT_ID", "stage")
+    env.setenv("PIPELINE_OAUTH2_CLIENT_SECRET_FILE", str(secret_file))
+    env.setenv("PIPELINE_OAUTH2_EXTRA_PARAMS", '{"assertion": "eyJhbGciOi.xyz", "aud": "api"}')
+    env.setenv("PIPELINE_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    env.setenv("PIPELINE_KAFKA_SASL_MECHANISM", "PLAIN")
+    env.setenv("PIPELINE_KAFKA_SASL_USERNAME", "stage")
+    env.setenv("PIPELINE_KAFKA_SASL_PASSWORD", "sasl-pa55")
+
+    redact = redactor(load())
+    line = redact("url-pa55 sig-123 hdr-k3y file-s3cret eyJhbGciOi.xyz sasl-pa55 | acme api stage")
+
+    assert "******** " * 6 + "| acme api stage" == line

@@ -8,8 +8,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
+from prometheus_client import REGISTRY
+from structlog.testing import capture_logs
 
-from pipeline.errors import AuthError, RejectedError, RetryableSendError
+from pipeline.errors import AuthError, ConfigOutageError, RejectedError, RetryableSendError
 from pipeline.gate import ApiGate, CircuitState, GateLimits
 from pipeline.sender import OrderedSender
 
@@ -20,6 +22,20 @@ def no_jitter() -> float:
 
 def down() -> RetryableSendError:
     return RetryableSendError("unreachable", reason="connection")
+
+
+def redirected(status: int = 307, location: str = "https://new.example/items") -> Exception:
+    """What the HTTP sink raises for a redirect (the URL setting is wrong)."""
+    return ConfigOutageError(
+        f"Space API answered {status}, redirecting to {location}: fix the URL setting",
+        reason="redirect",
+        status=status,
+        location=location,
+    )
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 def throttled(retry_after: float | None) -> RetryableSendError:
@@ -313,3 +329,124 @@ async def test_an_answer_that_says_nothing_of_credentials_does_not_end_an_auth_o
     await attempt(gate, throttled(None))
 
     assert gate.auth_failing
+
+
+# The endpoint is wrong (a redirect, an untrusted certificate)
+
+
+async def test_a_redirect_blocks_everything_from_the_first_one_until_a_success() -> None:
+    """A redirect is an outage of the configured URL like an auth failure: everything waits,
+    a probe at a time, until the API accepts again."""
+    gate = ApiGate(GateLimits(circuit_failures=5, open_initial=0.1))
+
+    await attempt(gate, redirected())
+    blocked = gate.blocked
+    started = time.monotonic()
+    await attempt(gate)
+
+    assert blocked
+    assert time.monotonic() - started >= 0.09
+    assert (False, None) == (gate.blocked, gate.refusal)
+
+
+async def test_only_one_probe_at_a_time_goes_while_the_endpoint_is_wrong() -> None:
+    """Four lanes wait; one probes; the others go only once the probe was accepted."""
+    gate = ApiGate(GateLimits(open_initial=0.05))
+    await attempt(gate, redirected())
+    spans: list[tuple[float, float]] = []
+
+    async def probe_or_wait() -> None:
+        async with through(gate):
+            admitted = time.monotonic()
+            await asyncio.sleep(0.05)
+            spans.append((admitted, time.monotonic()))
+
+    await asyncio.gather(*(probe_or_wait() for _ in range(4)))
+
+    probe, *others = sorted(spans)
+    assert all(admitted >= probe[1] for admitted, _ in others)
+
+
+async def test_the_refusal_names_what_the_error_says_for_any_endpoint_fault() -> None:
+    """``refusal`` (what ``/readyz`` shows) is the error's own words: the status and the
+    Location of a redirect, the certificate problem of a TLS failure; credentials for auth."""
+    gate = ApiGate(GateLimits(open_initial=0.01))
+
+    await attempt(gate, redirected(308, "https://elsewhere.example/v2"))
+    redirect = gate.refusal
+    await asyncio.sleep(0.02)
+    tls = ConfigOutageError("certificate verify failed: self-signed certificate", reason="tls")
+    await attempt(gate, tls)
+    untrusted = gate.refusal
+    await asyncio.sleep(0.02)
+    await attempt(gate, AuthError("Space API refused our credentials with 401", reason="auth"))
+    auth = gate.refusal
+
+    assert redirect is not None
+    assert "308" in redirect
+    assert "https://elsewhere.example/v2" in redirect
+    assert untrusted is not None
+    assert "self-signed certificate" in untrusted
+    assert auth is not None
+    assert "credentials" in auth
+    assert "401" in auth
+
+
+async def test_an_endpoint_outage_logs_one_line_per_change() -> None:
+    """One line when it starts, one when what the API says changes (another Location), none
+    for a probe that fails the same way, one when it recovers."""
+    gate = ApiGate(GateLimits(open_initial=0.01))
+
+    with capture_logs() as logs:
+        await attempt(gate, redirected(307, "https://a.example/"))
+        for location in ("https://a.example/", "https://a.example/", "https://b.example/"):
+            await asyncio.sleep(0.02)
+            await attempt(gate, redirected(307, location))
+        await asyncio.sleep(0.02)
+        await attempt(gate)
+
+    lines = [entry for entry in logs if entry["event"].startswith("gate.")]
+    assert ["gate.endpoint_wrong", "gate.outage_changed", "gate.recovered"] == [
+        line["event"] for line in lines
+    ]
+    assert "https://a.example/" in lines[0]["error"]
+    assert 307 == lines[0]["status"]
+    assert "https://b.example/" in lines[1]["error"]
+    assert "config" == lines[2]["outage"]
+
+
+async def test_endpoint_faults_are_counted_by_reason_and_the_outage_is_a_gauge() -> None:
+    """``space_pipeline_endpoint_faults_total{reason}`` counts each failed attempt (redirect or
+    tls); ``space_pipeline_endpoint_outage`` is 1 while it lasts."""
+    name = "space_pipeline_endpoint_faults_total"
+    before = {reason: sample(name, reason=reason) for reason in ("redirect", "tls", "other")}
+    gate = ApiGate(GateLimits(open_initial=0.01))
+
+    await attempt(gate, redirected())
+    gate.refresh_metrics()
+    during = sample("space_pipeline_endpoint_outage")
+    await asyncio.sleep(0.02)
+    await attempt(gate, ConfigOutageError("untrusted", reason="tls"))
+    await asyncio.sleep(0.02)
+    await attempt(gate, ConfigOutageError("who knows", reason="made-up"))
+    await asyncio.sleep(0.02)
+    await attempt(gate)
+    gate.refresh_metrics()
+
+    after = {reason: sample(name, reason=reason) - before[reason] for reason in before}
+    assert {"redirect": 1, "tls": 1, "other": 1} == after
+    assert (1, 0) == (during, sample("space_pipeline_endpoint_outage"))
+
+
+async def test_the_refusal_never_shows_a_secret_of_a_url_it_names() -> None:
+    """``/readyz`` is served to anyone who can reach the pod: a Location (or any URL) in the
+    error shows no password and no secret query value."""
+    gate = ApiGate(GateLimits())
+
+    await attempt(gate, redirected(302, "https://u:pa55@idp.example/token?sig=s1g&realm=r"))
+
+    refusal = gate.refusal
+    assert refusal is not None
+    assert "pa55" not in refusal
+    assert "s1g" not in refusal
+    assert "realm=r" in refusal

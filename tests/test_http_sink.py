@@ -2,20 +2,35 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import asyncio
+import gzip
+import json
+import random
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import TypeVar
 
 import httpx
 import pytest
+from backports import zstd
 
-from pipeline.errors import AuthError, InvalidRecordError, RejectedError, RetryableSendError
-from pipeline.http_client import HttpxClient, Timeouts
+from pipeline.dev.stub_api import StubConfig, StubServer
+from pipeline.errors import (
+    AuthError,
+    ConfigOutageError,
+    InvalidRecordError,
+    RejectedError,
+    RetryableSendError,
+)
+from pipeline.http11 import LeanClient
+from pipeline.http_client import AiohttpClient, Answer, HttpxClient, Timeouts
 from pipeline.http_sink import HttpSink, HttpSinkConfig
 from pipeline.policy import Classification, parse_statuses
 from pipeline.records import idempotency_key
 from tests.fakes import Record
+from tests.test_http11 import read_request
+from tests.test_http11 import server as raw_server
 
 URL = "https://space.example/v1/records"
 TOKEN = "s3cret"
@@ -263,6 +278,69 @@ async def test_an_auth_status_is_an_auth_outage_not_a_rejection(status: int) -> 
     assert status == error.status
 
 
+class Answering:
+    """An :class:`~pipeline.http_client.HttpClient` that gives one scripted answer to every
+    request, as a client that never follows redirects reports them."""
+
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+        self.requests: list[tuple[str, str]] = []
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        *,
+        read_body: bool = False,
+    ) -> Answer:
+        self.requests.append((method, url))
+        return self.answer
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+async def test_a_redirect_is_an_outage_of_the_configured_url_naming_where_it_points(
+    status: int,
+) -> None:
+    """A 3xx says the configured URL is wrong, not the record: ConfigOutageError (an outage,
+    retried, never a rejection), with the status and the Location in its attributes and its
+    message, so the operator reads where to point the URL setting."""
+    moved = "https://new.space.example/v2/records"
+    client = Answering(Answer(status, location=moved))
+
+    async with HttpSink(HttpSinkConfig(URL), client) as api:
+        with pytest.raises(ConfigOutageError) as raised:
+            await api.send(Record())
+
+    error = raised.value
+    assert (True, "config", "redirect") == (error.retryable, error.outage, error.reason)
+    assert (status, moved) == (error.status, error.location)
+    assert str(status) in str(error)
+    assert moved in str(error)
+    assert "URL" in str(error)
+    assert [("POST", URL)] == client.requests
+
+
+async def test_a_redirect_location_never_shows_a_secret() -> None:
+    """A Location with a password or a signed query is masked in the error (it reaches the
+    log and ``/readyz``)."""
+    moved = "https://u:pa55@new.space.example/v2?sig=abc123&tenant=acme"
+    client = Answering(Answer(302, location=moved))
+
+    async with HttpSink(HttpSinkConfig(URL), client) as api:
+        with pytest.raises(ConfigOutageError) as raised:
+            await api.send(Record())
+
+    text = f"{raised.value} {raised.value.location}"
+    assert "pa55" not in text
+    assert "abc123" not in text
+    assert "tenant=acme" in text
+
+
 async def test_the_classification_is_configurable() -> None:
     """Statuses move between classes as configured: here 404 is retried and 418 is auth."""
     classes = Classification(retry=parse_statuses("404"), auth=parse_statuses("418"))
@@ -365,6 +443,65 @@ async def test_the_url_names_the_record_with_its_key_escaped(server: FakeServer)
     assert "/v1/orders/3/items/a%2Fb%20c%3F" == server.request.url.raw_path.decode()
 
 
+@pytest.mark.parametrize(
+    "key", [b".", b"..", b"%2e", b"%2E%2e", b".%2E", b"%252e"], ids=lambda key: key.decode()
+)
+async def test_a_key_that_would_be_a_dot_segment_rejects_the_record(
+    server: FakeServer, key: bytes
+) -> None:
+    """``/spaces/{key}/items`` with the key ``..`` would be ``/spaces/../items``, which servers
+    and aiohttp resolve to ``/items``: another resource. Servers decode ``%2E`` (some twice)
+    before they resolve, so escaping cannot save it: the record is rejected, saying why, and
+    nothing is sent."""
+    async with sink_for(server, url="https://space.example/spaces/{key}/items") as api:
+        with pytest.raises(InvalidRecordError) as raised:
+            await api.send(Record(key=key))
+
+    assert "dot segment" in str(raised.value)
+    assert [] == server.requests
+
+
+async def test_a_topic_that_would_be_a_dot_segment_rejects_the_record(server: FakeServer) -> None:
+    """The same holds for ``{topic}``."""
+    async with sink_for(server, url="https://space.example/{topic}/items") as api:
+        with pytest.raises(InvalidRecordError):
+            await api.send(Record(topic=".."))
+
+    assert [] == server.requests
+
+
+async def test_a_key_that_completes_a_dot_segment_with_the_template_rejects_the_record(
+    server: FakeServer,
+) -> None:
+    """``/spaces/.{key}/items`` with the key ``.`` is ``/spaces/../items`` too."""
+    async with sink_for(server, url="https://space.example/spaces/.{key}/items") as api:
+        with pytest.raises(InvalidRecordError):
+            await api.send(Record(key=b"."))
+        await api.send(Record(key=b"a"))
+
+    assert "/spaces/.a/items" == server.request.url.raw_path.decode()
+
+
+@pytest.mark.parametrize(
+    ("key", "path"),
+    [
+        (b"../admin", "/spaces/..%2Fadmin/items"),
+        (b"a/b?x=1#f", "/spaces/a%2Fb%3Fx%3D1%23f/items"),
+        (b"...", "/spaces/.../items"),
+        (b".env", "/spaces/.env/items"),
+    ],
+)
+async def test_other_keys_with_dots_or_slashes_stay_inside_their_one_segment(
+    server: FakeServer, key: bytes, path: str
+) -> None:
+    """A slash, ``?`` or ``#`` is escaped, so the key stays one segment; dots that do not make
+    a whole ``.`` or ``..`` segment are an ordinary name."""
+    async with sink_for(server, url="https://space.example/spaces/{key}/items") as api:
+        await api.send(Record(key=key))
+
+    assert path == server.request.url.raw_path.decode()
+
+
 async def test_a_key_url_without_a_key_rejects_the_record(server: FakeServer) -> None:
     """``{key}`` with a record that has none cannot be sent: a rejection, not a guess."""
     async with sink_for(server, url="https://space.example/{key}") as api:
@@ -393,6 +530,40 @@ async def test_trace_context_headers_are_forwarded_and_others_are_not(server: Fa
     assert "00-abc-def-01" == sent["traceparent"]
     assert "k=v" == sent["tracestate"]
     assert "secret" not in sent
+
+
+@pytest.mark.parametrize("name", ["Content-Length", "host", "Transfer-Encoding", "Proxy-Foo"])
+def test_a_framing_header_can_never_be_forwarded_even_if_listed(name: str) -> None:
+    """A sink built without the settings' checks refuses it too: a record's ``Content-Length``
+    header must never reach the wire."""
+    with pytest.raises(ValueError, match="forward"):
+        sink_for(FakeServer(), forward_headers=("traceparent", name))
+
+
+@pytest.mark.parametrize("name", ["host", "Content-Length", "transfer-encoding", "connection"])
+def test_a_static_framing_header_is_refused(name: str) -> None:
+    """Static headers may not frame the request either."""
+    with pytest.raises(ValueError, match=name):
+        sink_for(FakeServer(), headers={name: "x"})
+
+
+async def test_a_static_header_replaces_a_default_of_any_case(server: FakeServer) -> None:
+    """``user-agent`` replaces our ``User-Agent``: one header on the wire, never two."""
+    async with sink_for(server, headers={"user-agent": "mine/1.0"}) as api:
+        await api.send(Record())
+
+    assert ["mine/1.0"] == server.request.headers.get_list("User-Agent")
+
+
+async def test_a_forwarded_header_replaces_a_static_one_of_any_case(server: FakeServer) -> None:
+    """The record's own ``x-tenant`` wins over the static ``X-Tenant``, and only one is sent."""
+    async with sink_for(
+        server, headers={"X-Tenant": "default"}, forward_headers=("x-tenant",)
+    ) as api:
+        await api.send(Record(headers=[("x-tenant", b"acme")]))
+        await api.send(Record())
+
+    assert [["acme"], ["default"]] == [r.headers.get_list("X-Tenant") for r in server.requests]
 
 
 async def test_an_invalid_forwarded_header_rejects_the_record(server: FakeServer) -> None:
@@ -503,3 +674,221 @@ async def test_an_unexpected_failure_is_retried_a_few_times_only() -> None:
     backoff = Backoff()
     assert backoff.retry_delay(error, 1) is not None
     assert backoff.retry_delay(error, error.max_attempts) is None
+
+
+# Secrets never leave the sink in what the API answered
+
+
+def echoing(status: int = 422) -> Handler:
+    """An API that echoes our request's Authorization, API key and URL in its error body."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen = {
+            "authorization": request.headers.get("authorization"),
+            "x-api-key": request.headers.get("x-api-key"),
+            "url": str(request.url),
+        }
+        return httpx.Response(status, json={"error": "unwanted", "request": seen})
+
+    return answer
+
+
+class StaticTokens:
+    """A token source that hands out the token it was given."""
+
+    def __init__(self, token: str) -> None:
+        self.value = token
+
+    async def token(self) -> str:
+        return self.value
+
+    def invalidate(self, token: str) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("config", "secrets"),
+    [
+        ({"token": "t0ken-abc"}, ["t0ken-abc"]),
+        ({"headers": {"X-Api-Key": "key-123"}}, ["key-123"]),
+        ({"headers": {"Authorization": "Basic dXNlcjpwYTU1"}}, ["dXNlcjpwYTU1"]),
+        ({"url": URL + "?api_key=qk-456&tenant=acme"}, ["qk-456"]),
+    ],
+    ids=["bearer", "api-key-header", "basic", "query-key"],
+)
+async def test_an_error_body_echoing_our_credentials_is_scrubbed(
+    config: dict[str, object], secrets: list[str]
+) -> None:
+    """What the API echoes of our ``Authorization``, a static API key or a signed URL is masked
+    in the rejection's body, which goes to the halt log and the dead letter's x-error-body."""
+    error = await raised_with(echoing(), RejectedError, **config)
+
+    for secret in secrets:
+        assert secret not in error.body
+    assert "********" in error.body
+    assert "unwanted" in error.body
+
+
+async def test_an_echoed_oauth2_token_is_scrubbed() -> None:
+    """The OAuth2 token of the request is known only then: it is masked too."""
+    client = HttpxClient(httpx.MockTransport(echoing()), Timeouts())
+    async with HttpSink(HttpSinkConfig(URL), client, auth=StaticTokens("dyn-t0ken")) as api:
+        with pytest.raises(RejectedError) as raised:
+            await api.send(Record())
+
+    assert "dyn-t0ken" not in raised.value.body
+    assert "Bearer ********" in raised.value.body
+
+
+async def test_a_secret_cut_by_the_end_of_the_excerpt_is_masked_too() -> None:
+    """The body excerpt stops at 1 KiB; a token cut there must not show its first half."""
+    token = "abcdefghijklmnop"
+
+    def long_echo(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(400, text="x" * 1004 + request.headers["authorization"])
+
+    error = await raised_with(long_echo, RejectedError, token=token)
+
+    assert "abcdefgh" not in error.body
+    assert error.body.endswith("********")
+
+
+async def raised_with(handler: Handler, error_type: type[E], **config: object) -> E:
+    """The ``error_type`` that sending one record to ``handler`` raises, configured so."""
+    async with sink_for(handler, **config) as api:
+        with pytest.raises(error_type) as raised:
+            await api.send(Record())
+    return raised.value
+
+
+# Compressed request bodies
+
+
+def decompressed(encoding: str, body: bytes) -> bytes:
+    if encoding == "gzip":
+        return gzip.decompress(body)
+    return zstd.decompress(body)
+
+
+def realistic_batch(count: int) -> list[Record]:
+    """Records like a Space API receives: JSON events, similar in shape, different in values."""
+    rng = random.Random(7)
+    kinds = ["created", "updated", "deleted"]
+    records = []
+    for offset in range(count):
+        event = {
+            "id": f"evt-{offset:08d}",
+            "space": f"space-{rng.randint(1, 50)}",
+            "type": rng.choice(kinds),
+            "at": f"2026-12-05T21:{offset % 60:02d}:{rng.randint(0, 59):02d}Z",
+            "payload": {
+                "temperature": round(rng.uniform(-20, 40), 2),
+                "humidity": rng.randint(0, 100),
+            },
+        }
+        records.append(Record(offset=offset, value=json.dumps(event).encode()))
+    return records
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "zstd"])
+async def test_a_compressed_body_says_so_and_decompresses_to_the_value(
+    server: FakeServer, encoding: str
+) -> None:
+    """``compression``: the body is compressed and ``Content-Encoding`` names how."""
+    value = b'{"id": 7, "note": "' + b"compress me " * 20 + b'"}'
+
+    async with sink_for(server, compression=encoding) as api:
+        await api.send(Record(value=value))
+
+    assert encoding == server.request.headers["Content-Encoding"]
+    assert value == decompressed(encoding, server.request.content)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "zstd"])
+async def test_a_json_batch_shrinks_several_fold(server: FakeServer, encoding: str) -> None:
+    """A batch of 200 realistic JSON events goes out at least 4 times smaller, and whole."""
+    records = realistic_batch(200)
+
+    async with sink_for(server, compression=encoding, batch_format="json-array") as api:
+        await api.send(records)
+
+    sent = server.request.content
+    original = decompressed(encoding, sent)
+    assert [json.loads(r.value) for r in records] == json.loads(original)  # type: ignore[arg-type]
+    assert len(original) / len(sent) >= 4, f"{len(original)} -> {len(sent)} bytes"
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "zstd"])
+async def test_a_big_batch_is_compressed_whole(server: FakeServer, encoding: str) -> None:
+    """A batch big enough to be compressed off the event loop arrives whole too."""
+    records = realistic_batch(5000)
+
+    async with sink_for(server, compression=encoding, batch_format="ndjson") as api:
+        await api.send(records)
+
+    lines = decompressed(encoding, server.request.content).splitlines()
+    assert [r.value for r in records] == lines
+
+
+async def test_empty_bodies_and_deletes_are_not_compressed(server: FakeServer) -> None:
+    """Nothing to compress: no ``Content-Encoding`` for an empty body or a DELETE."""
+    async with sink_for(server, url="https://space.example/{key}", compression="gzip") as api:
+        await api.send(Record(value=None))
+    async with sink_for(
+        server, url="https://space.example/{key}", compression="zstd", tombstones="delete"
+    ) as api:
+        await api.send(Record(value=None))
+
+    assert [("POST", b""), ("DELETE", b"")] == [(r.method, r.content) for r in server.requests]
+    assert all("Content-Encoding" not in r.headers for r in server.requests)
+
+
+async def test_without_compression_the_body_goes_as_it_is(
+    api: HttpSink, server: FakeServer
+) -> None:
+    """The default sends the value unchanged, with no ``Content-Encoding``."""
+    await api.send(Record(value=b'{"id": 7}'))
+
+    assert b'{"id": 7}' == server.request.content
+    assert "Content-Encoding" not in server.request.headers
+
+
+@pytest.mark.parametrize("client", ["lean", "aiohttp"])
+@pytest.mark.parametrize("encoding", ["gzip", "zstd"])
+async def test_both_clients_send_the_compressed_body_over_the_wire(
+    client: str, encoding: str
+) -> None:
+    """A raw server sees the header and a body that decompresses to the value, whichever
+    client the sink uses."""
+    seen: list[tuple[bytes, bytes]] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            seen.append(await read_request(reader))
+            writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+
+    value = b'{"greeting": "' + b"hello " * 50 + b'"}'
+    async with raw_server(handler) as base:
+        http = LeanClient(Timeouts(), 4) if client == "lean" else AiohttpClient(Timeouts(), 4)
+        config = HttpSinkConfig(f"{base}/items", compression=encoding)  # type: ignore[arg-type]
+        async with HttpSink(config, http) as api:
+            await api.send(Record(value=value))
+            await api.send(Record(offset=43, value=value))
+
+    assert 2 == len(seen)
+    for head, body in seen:
+        assert f"content-encoding: {encoding}".encode() in head.lower()
+        assert value == decompressed(encoding, body)
+
+
+async def test_the_stub_api_takes_compressed_batches() -> None:
+    """The reference receiver decodes both encodings and counts every record of a batch."""
+    async with StubServer(StubConfig(latency_ms=0)) as stub:
+        for encoding, first in (("gzip", 0), ("zstd", 100)):
+            records = [Record(offset=first + r.offset, value=r.value) for r in realistic_batch(100)]
+            config = HttpSinkConfig(stub.url, compression=encoding, batch_format="json-array")  # type: ignore[arg-type]
+            async with HttpSink(config, LeanClient(Timeouts(), 2)) as api:
+                await api.send(records)
+        stats = stub.stats()
+
+    assert (200, 0) == (stats.records, stats.header_mismatches)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import REGISTRY
 
-from pipeline.dev.stub_api import FaultWindow, StubConfig, StubServer
+from pipeline.dev.stub_api import REDIRECT_LOCATION, FaultWindow, StubConfig, StubServer
 from pipeline.records import Record
 from tests.conftest import eventually, eventually_async, new_dlq, running_stage
 
@@ -39,6 +42,30 @@ async def dead_letters(bootstrap: str, topic: str) -> list:
 
 def sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+@contextlib.asynccontextmanager
+async def echoing_api(reject: str) -> AsyncIterator[str]:
+    """An API that accepts every record but ``reject`` (an Idempotency-Key), which it answers
+    422 echoing what it got: our Authorization, our API key header and the URL we called."""
+    from aiohttp import web  # noqa: PLC0415
+
+    async def answer(request: web.Request) -> web.Response:
+        if request.headers.get("Idempotency-Key") != reject:
+            return web.Response(status=204)
+        seen = {name: request.headers.get(name) for name in ("Authorization", "X-Api-Key")}
+        return web.json_response({"refused": str(request.url), "headers": seen}, status=422)
+
+    app = web.Application()
+    app.router.add_route("*", "/{path:.*}", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
 
 
 async def test_rejected_records_are_dead_lettered_and_everything_else_flows(new_topic):
@@ -103,6 +130,41 @@ async def test_an_auth_window_is_an_outage_not_bad_records(new_topic):
     assert [] == await dead_letters(topic.bootstrap, dlq)
     assert topic.expected_end(400) == await topic.committed()
     assert sample("space_pipeline_auth_failures_total") >= 1
+
+
+@pytest.mark.parametrize("client", ["lean", "aiohttp"])
+async def test_a_redirect_window_is_an_outage_of_the_url_not_bad_records(new_topic, client):
+    """The API answers 307 to everything for 4 s: the redirect is never followed, nothing is
+    dead-lettered or halted, at most a probe at a time reaches the API, /readyz names the
+    status and the Location (the fix is the URL setting), it is counted, and everything is
+    delivered in order once the API answers again."""
+    topic = await new_topic(4)
+    dlq = await new_dlq(topic)
+    await topic.produce(200)
+    faults = "space_pipeline_endpoint_faults_total"
+    counted = sample(faults, reason="redirect")
+    async with StubServer(StubConfig(latency_ms=2)) as api:
+        settings = topic.settings(api.url, http_client=client, dead_letter_topic=dlq, **DLQ)
+        async with running_stage(settings) as stage:
+            await eventually(lambda: api.stats().unique >= 20, what="delivery under way")
+            before = api.stats()
+            api.set_config(StubConfig(latency_ms=2, faults=(FaultWindow("redirect", 0, 4),)))
+            await eventually(lambda: "307" in stage.ready().reason, what="/readyz to say 307")
+            reason = stage.ready().reason
+            await asyncio.sleep(3)
+            during = api.stats()
+            await eventually(lambda: api.stats().unique == 200, timeout=60, what="all 200")
+            await eventually(lambda: stage.ready().ok, what="/readyz green again")
+        stats = api.stats()
+    window_requests = during.requests - before.requests
+    assert REDIRECT_LOCATION in reason
+    assert "URL" in reason
+    assert window_requests <= 3 * 4, f"{window_requests} requests in a 4 s redirect window"
+    assert 0 == stats.not_found, "a redirect was followed"
+    assert 0 == stats.order_violations
+    assert [] == await dead_letters(topic.bootstrap, dlq)
+    assert topic.expected_end(200) == await topic.committed()
+    assert sample(faults, reason="redirect") > counted
 
 
 async def test_a_retry_after_holds_back_every_partition(new_topic):
@@ -369,3 +431,35 @@ async def test_a_skipped_record_whose_dead_letter_can_never_be_written_halts_ins
     assert f"{topic.name}/0@0" in reason
     assert [] == await dead_letters(topic.bootstrap, dlq)
     assert (await topic.committed())[0] in (None, 0)
+
+
+async def test_no_secret_reaches_the_logs_or_the_dead_letter_topic(new_topic, stage_process):
+    """The API URL carries a password and an ``api_key``, a static header an API key, the
+    token is a bearer; the API echoes them all in its 422. Nothing the stage logs (start-up,
+    dead letters, stop) and nothing it writes to the dead-letter topic holds any of them."""
+    topic = await new_topic(1)
+    dlq = await new_dlq(topic)
+    await topic.produce(5)
+    secrets = ("pa55w0rd", "qk-4567", "hk-8901", "t0k-2345")
+    async with echoing_api(reject=f"{topic.name}/0/2") as base:
+        url = base.replace("http://", "http://user:pa55w0rd@") + "/items?api_key=qk-4567&v=2"
+        env = topic.env(
+            url,
+            space_api_token="t0k-2345",
+            space_api_headers='{"X-Api-Key": "hk-8901"}',
+            on_reject="dead-letter",
+            dead_letter_topic=dlq,
+            dead_letter_idempotence="false",
+        )
+        proc = stage_process(env)
+        await eventually(lambda: '"policy.dead_lettered"' in proc.logs(), what="the dead letter")
+        proc.process.send_signal(signal.SIGTERM)
+        assert 0 == await asyncio.to_thread(proc.wait, 20)
+    letters = await dead_letters(topic.bootstrap, dlq)
+    body = dict(letters[0].headers)["x-error-body"].decode()
+    logs = proc.logs()
+    assert '"stage.started"' in logs
+    assert "refused" in body
+    for secret in secrets:
+        assert secret not in logs
+        assert secret not in body

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from pipeline.dev.stub_api import (
+    REDIRECT_LOCATION,
     FaultWindow,
     StubConfig,
     StubServer,
@@ -725,6 +726,21 @@ async def test_an_auth_window_refuses_even_a_good_token(client: httpx.AsyncClien
         stats = stub.stats()
     assert (403, 204) == (during, after)
     assert 1 == stats.auth_failures
+
+
+async def test_a_redirect_window_answers_307_to_a_place_that_is_not_the_api(
+    client: httpx.AsyncClient,
+) -> None:
+    """An API that moved: 307 with a Location outside the API path, nothing accepted; a client
+    that followed it would meet a 404 there."""
+    config = StubConfig(latency_ms=0, faults=(FaultWindow("redirect", 0, math.inf),))
+    async with StubServer(config) as stub:
+        response = await client.post(stub.url, headers=kafka_headers("t", 0, 0))
+        followed = await client.post(f"{stub.base_url}{REDIRECT_LOCATION}")
+        stats = stub.stats()
+    assert (307, REDIRECT_LOCATION) == (response.status_code, response.headers["Location"])
+    assert 404 == followed.status_code
+    assert (0, {307: 1}) == (stats.accepted, stats.statuses)
 
 
 async def test_set_config_starts_a_fault_window_at_the_next_request(

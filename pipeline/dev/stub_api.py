@@ -33,7 +33,7 @@ from urllib.parse import unquote_plus
 
 from aiohttp import BasicAuth, web
 
-FaultKind = Literal["outage", "throttle", "auth"]
+FaultKind = Literal["outage", "throttle", "auth", "redirect"]
 
 _RATE_FIELDS = ("error_rate", "throttle_rate", "reject_rate")
 _NON_NEGATIVE_FIELDS = (
@@ -49,6 +49,9 @@ _AUTH_STATUSES = (401, 403, 407)
 _CHALLENGE_HEADERS = {401: "WWW-Authenticate", 407: "Proxy-Authenticate"}
 _CONTROL_PATHS = ("/healthz", "/stats", "/reset", "/oauth2/token")
 _RETRY_AFTER_TOLERANCE_S = 0.05
+# Where a redirect fault window sends the client: a place that is not the API, so a client that
+# followed it would be answered 404 for every record.
+REDIRECT_LOCATION = "/relocated"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +59,8 @@ class FaultWindow:
     """A timed fault, ``start_s`` seconds into the fault clock, for ``duration_s`` seconds.
 
     ``outage`` answers 503 (no ``Retry-After``), ``throttle`` 429 with ``Retry-After``, ``auth``
-    the config's ``auth_status``. The clock starts at the first API request after start, reset or
+    the config's ``auth_status``, ``redirect`` 307 to ``REDIRECT_LOCATION`` (an API that moved).
+    The clock starts at the first API request after start, reset or
     ``set_config``, so a stub may be up long before traffic flows. ``duration_s`` may be ``inf``.
     """
 
@@ -67,7 +71,8 @@ class FaultWindow:
     def __post_init__(self) -> None:
         """Fail at construction, like :class:`StubConfig`."""
         if self.kind not in get_args(FaultKind):
-            raise ValueError(f"fault kind must be outage, throttle or auth, got {self.kind!r}")
+            kinds = ", ".join(get_args(FaultKind))
+            raise ValueError(f"fault kind must be one of {kinds}, got {self.kind!r}")
         if not self.start_s >= 0:
             raise ValueError(f"fault start_s must not be negative, got {self.start_s!r}")
         if not self.duration_s > 0:
@@ -571,6 +576,8 @@ class _Recorder:
             return 503
         if window.kind == "throttle":
             return 429
+        if window.kind == "redirect":
+            return 307
         self.auth_failures += 1
         return self.config.auth_status
 
@@ -907,6 +914,8 @@ def _response(verdict: _Verdict, retry_after_s: int) -> web.Response:
         headers["Allow"] = ", ".join(_API_METHODS)
     elif status in _CHALLENGE_HEADERS:
         headers[_CHALLENGE_HEADERS[status]] = "Bearer"
+    elif 300 <= status < 400:
+        headers["Location"] = REDIRECT_LOCATION
     return _error(status, verdict.reason, headers)
 
 
@@ -963,7 +972,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_fault,
         default=[],
         metavar="KIND@START+DURATION",
-        help="a fault window: outage (503), throttle (429) or auth (--auth-status), seconds "
+        help="a fault window: outage (503), throttle (429), auth (--auth-status) or redirect"
+        f" (307 to {REDIRECT_LOCATION}), seconds "
         "from the first API request, e.g. outage@5+10 (repeatable)",
     )
     add("--token", default=None, help="require 'Authorization: Bearer TOKEN' on the API")
