@@ -57,8 +57,11 @@ async def through(gate: ApiGate) -> AsyncIterator[None]:
     gate.record(None, probe)
 
 
+SYSTEM_CLOCK = SystemClock()
+
+
 async def attempt(
-    gate: ApiGate, error: BaseException | None = None, clock: Clock = SystemClock()
+    gate: ApiGate, error: BaseException | None = None, clock: Clock = SYSTEM_CLOCK
 ) -> float:
     """One attempt through the gate that ends with ``error``; returns when it was admitted, on
     ``clock`` (the gate's)."""
@@ -379,7 +382,8 @@ async def test_the_refusal_names_what_the_error_says_for_any_endpoint_fault() ->
     await attempt(gate, tls, clock)
     untrusted = gate.refusal
     await clock.sleep(0.02)
-    await attempt(gate, AuthError("Space API refused our credentials with 401", reason="auth"), clock)
+    refused = AuthError("Space API refused our credentials with 401", reason="auth")
+    await attempt(gate, refused, clock)
     auth = gate.refusal
 
     assert redirect is not None
