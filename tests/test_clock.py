@@ -1,4 +1,4 @@
-"""The clock seam: the system clock waits on the loop; the fake keeps the same promises instantly."""
+"""The clock seam: the system clock waits on the loop; the fake keeps its promises instantly."""
 
 from __future__ import annotations
 
