@@ -1,8 +1,8 @@
 """One run's observations: each request judged on arrival and tallied in a :class:`StubStats`.
 
-A request is judged (and, if accepted, recorded) when it arrives, like a real API that commits
-before it answers; the server spends the latency afterwards. A batch is judged once its body is
-in, with the fault clock read at its arrival.
+Judging happens here, without HTTP or sleeps, so the server only reads requests, waits out the
+latency and answers (the module docstring of :mod:`pipeline.dev.stub_api.server` says why
+arrival is the moment that counts).
 """
 
 from __future__ import annotations
