@@ -29,7 +29,8 @@ its own process, and each contender in its own process, so its CPU time (/proc) 
     python bench/bench.py [--quick] [--only ROW ...] [--backlog 1000000] [--repeat 3]
     make bench ARGS="--quick --only zero"
 
-The full run takes about 7 minutes; ``--quick`` shrinks every row (about 2 minutes).
+The full run takes about 8.5 minutes (1.4 of them ``latency``); ``--quick`` shrinks every row
+(about 3 minutes).
 """
 
 from __future__ import annotations
