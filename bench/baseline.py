@@ -4,7 +4,8 @@ A consumer group with auto-commit off; one task per assigned partition POSTs its
 another (partitions run concurrently), with the headers the stage sends; a partition whose queue
 holds 1,000 records is paused until it is down to half; the offsets of accepted records are
 committed explicitly every second and at the end. 429, 5xx and connection errors are retried
-after 0.1 s; any other answer stops the process. No metrics, no logging. Configured like the stage:
+after 0.1 s; any other answer stops the process. No metrics, no logging. Configured like the stage
+(``PIPELINE_KAFKA_FETCH_MAX_WAIT_MS`` too, for the latency row):
 
     PIPELINE_KAFKA_BOOTSTRAP_SERVERS=... PIPELINE_KAFKA_TOPICS=... PIPELINE_KAFKA_GROUP_ID=... \\
     PIPELINE_SPACE_API_URL=... python bench/baseline.py        # SIGTERM: commit and leave
@@ -111,6 +112,7 @@ async def main() -> None:
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         isolation_level="read_committed",
+        fetch_max_wait_ms=int(env.get("PIPELINE_KAFKA_FETCH_MAX_WAIT_MS", "500")),
     )
     session = aiohttp.ClientSession(skip_auto_headers=("Accept-Encoding",))
     forwarder = Forwarder(consumer, session, env["PIPELINE_SPACE_API_URL"])

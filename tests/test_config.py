@@ -533,3 +533,69 @@ def test_the_log_redactor_knows_every_secret_the_settings_hold(
     line = redact("url-pa55 sig-123 hdr-k3y file-s3cret eyJhbGciOi.xyz sasl-pa55 | acme api stage")
 
     assert "******** " * 6 + "| acme api stage" == line
+
+
+# Fetch latency
+
+
+async def fetch_settings_of_the_consumer() -> tuple[int, int]:
+    """The fetch wait and minimum of the consumer the stage would build (never started)."""
+    from pipeline.consumer import build_consumer  # noqa: PLC0415
+
+    consumer = build_consumer(load())
+    try:
+        return consumer._fetch_max_wait_ms, consumer._fetch_min_bytes
+    finally:
+        await consumer.stop()
+
+
+async def test_the_fetch_wait_and_minimum_default_to_aiokafkas_own(
+    env: pytest.MonkeyPatch,
+) -> None:
+    """500 ms and 1 byte: unset, the stage fetches exactly as a bare aiokafka consumer would
+    (async: aiokafka builds its consumer inside a running loop)."""
+    assert (500, 1) == await fetch_settings_of_the_consumer()
+
+
+async def test_the_fetch_wait_and_minimum_reach_the_consumer(env: pytest.MonkeyPatch) -> None:
+    """``PIPELINE_KAFKA_FETCH_MAX_WAIT_MS`` bounds how long a broker holds an empty fetch, which
+    is most of the end-to-end latency at a low rate: it must reach aiokafka, not just parse."""
+    env.setenv("PIPELINE_KAFKA_FETCH_MAX_WAIT_MS", "10")
+    env.setenv("PIPELINE_KAFKA_FETCH_MIN_BYTES", "4096")
+
+    assert (10, 4096) == await fetch_settings_of_the_consumer()
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("PIPELINE_KAFKA_FETCH_MAX_WAIT_MS", "0", "greater than 0"),
+        ("PIPELINE_KAFKA_FETCH_MAX_WAIT_MS", "30001", "less than or equal to 30000"),
+        ("PIPELINE_KAFKA_FETCH_MAX_WAIT_MS", "soon", "valid integer"),
+        ("PIPELINE_KAFKA_FETCH_MIN_BYTES", "0", "greater than 0"),
+    ],
+)
+def test_a_fetch_wait_or_minimum_out_of_range_is_named_with_the_reason(
+    env: pytest.MonkeyPatch, name: str, value: str, says: str
+) -> None:
+    """No wait would have the consumer spin on empty fetches; a wait near aiokafka's 40 s request
+    timeout would have every idle fetch time out."""
+    env.setenv(name, value)
+
+    line = error_line()
+
+    assert line.startswith(f"{name}: ")
+    assert says in line
+    assert repr(value) in line
+
+
+def test_a_fetch_minimum_above_the_fetch_maximum_is_refused(env: pytest.MonkeyPatch) -> None:
+    """A broker could never gather that much into one fetch, so every fetch would wait the whole
+    wait: the line names both variables."""
+    env.setenv("PIPELINE_KAFKA_FETCH_MAX_BYTES", "65536")
+    env.setenv("PIPELINE_KAFKA_FETCH_MIN_BYTES", "65537")
+
+    line = error_line()
+
+    assert line.startswith("PIPELINE_KAFKA_FETCH_MIN_BYTES ")
+    assert "PIPELINE_KAFKA_FETCH_MAX_BYTES (65536)" in line

@@ -833,6 +833,28 @@ async def test_the_busiest_second_and_arrival_times_are_reported(
     assert None is stub.stats().arrivals
 
 
+async def test_each_accepted_record_has_its_acceptance_time_on_request(
+    client: httpx.AsyncClient,
+) -> None:
+    """End-to-end latency runs from a record's Kafka timestamp (wall clock) to its acceptance:
+    one wall-clock time per key, in the order of ``keys``, the first acceptance for a duplicate,
+    and only when asked for."""
+    async with StubServer(FAST) as stub:
+        before = time.time()
+        await send(client, stub.url, "t", 0, 0)
+        await asyncio.sleep(0.05)
+        await send(client, stub.url, "t", 0, 1)
+        await send(client, stub.url, "t", 0, 1)
+        after = time.time()
+        full = (await client.get(f"{stub.base_url}/stats", params={"offsets": "1"})).json()
+        plain = (await client.get(f"{stub.base_url}/stats")).json()
+        assert StubStats.from_dict(full) == stub.stats(offsets=True)
+    assert ["t/0/0", "t/0/1"] == full["keys"]
+    first, second = full["accepted_unix"]
+    assert before <= first <= first + 0.05 <= second <= after
+    assert "accepted_unix" not in plain
+
+
 # --- batches -----------------------------------------------------------------------------------
 
 
@@ -1015,7 +1037,7 @@ async def test_stats_json_holds_every_stat_once_in_declaration_order(
     client: httpx.AsyncClient,
 ) -> None:
     """The JSON is the dataclass: its keys are the fields, the long lists only when asked for."""
-    on_request = {"keys", "paths", "arrivals", "offsets"}
+    on_request = {"keys", "paths", "arrivals", "accepted_unix", "offsets"}
     async with StubServer(FAST) as stub:
         await send(client, stub.url, "t", 0, 0)
         plain = (await client.get(f"{stub.base_url}/stats")).json()

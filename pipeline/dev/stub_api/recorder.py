@@ -88,7 +88,7 @@ class Recorder:
         self.stats = StubStats()
         self._arrivals = _Arrivals(self.stats)
         self._partitions: dict[str, Partition] = {}
-        self._keys: dict[str, None] = {}  # insertion-ordered set of accepted record keys
+        self._keys: dict[str, float] = {}  # accepted record keys: when first accepted (unix)
         self._paths: dict[str, int] = {}
         self._tokens_in_flight = 0
 
@@ -102,6 +102,7 @@ class Recorder:
         snap = copy.deepcopy(self.stats)
         if offsets:
             snap.keys = tuple(self._keys)
+            snap.accepted_unix = tuple(self._keys.values())
             snap.paths = dict(self._paths)
             snap.arrivals = tuple(self._arrivals.times)
             for name, part in self._partitions.items():
@@ -231,9 +232,10 @@ class Recorder:
     def _accept(self, part: Partition, target: Target, items: list[Any] | None) -> None:
         stats = self.stats
         stats.accepted += 1
+        now = time.time()
         if items is None:
             stats.records += 1
-            self._record(part, target.key, target.first)
+            self._record(part, target.key, target.first, now)
             return
         size = len(items)
         stats.batches += 1
@@ -248,16 +250,16 @@ class Recorder:
             stats.gapped_batches += 1
             offsets = (target.first, target.last)
         for offset in offsets:
-            self._record(part, f"{target.partition}/{offset}", offset)
+            self._record(part, f"{target.partition}/{offset}", offset, now)
 
-    def _record(self, part: Partition, key: str, offset: int) -> None:
+    def _record(self, part: Partition, key: str, offset: int, now: float) -> None:
         part.offsets.append(offset)
         part.stats.count += 1
         part.stats.last_offset = offset
         if key in self._keys:
             self.stats.duplicates += 1
             return
-        self._keys[key] = None
+        self._keys[key] = now
         self.stats.unique += 1
         part.stats.unique += 1
         if part.stats.max_offset is not None and offset < part.stats.max_offset:

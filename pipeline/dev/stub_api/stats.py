@@ -50,8 +50,9 @@ class StubStats:
     ``Retry-After: N`` answered at ``t``, each API request arriving before ``t + N - 0.05 s``,
     from any partition, counts in ``retry_after_violations``. ``max_requests_in_any_1s_window``
     is the most API requests that arrived within any one second. ``paths`` (requests per path,
-    as sent, without the query) and ``arrivals`` (monotonic arrival times of API requests) come
-    only on request, like ``keys``.
+    as sent, without the query), ``arrivals`` (monotonic arrival times of API requests) and
+    ``accepted_unix`` (when each of ``keys`` was first accepted, wall clock, to compare with Kafka
+    record timestamps) come only on request, like ``keys``.
     """
 
     requests: int = 0
@@ -84,6 +85,7 @@ class StubStats:
     keys: tuple[str, ...] | None = field(default=None, metadata=ON_REQUEST)
     paths: dict[str, int] | None = field(default=None, metadata=ON_REQUEST)
     arrivals: tuple[float, ...] | None = field(default=None, metadata=ON_REQUEST)
+    accepted_unix: tuple[float, ...] | None = field(default=None, metadata=ON_REQUEST)
 
     def to_dict(self) -> dict[str, Any]:
         """Give the JSON shape, leaving out the long lists unless they were asked for."""
@@ -106,6 +108,7 @@ class StubStats:
                 "partitions": parts,
                 "keys": _opt_tuple(data.get("keys")),
                 "arrivals": _opt_tuple(data.get("arrivals")),
+                "accepted_unix": _opt_tuple(data.get("accepted_unix")),
             }
         )
 
