@@ -9,7 +9,7 @@ import asyncio
 import json
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,7 @@ from pipeline.partition import HALT_NOTE
 from tests.conftest import QUICK_JOIN, Topic, clean_env, eventually, running_stage
 
 PROG = "space-pipeline offsets"
+CEST = timezone(timedelta(hours=2))
 
 
 async def offsets(cwd: Path, *args: str, **env: str) -> tuple[int, str, str]:
@@ -53,8 +54,9 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat()
+def iso(ms: int, zone: timezone = UTC) -> str:
+    """``ms`` as an ISO-8601 time in ``zone``, to the millisecond."""
+    return datetime.fromtimestamp(ms / 1000, zone).isoformat(timespec="milliseconds")
 
 
 async def commit(topic: Topic, offsets_: dict[int, tuple[int, str]]) -> None:
@@ -91,7 +93,8 @@ async def test_a_replay_by_datetime_redelivers_exactly_the_records_from_that_tim
     the first offset at or after t1, and the stage then delivers those records and no earlier.
 
     Timestamps are set by the producer and close to the wall clock: Kafka looks records up by
-    their own timestamp, tansu by when it appended them, and both agree here.
+    their own timestamp, tansu by when it appended them, and both agree here. The time is given
+    in another zone than UTC: it is the instant that counts.
     """
     topic = await new_topic(2)
     t0 = now_ms()
@@ -112,7 +115,7 @@ async def test_a_replay_by_datetime_redelivers_exactly_the_records_from_that_tim
         "--topic",
         topic.name,
         "--to-datetime",
-        iso(t1),
+        iso(t1, CEST),
         "--execute",
     )
 
