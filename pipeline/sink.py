@@ -16,8 +16,9 @@ from urllib.request import proxy_bypass_environment  # type: ignore[attr-defined
 
 import structlog
 
+from pipeline.checks import import_exceptions, import_function
 from pipeline.config import Settings
-from pipeline.function_sink import FunctionSink, import_exceptions, import_function
+from pipeline.function_sink import FunctionSink
 from pipeline.http11 import LeanClient
 from pipeline.http_client import AiohttpClient, HttpClient, Timeouts
 from pipeline.http_sink import HttpSink, HttpSinkConfig

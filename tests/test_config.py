@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -533,3 +535,19 @@ def test_the_log_redactor_knows_every_secret_the_settings_hold(
     line = redact("url-pa55 sig-123 hdr-k3y file-s3cret eyJhbGciOi.xyz sasl-pa55 | acme api stage")
 
     assert "******** " * 6 + "| acme api stage" == line
+
+
+def test_reading_the_settings_loads_no_http_or_kafka_client() -> None:
+    """``pipeline.config`` checks what it must without the clients: checking the configuration
+    (``space-pipeline config``, a bad variable's exit 2) stays fast, and the settings do not
+    depend on the parts they configure."""
+    code = (
+        "import sys, pipeline.config; "
+        "print(sorted(m for m in ('aiohttp', 'httpx', 'aiokafka') if m in sys.modules))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+
+    assert "[]" == done.stdout.strip()
