@@ -504,7 +504,7 @@ def test_an_invalid_url_is_echoed_with_its_secrets_masked(
 @pytest.mark.parametrize("encoding", ["gzip", "zstd"])
 def test_the_compression_setting_reaches_the_sink(env: pytest.MonkeyPatch, encoding: str) -> None:
     """``PIPELINE_SPACE_API_COMPRESSION`` is what the HTTP sink compresses with."""
-    from pipeline.sink import http_sink_config  # noqa: PLC0415
+    from pipeline.wiring import http_sink_config  # noqa: PLC0415
 
     env.setenv("PIPELINE_SPACE_API_COMPRESSION", encoding)
 
