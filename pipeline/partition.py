@@ -149,7 +149,7 @@ class Partition:
                 return None
         return Committed(mark, note)
 
-    def committed(self, point: Committed) -> None:
+    def note_committed(self, point: Committed) -> None:
         """Remember what the group now holds for this partition."""
         self.span.committed = point.offset
         self.committed_note = point.metadata
@@ -249,7 +249,7 @@ class Partitions:
             part = self._parts.get(tp)
             if part is None or point.offset is None or part.span.committed is not None:
                 continue
-            part.committed(point)
+            part.note_committed(point)
             metrics.COMMITTED_OFFSET.labels(*part.labels).set(point.offset)
             if halted_at(point.metadata) == point.offset:
                 part.carried_halt = point.offset
