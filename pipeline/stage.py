@@ -48,8 +48,9 @@ DRAIN_UNTIL, COMMIT_UNTIL, SENDER_UNTIL, DEAD_LETTERS_UNTIL = 0.5, 0.7, 0.75, 0.
 class Stage:
     """Run space-pipeline until :meth:`stop` is called or something fatal happens.
 
-    The parts are built at once (see :func:`pipeline.wiring.wire`); :meth:`run` enters them, runs
-    them and shuts them down.
+    The parts are built at once (see :func:`pipeline.wiring.wire`), so inside the running event
+    loop, which the Kafka clients belong to; :meth:`run` enters them, runs them and shuts them
+    down.
 
     Args:
         settings: The validated configuration.

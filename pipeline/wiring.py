@@ -164,10 +164,11 @@ def http_timeouts(settings: Settings) -> Timeouts:
 
 
 def http_sink_config(settings: Settings) -> HttpSinkConfig:
-    """The HTTP sink's configuration (the settings hold a URL: they were checked)."""
+    """The HTTP sink's configuration."""
     s = settings
+    assert s.space_api_url is not None  # noqa: S101 - checked by the settings
     return HttpSinkConfig(
-        url=s.space_api_url or "",
+        url=s.space_api_url,
         method=s.space_api_method,
         content_type=s.space_api_content_type,
         token=s.space_api_token.get_secret_value() if s.space_api_token else None,
@@ -286,14 +287,17 @@ def wire(
 
     ``source`` builds the unstarted Kafka consumer (tests pass their own subclass of it, as one
     passes httpx a ``transport=``).
+
+    The Kafka clients come last, the consumer first: an aiokafka client must be closed once
+    built, and what can fail to build (the sink's import, a TLS context) fails before any is.
     """
     s = settings
-    options = dead_letter_options(s)
-    dead_letters = DeadLetters(options, redact=redactor(s)) if options is not None else None
     sink = build_sink(s)
     gate = ApiGate(gate_limits(s))
-    rules = Rules(sink.send, reject_rules(s), dead_letters, batched=batched(s))
     kafka = KafkaSource(kafka_options(s), stage, consumer=source)
+    options = dead_letter_options(s)
+    dead_letters = DeadLetters(options, redact=redactor(s)) if options is not None else None
+    rules = Rules(sink.send, reject_rules(s), dead_letters, batched=batched(s))
 
     def build_sender(
         on_done: Callable[[Receipt[KafkaRecord]], None],
