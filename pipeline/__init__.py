@@ -1,12 +1,18 @@
-"""space-pipeline: Kafka partitions to the Space API, in order, without blocking the consumer."""
+"""space-pipeline: Kafka partitions to the Space API, in order, without blocking the consumer.
+
+The public names load on first use: ``from pipeline import OrderedSender`` brings the sender and
+nothing else, no Kafka client, no HTTP stack, no metric in the default Prometheus registry. A
+library import should cost what its user uses.
+"""
 
 from __future__ import annotations
 
-import typing as _typing
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-if _typing.TYPE_CHECKING:
+if TYPE_CHECKING:  # what the type checker sees; at run time `__getattr__` imports on demand
     from pipeline.clock import Clock, SystemClock
     from pipeline.config import Settings, load_settings
     from pipeline.errors import (
@@ -36,68 +42,10 @@ if _typing.TYPE_CHECKING:
         OrderedSender,
         Receipt,
         RetryPolicy,
+        call_blocking,
     )
     from pipeline.sink import Sink
     from pipeline.stage import Stage
-
-# Where each public name lives. They load on first use (PEP 562): reading the settings must not
-# load the HTTP and Kafka clients they configure (see :mod:`pipeline.checks`).
-_HOMES = {
-    "Clock": "pipeline.clock",
-    "SystemClock": "pipeline.clock",
-    "Settings": "pipeline.config",
-    "load_settings": "pipeline.config",
-    "AuthError": "pipeline.errors",
-    "BrokerError": "pipeline.errors",
-    "ConfigError": "pipeline.errors",
-    "InvalidRecordError": "pipeline.errors",
-    "LaneFullError": "pipeline.errors",
-    "LaneHaltedError": "pipeline.errors",
-    "PipelineError": "pipeline.errors",
-    "RejectedError": "pipeline.errors",
-    "RetryableSendError": "pipeline.errors",
-    "SenderClosedError": "pipeline.errors",
-    "SendError": "pipeline.errors",
-    "UnexpectedSendError": "pipeline.errors",
-    "ApiGate": "pipeline.gate",
-    "GateLimits": "pipeline.gate",
-    "AiohttpClient": "pipeline.http_client",
-    "HttpClient": "pipeline.http_client",
-    "HttpxClient": "pipeline.http_client",
-    "Timeouts": "pipeline.http_client",
-    "HttpSink": "pipeline.http_sink",
-    "HttpSinkConfig": "pipeline.http_sink",
-    "Classification": "pipeline.policy",
-    "Record": "pipeline.records",
-    "Backoff": "pipeline.retry",
-    "is_retryable": "pipeline.retry",
-    "parse_retry_after": "pipeline.retry",
-    "BatchLimits": "pipeline.sender",
-    "Delivery": "pipeline.sender",
-    "Gate": "pipeline.sender",
-    "OrderedSender": "pipeline.sender",
-    "Receipt": "pipeline.sender",
-    "RetryPolicy": "pipeline.sender",
-    "Sink": "pipeline.sink",
-    "Stage": "pipeline.stage",
-}
-
-
-def __getattr__(name: str) -> object:
-    import importlib  # noqa: PLC0415 - kept out of the package's namespace
-
-    home = _HOMES.get(name)
-    if home is None:
-        msg = f"module 'pipeline' has no attribute {name!r}"
-        raise AttributeError(msg)
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_HOMES})
-
 
 __all__ = [
     "AiohttpClient",
@@ -135,7 +83,63 @@ __all__ = [
     "Timeouts",
     "UnexpectedSendError",
     "__version__",
+    "call_blocking",
     "is_retryable",
     "load_settings",
     "parse_retry_after",
 ]
+
+# The module each public name comes from (tests/test_public_api.py keeps it in step with the
+# imports above).
+_SOURCES = {
+    "pipeline.clock": ("Clock", "SystemClock"),
+    "pipeline.config": ("Settings", "load_settings"),
+    "pipeline.errors": (
+        "AuthError",
+        "BrokerError",
+        "ConfigError",
+        "InvalidRecordError",
+        "LaneFullError",
+        "LaneHaltedError",
+        "PipelineError",
+        "RejectedError",
+        "RetryableSendError",
+        "SendError",
+        "SenderClosedError",
+        "UnexpectedSendError",
+    ),
+    "pipeline.gate": ("ApiGate", "GateLimits"),
+    "pipeline.http_client": ("AiohttpClient", "HttpClient", "HttpxClient", "Timeouts"),
+    "pipeline.http_sink": ("HttpSink", "HttpSinkConfig"),
+    "pipeline.policy": ("Classification",),
+    "pipeline.records": ("Record",),
+    "pipeline.retry": ("Backoff", "is_retryable", "parse_retry_after"),
+    "pipeline.sender": (
+        "BatchLimits",
+        "Delivery",
+        "Gate",
+        "OrderedSender",
+        "Receipt",
+        "RetryPolicy",
+        "call_blocking",
+    ),
+    "pipeline.sink": ("Sink",),
+    "pipeline.stage": ("Stage",),
+}
+_MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
+
+
+if not TYPE_CHECKING:  # the type checker sees the imports above, and flags a misspelt name
+
+    def __getattr__(name: str) -> object:
+        module = _MODULE_OF.get(name)
+        if module is None:
+            msg = f"module {__name__!r} has no attribute {name!r}"
+            raise AttributeError(msg)
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value  # from now on an ordinary attribute
+        return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*__all__, *(name for name in globals() if name.startswith("__"))})

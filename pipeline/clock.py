@@ -1,14 +1,14 @@
-"""Time, as a seam: the sender and its retry-log summaries read it here; tests pass a fake."""
+"""Time, as a seam: the sender, the gate, the rules and OAuth2 read it here; tests pass a fake."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class Clock(Protocol):
-    """Monotonic time and sleeping; a fake lets tests check backoff schedules without waiting."""
+    """Monotonic time and waiting; a fake lets tests check schedules exactly, without waiting."""
 
     def monotonic(self) -> float:
         """Seconds on a clock that never goes back."""
@@ -16,6 +16,13 @@ class Clock(Protocol):
 
     async def sleep(self, seconds: float) -> None:
         """Wait ``seconds``."""
+        ...
+
+    async def wait(self, future: asyncio.Future[Any], timeout: float | None) -> None:
+        """Wait until ``future`` is done or ``timeout`` seconds pass (``None``: no limit).
+
+        ``future`` is left as it is: it may be shared by several waiters.
+        """
         ...
 
 
@@ -29,3 +36,7 @@ class SystemClock:
     async def sleep(self, seconds: float) -> None:
         """Wait on the event loop."""
         await asyncio.sleep(seconds)
+
+    async def wait(self, future: asyncio.Future[Any], timeout: float | None) -> None:
+        """Wait on the event loop; ``asyncio.wait`` never cancels what it waits for."""
+        await asyncio.wait([future], timeout=timeout)

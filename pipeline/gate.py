@@ -28,13 +28,13 @@ from __future__ import annotations
 import asyncio
 import enum
 import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
 
 from pipeline import metrics
+from pipeline.clock import Clock, SystemClock
 from pipeline.redaction import mask_url
 
 log = structlog.get_logger("pipeline.gate")
@@ -98,13 +98,19 @@ class ApiGate:
     Args:
         limits: Thresholds and limits.
         random_draw: A draw in ``[0, 1)`` for jitter; injectable for tests.
+        clock: Time source: the sender's, so pauses, open times and rate slots are one schedule.
     """
 
     def __init__(
-        self, limits: GateLimits, *, random_draw: Callable[[], float] = random.random
+        self,
+        limits: GateLimits,
+        *,
+        random_draw: Callable[[], float] = random.random,
+        clock: Clock | None = None,
     ) -> None:
         self._limits = limits
         self._random = random_draw
+        self._clock = clock or SystemClock()
         self._failures = 0  # consecutive, of the circuit's kinds
         self._outage: _Outage | None = None
         self._pause_until = 0.0
@@ -114,7 +120,7 @@ class ApiGate:
         self._rate_turn = asyncio.Lock()  # FIFO: waiters for a rate slot queue in order
         self._rate_waiters = 0
         self._changed: asyncio.Future[None] | None = None
-        self._state_since = time.monotonic()
+        self._state_since = self._clock.monotonic()
         self._set_state(CircuitState.CLOSED)
 
     # What the stage and the probes read
@@ -127,7 +133,7 @@ class ApiGate:
     @property
     def blocked(self) -> bool:
         """Whether admission now waits: for an outage or a throttle to end, or for a rate slot."""
-        now = time.monotonic()
+        now = self._clock.monotonic()
         return (
             self._outage is not None
             or self._pause_until > now
@@ -159,7 +165,7 @@ class ApiGate:
         outage = self._outage
         if outage is None:
             return CircuitState.CLOSED
-        if outage.probing or time.monotonic() >= outage.retry_at:
+        if outage.probing or self._clock.monotonic() >= outage.retry_at:
             return CircuitState.HALF_OPEN
         return CircuitState.OPEN
 
@@ -167,7 +173,7 @@ class ApiGate:
         """Keep the state gauges current (called once a second)."""
         state = self.state
         metrics.CIRCUIT_STATE.set(int(state))
-        metrics.CIRCUIT_STATE_SECONDS.set(time.monotonic() - self._state_since)
+        metrics.CIRCUIT_STATE_SECONDS.set(self._clock.monotonic() - self._state_since)
         metrics.AUTH_OUTAGE.set(int(self.auth_failing))
         metrics.ENDPOINT_OUTAGE.set(int(self._outage is not None and self._outage.kind == "config"))
 
@@ -176,7 +182,7 @@ class ApiGate:
     async def admit(self) -> bool:
         """Wait until an attempt may go; ``True`` when it goes as the outage's probe."""
         while True:
-            now = time.monotonic()
+            now = self._clock.monotonic()
             outage = self._outage
             if outage is not None:
                 if not outage.probing and now >= outage.retry_at:
@@ -192,7 +198,7 @@ class ApiGate:
                 pause = self._pause_until - now
                 waited = pause + self._random() * THROTTLE_JITTER * pause
                 metrics.THROTTLE_WAIT_SECONDS.inc(waited)
-                await asyncio.sleep(waited)
+                await self._clock.sleep(waited)
                 continue
             if self._interval:
                 await self._take_rate_slot(now)
@@ -213,18 +219,18 @@ class ApiGate:
         try:
             async with self._rate_turn:
                 # Nobody else books while the head waits: its slot cannot move meanwhile.
-                start = max(time.monotonic(), self._theoretical_arrival - self._tolerance)
-                await asyncio.sleep(start - time.monotonic())
+                start = max(self._clock.monotonic(), self._theoretical_arrival - self._tolerance)
+                await self._clock.sleep(start - self._clock.monotonic())
                 self._theoretical_arrival = max(self._theoretical_arrival, start) + self._interval
         finally:
             self._rate_waiters -= 1
-            metrics.RATE_LIMIT_WAIT_SECONDS.inc(time.monotonic() - now)
+            metrics.RATE_LIMIT_WAIT_SECONDS.inc(self._clock.monotonic() - now)
 
     async def _wait(self, timeout: float | None) -> None:
         """Sleep until the gate changes, or ``timeout`` passes."""
         if self._changed is None or self._changed.done():
             self._changed = asyncio.get_running_loop().create_future()
-        await asyncio.wait([self._changed], timeout=timeout)
+        await self._clock.wait(self._changed, timeout)
 
     def _wake(self) -> None:
         if self._changed is not None and not self._changed.done():
@@ -245,7 +251,7 @@ class ApiGate:
         retry_after = getattr(error, "retry_after", None)
         if retry_after:
             pause = min(retry_after, self._limits.retry_after_max)
-            self._pause_until = max(self._pause_until, time.monotonic() + pause)
+            self._pause_until = max(self._pause_until, self._clock.monotonic() + pause)
             metrics.THROTTLED.inc()
         if outage := getattr(error, "outage", None):
             _count_refusal(outage, error)
@@ -270,12 +276,12 @@ class ApiGate:
             log.warning(
                 "gate.recovered",
                 outage=outage.kind,
-                after_s=round(time.monotonic() - outage.since, 3),
+                after_s=round(self._clock.monotonic() - outage.since, 3),
             )
             self._wake()
 
     def _fail(self, kind: str, probe: bool, detail: str = "", status: int | None = None) -> None:
-        now = time.monotonic()
+        now = self._clock.monotonic()
         outage = self._outage
         limits = self._limits
         if outage is None or outage.kind != kind:
@@ -304,7 +310,7 @@ class ApiGate:
         self._wake()
 
     def _set_state(self, state: CircuitState) -> None:
-        self._state_since = time.monotonic()
+        self._state_since = self._clock.monotonic()
         metrics.CIRCUIT_STATE.set(int(state))
 
 

@@ -64,7 +64,7 @@ BatchFormat = Literal["json-array", "ndjson"]
 _BATCH_CONTENT_TYPES = {"json-array": "application/json", "ndjson": "application/x-ndjson"}
 
 
-class TokenSource(Protocol):
+class BearerTokens(Protocol):
     """Where a bearer token comes from (OAuth2 client credentials); ``None`` means none."""
 
     async def token(self) -> str:
@@ -189,11 +189,11 @@ class HttpSink:
     Args:
         config: What to send where.
         client: The HTTP client (see :mod:`pipeline.http_client`).
-        auth: A token source (OAuth2); a static ``config.token`` is used otherwise.
+        auth: Where bearer tokens come from (OAuth2); a static ``config.token`` is used otherwise.
     """
 
     def __init__(
-        self, config: HttpSinkConfig, client: HttpClient, *, auth: TokenSource | None = None
+        self, config: HttpSinkConfig, client: HttpClient, *, auth: BearerTokens | None = None
     ) -> None:
         check_url_template(config.url)
         check_forward_headers(config.forward_headers)

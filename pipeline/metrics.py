@@ -5,18 +5,26 @@ status class or a reason), never keys or offsets. These module-level objects are
 state in the package, as prometheus-client intends.
 
 What is counted once per record or per request goes through :class:`Tallies` and
-:class:`Buffered`: plain integers and lists on the hot path, added to the Prometheus objects by
-:func:`flush` on every scrape and once a second. A prometheus-client update takes a lock and, for
-a histogram, walks the buckets: several microseconds per record that a fast API would feel.
+:class:`BufferedHistogram`: plain integers and lists on the hot path. A prometheus-client update
+takes a lock and, for a histogram, walks the buckets: several microseconds per record that a fast
+API would feel. Tallies are added to their counters by :func:`flush` on every scrape and once a
+second; a buffered histogram is a collector of its own, read at scrape time. Only
+prometheus-client's public API is used: its private attributes change without notice.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import platform
+import time
 from bisect import bisect_left
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator, Sequence
+from itertools import accumulate
 
-from prometheus_client import Counter, Gauge, Histogram, Info
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.metrics_core import HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 from pipeline import __version__
 
@@ -57,16 +65,6 @@ RETRIES = Counter(
     "space_pipeline_retries_total",
     "Attempts that failed in a retryable way and were scheduled again, by reason.",
     (*TP, "reason"),
-)
-SEND_DURATION = Histogram(
-    "space_pipeline_send_duration_seconds",
-    "Duration of one HTTP attempt to the Space API.",
-    buckets=LATENCY_BUCKETS,
-)
-END_TO_END_LATENCY = Histogram(
-    "space_pipeline_end_to_end_latency_seconds",
-    "From the Kafka record timestamp to its acceptance by the Space API.",
-    buckets=E2E_BUCKETS,
 )
 INFLIGHT = Gauge(
     "space_pipeline_inflight_records",
@@ -181,11 +179,6 @@ TOKEN_REQUESTS = Counter(
     "OAuth2 client-credentials token requests, by result: ok or failed.",
     ("result",),
 )
-BATCH_RECORDS = Histogram(
-    "space_pipeline_batch_records",
-    "Records per request when batching (a request of one record when not).",
-    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
-)
 REBALANCES = Counter(
     "space_pipeline_rebalances_total",
     "Rebalance callbacks by event: assigned or revoked.",
@@ -240,50 +233,91 @@ class Tallies:
             tally.flush()
 
 
-class Buffered:
-    """A histogram (without labels) observed into plain lists until :func:`flush`."""
+class BufferedHistogram:
+    """A histogram without labels, counted in plain lists and exposed by a collector of its own.
 
-    __slots__ = ("_bounds", "_counts", "_histogram", "_sum")
+    It reads, scrape after scrape, exactly as a prometheus-client ``Histogram`` of the same name,
+    help and buckets would: the same samples (``_bucket``, ``_count``, ``_sum``, ``_created``
+    unless ``PROMETHEUS_DISABLE_CREATED_SERIES`` says otherwise), the sum added in the same order.
 
-    def __init__(self, histogram: Histogram) -> None:
-        self._histogram = histogram
-        self._bounds: list[float] = list(histogram._upper_bounds)
-        self._counts = [0] * len(self._bounds)
+    Args:
+        name: The metric's name.
+        documentation: Its help text.
+        buckets: The upper bounds, ascending; ``+Inf`` is added.
+        registry: Where it is exposed.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        buckets: Sequence[float],
+        registry: CollectorRegistry = REGISTRY,
+    ) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._bounds = [float(bound) for bound in buckets]
+        if self._bounds[-1] != math.inf:
+            self._bounds.append(math.inf)
+        # The label text prometheus-client writes for a bound (the function has no annotations).
+        self._les = [floatToGoString(bound) for bound in self._bounds]  # type: ignore[no-untyped-call]
+        self._counts = [0] * len(self._bounds)  # per bucket, not cumulative: one add to observe
         self._sum = 0.0
-        _BUFFERED.append(self)
+        self._created = time.time()
+        registry.register(self)
 
     def observe(self, value: float) -> None:
         """Count one observation in its bucket (the first whose bound is at least ``value``)."""
         self._counts[bisect_left(self._bounds, value)] += 1
         self._sum += value
 
-    def flush(self) -> None:
-        """Add the buffered observations to the Prometheus histogram."""
-        counts, self._counts = self._counts, [0] * len(self._bounds)
-        total, self._sum = self._sum, 0.0
-        if not any(counts):
-            return
-        buckets = self._histogram._buckets
-        for bucket, count in zip(buckets, counts, strict=True):
-            if count:
-                bucket.inc(count)
-        self._histogram._sum.inc(total)
+    def describe(self) -> list[Metric]:
+        """The family's name, for the registry to refuse a second metric by that name."""
+        return [HistogramMetricFamily(self._name, self._documentation)]
+
+    def collect(self) -> Iterator[Metric]:
+        """The histogram as counted so far (called by the registry at every scrape)."""
+        total = self._sum
+        cumulative = accumulate(float(count) for count in list(self._counts))
+        family = HistogramMetricFamily(self._name, self._documentation)
+        family.add_metric([], list(zip(self._les, cumulative, strict=True)), total)
+        if _created_series():
+            family.add_sample(f"{self._name}_created", {}, self._created)
+        yield family
 
 
-_BUFFERED: list[Tallies | Buffered] = []
+def _created_series() -> bool:
+    """Whether ``_created`` samples are exposed, as prometheus-client decides it."""
+    setting = os.environ.get("PROMETHEUS_DISABLE_CREATED_SERIES", "False")
+    return setting.lower() not in ("true", "1", "t")
+
+
+_BUFFERED: list[Tallies] = []
 
 
 def flush() -> None:
-    """Bring every buffered count into the Prometheus objects (before a scrape, once a second)."""
+    """Bring every tallied count into its counter (before a scrape, once a second)."""
     for buffered in _BUFFERED:
         buffered.flush()
 
 
 DELIVERED = Tallies(RECORDS_DELIVERED)
 ATTEMPTS = Tallies(SEND_ATTEMPTS)
-END_TO_END = Buffered(END_TO_END_LATENCY)
-SEND_SECONDS = Buffered(SEND_DURATION)
-BATCH_SIZES = Buffered(BATCH_RECORDS)
+SEND_SECONDS = BufferedHistogram(
+    "space_pipeline_send_duration_seconds",
+    "Duration of one HTTP attempt to the Space API.",
+    LATENCY_BUCKETS,
+)
+END_TO_END = BufferedHistogram(
+    "space_pipeline_end_to_end_latency_seconds",
+    "From the Kafka record timestamp to its acceptance by the Space API.",
+    E2E_BUCKETS,
+)
+BATCH_SIZES = BufferedHistogram(
+    "space_pipeline_batch_records",
+    "Records per request when batching (a request of one record when not).",
+    (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+)
 
 
 def status_class(status: int) -> str:

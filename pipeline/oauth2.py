@@ -58,7 +58,7 @@ class ClientCredentials:
 
 
 class TokenSource:
-    """Tokens for the HTTP sink (:class:`~pipeline.http_sink.TokenSource`).
+    """Tokens for the HTTP sink (:class:`~pipeline.http_sink.BearerTokens`).
 
     Args:
         credentials: What to ask the token endpoint with.

@@ -12,15 +12,16 @@ into the DLQ), and operators name exact records to let past (``PIPELINE_SKIP_REC
 from __future__ import annotations
 
 import enum
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import structlog
+from structlog.typing import FilteringBoundLogger
 
 from pipeline import metrics
+from pipeline.clock import Clock, SystemClock
 from pipeline.errors import RejectedError
 from pipeline.records import KafkaRecord, idempotency_key
 from pipeline.sender import current_attempt
@@ -145,6 +146,7 @@ class Rules:
         rules: What a rejection leads to.
         dead_letters: Where rejected records go, if anywhere.
         batched: Whether ``send`` takes lists.
+        clock: Time source for the dead-letter guard's minute: the sender's.
     """
 
     def __init__(
@@ -154,6 +156,7 @@ class Rules:
         dead_letters: DeadLetterSink | None,
         *,
         batched: bool = False,
+        clock: Clock | None = None,
     ) -> None:
         if rules.on_reject == "dead-letter" and dead_letters is None:
             msg = "dead-lettering needs a dead-letter sink"
@@ -162,6 +165,7 @@ class Rules:
         self._rules = rules
         self._dead_letters = dead_letters
         self._batched = batched
+        self._clock = clock or SystemClock()
         self._recent: dict[tuple[str, int], deque[float]] = {}  # dead letters per partition
 
     async def __call__(self, payload: Any) -> object:  # noqa: ANN401 - a record or a list
@@ -185,33 +189,25 @@ class Rules:
         attempts = current_attempt()  # the sender's count: nothing kept here outlives a revoke
         if self._rules.on_reject != "dead-letter" or self._dead_letters is None:
             raise error  # halt: the partition stops at this record
-        if self._guard_trips(record):
+        record_log = log.bind(topic=record.topic, partition=record.partition, offset=record.offset)
+        if self._guard_trips(record, record_log):
             raise error
         await self._dead_letters.write(record, error, attempts)
         metrics.DEAD_LETTERS.labels(record.topic, str(record.partition)).inc()
-        log.warning(
-            "policy.dead_lettered",
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            status=error.status,
-            reason=error.reason,
-            attempts=attempts,
+        record_log.warning(
+            "policy.dead_lettered", status=error.status, reason=error.reason, attempts=attempts
         )
 
-    def _guard_trips(self, record: KafkaRecord) -> bool:
+    def _guard_trips(self, record: KafkaRecord, record_log: FilteringBoundLogger) -> bool:
         """More dead letters on this partition within a minute than allowed: halt instead."""
-        now = time.monotonic()
+        now = self._clock.monotonic()
         window = self._recent.setdefault((record.topic, record.partition), deque())
         while window and now - window[0] > 60.0:
             window.popleft()
         if len(window) >= self._rules.dead_letter_max_per_minute:
             metrics.DEAD_LETTER_GUARD_TRIPS.labels(record.topic, str(record.partition)).inc()
-            log.error(
+            record_log.error(
                 "policy.dead_letter_guard_tripped",
-                topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
                 max_per_minute=self._rules.dead_letter_max_per_minute,
             )
             return True

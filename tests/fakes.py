@@ -5,26 +5,48 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 
 class FakeClock:
-    """A :class:`pipeline.sender.Clock` on virtual time.
+    """A :class:`pipeline.clock.Clock` on virtual time.
 
-    ``sleep`` records the requested delay, advances virtual time by it and only yields to the
-    event loop once, so backoff schedules can be checked exactly and instantly.
+    Each wait (``sleep``, or ``wait`` until its timeout) ends at its own deadline, virtual time
+    moving there at once: a schedule is checked exactly and instantly. Waits pending together
+    end in the order of their deadlines (the later one yields until the earlier ones are over),
+    and time never goes back. ``sleeps`` records every requested delay; tests may also move
+    ``now`` themselves.
     """
 
     def __init__(self, start: float = 0.0) -> None:
         self.now = start
         self.sleeps: list[float] = []
+        self._pending: list[float] = []  # the deadlines of the waits not over yet
 
     def monotonic(self) -> float:
         return self.now
 
     async def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
+        await self._until(self.now + max(seconds, 0.0), None)
+
+    async def wait(self, future: asyncio.Future[Any], timeout: float | None) -> None:
+        if timeout is None:
+            await asyncio.wait([future])
+        else:
+            await self._until(self.now + max(timeout, 0.0), future)
+
+    async def _until(self, deadline: float, future: asyncio.Future[Any] | None) -> None:
+        self._pending.append(deadline)
+        try:
+            await asyncio.sleep(0)
+            while not (future is not None and future.done()):
+                if min(self._pending) >= deadline:
+                    self.now = max(self.now, deadline)
+                    return
+                await asyncio.sleep(0)  # an earlier deadline is due first
+        finally:
+            self._pending.remove(deadline)
 
 
 class Gate:

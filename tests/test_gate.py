@@ -11,9 +11,11 @@ import pytest
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
+from pipeline.clock import Clock, SystemClock
 from pipeline.errors import AuthError, ConfigOutageError, RejectedError, RetryableSendError
 from pipeline.gate import ApiGate, CircuitState, GateLimits
 from pipeline.sender import OrderedSender
+from tests.fakes import FakeClock
 
 
 def no_jitter() -> float:
@@ -55,12 +57,18 @@ async def through(gate: ApiGate) -> AsyncIterator[None]:
     gate.record(None, probe)
 
 
-async def attempt(gate: ApiGate, error: BaseException | None = None) -> float:
-    """One attempt through the gate that ends with ``error``; returns when it was admitted."""
+SYSTEM_CLOCK = SystemClock()
+
+
+async def attempt(
+    gate: ApiGate, error: BaseException | None = None, clock: Clock = SYSTEM_CLOCK
+) -> float:
+    """One attempt through the gate that ends with ``error``; returns when it was admitted, on
+    ``clock`` (the gate's)."""
     admitted = 0.0
     try:
         async with through(gate):
-            admitted = time.monotonic()
+            admitted = clock.monotonic()
             if error is not None:
                 raise error
     except BaseException as raised:
@@ -74,28 +82,26 @@ async def attempt(gate: ApiGate, error: BaseException | None = None) -> float:
 
 async def test_a_retry_after_holds_every_attempt_back_until_it_elapses() -> None:
     """A 429 with ``Retry-After: 0.3`` on one lane pauses the others too."""
-    gate = ApiGate(GateLimits(), random_draw=no_jitter)
+    clock = FakeClock()
+    gate = ApiGate(GateLimits(), random_draw=no_jitter, clock=clock)
 
-    await attempt(gate, throttled(0.3))
-    started = time.monotonic()
-    admitted = await asyncio.gather(*(attempt(gate) for _ in range(5)))
+    await attempt(gate, throttled(0.3), clock)
+    admitted = await asyncio.gather(*(attempt(gate, clock=clock) for _ in range(5)))
 
-    assert all(t - started >= 0.29 for t in admitted)
+    assert [0.3] * 5 == admitted
     assert gate.blocked is False
 
 
 async def test_lanes_leave_a_throttle_with_a_little_jitter() -> None:
     """Each waiting attempt adds up to 10% of the pause, so they do not restart in lockstep."""
     draws = iter([0.0, 0.5, 1.0])
-    gate = ApiGate(GateLimits(), random_draw=lambda: next(draws))
+    clock = FakeClock()
+    gate = ApiGate(GateLimits(), random_draw=lambda: next(draws), clock=clock)
 
-    await attempt(gate, throttled(0.5))
-    started = time.monotonic()
-    admitted = sorted(await asyncio.gather(*(attempt(gate) for _ in range(3))))
+    await attempt(gate, throttled(0.5), clock)
+    admitted = await asyncio.gather(*(attempt(gate, clock=clock) for _ in range(3)))
 
-    offsets = [t - started for t in admitted]
-    assert offsets[0] == pytest.approx(0.5, abs=0.05)
-    assert offsets[2] == pytest.approx(0.55, abs=0.05)
+    assert pytest.approx([0.5, 0.525, 0.55]) == admitted
 
 
 async def test_a_retry_after_of_zero_holds_nothing_back() -> None:
@@ -112,58 +118,51 @@ async def test_a_retry_after_of_zero_holds_nothing_back() -> None:
 
 async def test_the_rate_limit_lets_a_burst_through_then_spaces_attempts() -> None:
     """50/s with a burst of 5: five at once, then one every 20 ms, shared by all callers."""
-    gate = ApiGate(GateLimits(rate_per_s=50, burst=5))
-    started = time.monotonic()
+    clock = FakeClock()
+    gate = ApiGate(GateLimits(rate_per_s=50, burst=5), clock=clock)
 
-    admitted = sorted(await asyncio.gather(*(attempt(gate) for _ in range(25))))
+    admitted = await asyncio.gather(*(attempt(gate, clock=clock) for _ in range(25)))
 
-    offsets = [t - started for t in admitted]
-    assert all(offset < 0.02 for offset in offsets[:5])
-    assert offsets[-1] == pytest.approx(20 * 0.02, abs=0.05)
-    per_second = max(sum(1 for t in admitted if s <= t < s + 1) for s in admitted)
-    assert per_second <= 50 + 5
+    assert pytest.approx([0.0] * 5 + [0.02 * slot for slot in range(1, 21)]) == admitted
 
 
 async def test_a_slot_booked_by_a_cancelled_waiter_is_given_back() -> None:
     """Ten attempts waiting for the rate limit are cancelled (their lanes were revoked): the next
     attempt waits for the next free slot, not behind ten slots nobody used."""
-    gate = ApiGate(GateLimits(rate_per_s=10, burst=1))
-    await attempt(gate)  # the bucket's one token: the next slot is 0.1 s away
-    waiting = [asyncio.create_task(attempt(gate)) for _ in range(10)]
-    await asyncio.sleep(0.01)
+    clock = FakeClock()
+    gate = ApiGate(GateLimits(rate_per_s=10, burst=1), clock=clock)
+    await attempt(gate, clock=clock)  # the bucket's one token: the next slot is at 0.1 s
+    waiting = [asyncio.create_task(attempt(gate, clock=clock)) for _ in range(10)]
+    await clock.sleep(0.01)
     for task in waiting:
         task.cancel()
     await asyncio.gather(*waiting, return_exceptions=True)
 
-    started = time.monotonic()
-    admitted = await attempt(gate)
+    admitted = await attempt(gate, clock=clock)
 
-    assert admitted - started < 0.3, "it waited for slots nobody used"
+    assert pytest.approx(0.1) == admitted, "it waited for slots nobody used"
 
 
 async def test_a_cancelled_waiter_leaves_no_hole_and_the_others_keep_their_order() -> None:
     """20/s: of five waiters the second is cancelled; the other four take the next four slots,
     in the order they came."""
-    gate = ApiGate(GateLimits(rate_per_s=20, burst=1))
-    await attempt(gate)
-    started = time.monotonic()
+    clock = FakeClock()
+    gate = ApiGate(GateLimits(rate_per_s=20, burst=1), clock=clock)
+    await attempt(gate, clock=clock)
     order: list[int] = []
 
     async def waiter(number: int) -> float:
-        admitted = await attempt(gate)
+        admitted = await attempt(gate, clock=clock)
         order.append(number)
         return admitted
 
-    waiting = []
-    for number in range(5):
-        waiting.append(asyncio.create_task(waiter(number)))
-        await asyncio.sleep(0)  # they come one after the other
-    await asyncio.sleep(0.01)
+    waiting = [asyncio.create_task(waiter(number)) for number in range(5)]  # in this order
+    await clock.sleep(0.01)
     waiting.pop(1).cancel()
     admitted = await asyncio.gather(*waiting)
 
     assert [0, 2, 3, 4] == order
-    assert admitted[-1] - started == pytest.approx(4 * 0.05, abs=0.04)
+    assert pytest.approx([0.05, 0.1, 0.15, 0.2]) == admitted
 
 
 async def test_a_deadline_drain_does_not_wait_for_a_rate_slot() -> None:
@@ -228,9 +227,10 @@ async def test_a_lane_that_reaches_a_rate_wait_during_a_deadline_drain_is_cancel
 async def test_consecutive_failures_open_the_circuit_and_one_probe_goes_at_a_time() -> None:
     """Three connection failures open it for the open time; then exactly one attempt probes
     while the others wait; the probe's success closes it and lets everyone through."""
-    gate = ApiGate(GateLimits(circuit_failures=3, open_initial=0.2, open_max=1.0))
+    clock = FakeClock()
+    gate = ApiGate(GateLimits(circuit_failures=3, open_initial=0.2, open_max=1.0), clock=clock)
     for _ in range(3):
-        await attempt(gate, down())
+        await attempt(gate, down(), clock)
     assert CircuitState.OPEN == gate.state
     assert gate.blocked
 
@@ -238,32 +238,28 @@ async def test_consecutive_failures_open_the_circuit_and_one_probe_goes_at_a_tim
 
     async def probe_or_wait() -> None:
         async with through(gate):
-            admitted = time.monotonic()
-            await asyncio.sleep(0.05)
-            spans.append((admitted, time.monotonic()))
+            admitted = clock.monotonic()
+            await clock.sleep(0.05)
+            spans.append((admitted, clock.monotonic()))
 
-    started = time.monotonic()
     await asyncio.gather(*(probe_or_wait() for _ in range(4)))
 
     probe, *others = sorted(spans)
-    assert probe[0] - started >= 0.19, "nothing went before the open time"
-    assert all(admitted >= probe[1] for admitted, _ in others), "the others waited for the probe"
+    assert pytest.approx((0.2, 0.25)) == probe, "nothing went before the open time"
+    assert pytest.approx([0.25] * 3) == [admitted for admitted, _ in others], (
+        "the others waited for the probe"
+    )
     assert CircuitState.CLOSED == gate.state
 
 
 async def test_a_failed_probe_doubles_the_open_time_up_to_the_maximum() -> None:
     """Each failed probe keeps the circuit open twice as long, capped."""
-    gate = ApiGate(GateLimits(circuit_failures=1, open_initial=0.1, open_max=0.25))
-    await attempt(gate, down())
-    times = []
-    for _ in range(3):
-        started = time.monotonic()
-        await attempt(gate, down())
-        times.append(time.monotonic() - started)
+    clock = FakeClock()
+    gate = ApiGate(GateLimits(circuit_failures=1, open_initial=0.1, open_max=0.25), clock=clock)
+    await attempt(gate, down(), clock)
+    probes = [await attempt(gate, down(), clock) for _ in range(3)]
 
-    assert times[0] == pytest.approx(0.1, abs=0.04)
-    assert times[1] == pytest.approx(0.2, abs=0.04)
-    assert times[2] == pytest.approx(0.25, abs=0.04)
+    assert pytest.approx([0.1, 0.1 + 0.2, 0.1 + 0.2 + 0.25]) == probes
 
 
 async def test_an_answer_that_rejects_the_record_resets_the_failure_count() -> None:
@@ -277,27 +273,30 @@ async def test_an_answer_that_rejects_the_record_resets_the_failure_count() -> N
 
 async def test_a_cancelled_probe_lets_another_attempt_probe() -> None:
     """A probe that never finished (its lane was cancelled) frees the probe's place."""
-    gate = ApiGate(GateLimits(circuit_failures=1, open_initial=0.05))
-    await attempt(gate, down())
-    await asyncio.sleep(0.06)
+    clock = FakeClock()
+    gate = ApiGate(GateLimits(circuit_failures=1, open_initial=0.05), clock=clock)
+    await attempt(gate, down(), clock)
+    await clock.sleep(0.06)
 
-    probe = asyncio.create_task(attempt(gate, asyncio.CancelledError()))
-    await asyncio.sleep(0.01)
+    probe = asyncio.create_task(attempt(gate, asyncio.CancelledError(), clock))
+    await clock.sleep(0.01)
     probe.cancel()
-    started = time.monotonic()
-    await attempt(gate)
+    admitted = await attempt(gate, clock=clock)
 
-    assert time.monotonic() - started < 0.05
+    assert pytest.approx(0.07) == admitted, "it went at once, as the next probe"
     assert CircuitState.CLOSED == gate.state
 
 
 async def test_a_throttled_probe_closes_the_circuit() -> None:
     """A 429 to the probe shows the API up (if busy): the circuit closes, the pause applies."""
-    gate = ApiGate(GateLimits(circuit_failures=1, open_initial=0.05), random_draw=no_jitter)
-    await attempt(gate, down())
-    await asyncio.sleep(0.06)
+    clock = FakeClock()
+    gate = ApiGate(
+        GateLimits(circuit_failures=1, open_initial=0.05), random_draw=no_jitter, clock=clock
+    )
+    await attempt(gate, down(), clock)
+    await clock.sleep(0.06)
 
-    await attempt(gate, throttled(0.1))
+    await attempt(gate, throttled(0.1), clock)
 
     assert CircuitState.CLOSED == gate.state
     assert gate.blocked  # the Retry-After
@@ -308,25 +307,26 @@ async def test_a_throttled_probe_closes_the_circuit() -> None:
 
 async def test_an_auth_failure_blocks_everything_from_the_first_one_until_a_success() -> None:
     """One 401 is an outage of the whole API: a probe at a time, then all clear on success."""
-    gate = ApiGate(GateLimits(circuit_failures=5, open_initial=0.1))
+    clock = FakeClock()
+    gate = ApiGate(GateLimits(circuit_failures=5, open_initial=0.1), clock=clock)
 
-    await attempt(gate, AuthError("401", reason="auth", status=401))
+    await attempt(gate, AuthError("401", reason="auth", status=401), clock)
     blocked = (gate.blocked, gate.auth_failing)
-    started = time.monotonic()
-    await attempt(gate)
+    admitted = await attempt(gate, clock=clock)
 
     assert (True, True) == blocked
-    assert time.monotonic() - started >= 0.09
+    assert pytest.approx(0.1) == admitted
     assert (False, False) == (gate.blocked, gate.auth_failing)
 
 
 async def test_an_answer_that_says_nothing_of_credentials_does_not_end_an_auth_outage() -> None:
     """A 429 to the auth probe leaves the outage in place; the next probe decides."""
-    gate = ApiGate(GateLimits(open_initial=0.05), random_draw=no_jitter)
-    await attempt(gate, AuthError("401", reason="auth", status=401))
-    await asyncio.sleep(0.06)
+    clock = FakeClock()
+    gate = ApiGate(GateLimits(open_initial=0.05), random_draw=no_jitter, clock=clock)
+    await attempt(gate, AuthError("401", reason="auth", status=401), clock)
+    await clock.sleep(0.06)
 
-    await attempt(gate, throttled(None))
+    await attempt(gate, throttled(None), clock)
 
     assert gate.auth_failing
 
@@ -337,49 +337,53 @@ async def test_an_answer_that_says_nothing_of_credentials_does_not_end_an_auth_o
 async def test_a_redirect_blocks_everything_from_the_first_one_until_a_success() -> None:
     """A redirect is an outage of the configured URL like an auth failure: everything waits,
     a probe at a time, until the API accepts again."""
-    gate = ApiGate(GateLimits(circuit_failures=5, open_initial=0.1))
+    clock = FakeClock()
+    gate = ApiGate(GateLimits(circuit_failures=5, open_initial=0.1), clock=clock)
 
-    await attempt(gate, redirected())
+    await attempt(gate, redirected(), clock)
     blocked = gate.blocked
-    started = time.monotonic()
-    await attempt(gate)
+    admitted = await attempt(gate, clock=clock)
 
     assert blocked
-    assert time.monotonic() - started >= 0.09
+    assert pytest.approx(0.1) == admitted
     assert (False, None) == (gate.blocked, gate.refusal)
 
 
 async def test_only_one_probe_at_a_time_goes_while_the_endpoint_is_wrong() -> None:
     """Four lanes wait; one probes; the others go only once the probe was accepted."""
-    gate = ApiGate(GateLimits(open_initial=0.05))
-    await attempt(gate, redirected())
+    clock = FakeClock()
+    gate = ApiGate(GateLimits(open_initial=0.05), clock=clock)
+    await attempt(gate, redirected(), clock)
     spans: list[tuple[float, float]] = []
 
     async def probe_or_wait() -> None:
         async with through(gate):
-            admitted = time.monotonic()
-            await asyncio.sleep(0.05)
-            spans.append((admitted, time.monotonic()))
+            admitted = clock.monotonic()
+            await clock.sleep(0.05)
+            spans.append((admitted, clock.monotonic()))
 
     await asyncio.gather(*(probe_or_wait() for _ in range(4)))
 
     probe, *others = sorted(spans)
-    assert all(admitted >= probe[1] for admitted, _ in others)
+    assert pytest.approx((0.05, 0.1)) == probe
+    assert pytest.approx([0.1] * 3) == [admitted for admitted, _ in others]
 
 
 async def test_the_refusal_names_what_the_error_says_for_any_endpoint_fault() -> None:
     """``refusal`` (what ``/readyz`` shows) is the error's own words: the status and the
     Location of a redirect, the certificate problem of a TLS failure; credentials for auth."""
-    gate = ApiGate(GateLimits(open_initial=0.01))
+    clock = FakeClock()
+    gate = ApiGate(GateLimits(open_initial=0.01), clock=clock)
 
-    await attempt(gate, redirected(308, "https://elsewhere.example/v2"))
+    await attempt(gate, redirected(308, "https://elsewhere.example/v2"), clock)
     redirect = gate.refusal
-    await asyncio.sleep(0.02)
+    await clock.sleep(0.02)
     tls = ConfigOutageError("certificate verify failed: self-signed certificate", reason="tls")
-    await attempt(gate, tls)
+    await attempt(gate, tls, clock)
     untrusted = gate.refusal
-    await asyncio.sleep(0.02)
-    await attempt(gate, AuthError("Space API refused our credentials with 401", reason="auth"))
+    await clock.sleep(0.02)
+    refused = AuthError("Space API refused our credentials with 401", reason="auth")
+    await attempt(gate, refused, clock)
     auth = gate.refusal
 
     assert redirect is not None
@@ -395,15 +399,16 @@ async def test_the_refusal_names_what_the_error_says_for_any_endpoint_fault() ->
 async def test_an_endpoint_outage_logs_one_line_per_change() -> None:
     """One line when it starts, one when what the API says changes (another Location), none
     for a probe that fails the same way, one when it recovers."""
-    gate = ApiGate(GateLimits(open_initial=0.01))
+    clock = FakeClock()
+    gate = ApiGate(GateLimits(open_initial=0.01), clock=clock)
 
     with capture_logs() as logs:
-        await attempt(gate, redirected(307, "https://a.example/"))
+        await attempt(gate, redirected(307, "https://a.example/"), clock)
         for location in ("https://a.example/", "https://a.example/", "https://b.example/"):
-            await asyncio.sleep(0.02)
-            await attempt(gate, redirected(307, location))
-        await asyncio.sleep(0.02)
-        await attempt(gate)
+            await clock.sleep(0.02)
+            await attempt(gate, redirected(307, location), clock)
+        await clock.sleep(0.02)
+        await attempt(gate, clock=clock)
 
     lines = [entry for entry in logs if entry["event"].startswith("gate.")]
     assert ["gate.endpoint_wrong", "gate.outage_changed", "gate.recovered"] == [
@@ -420,17 +425,18 @@ async def test_endpoint_faults_are_counted_by_reason_and_the_outage_is_a_gauge()
     tls); ``space_pipeline_endpoint_outage`` is 1 while it lasts."""
     name = "space_pipeline_endpoint_faults_total"
     before = {reason: sample(name, reason=reason) for reason in ("redirect", "tls", "other")}
-    gate = ApiGate(GateLimits(open_initial=0.01))
+    clock = FakeClock()
+    gate = ApiGate(GateLimits(open_initial=0.01), clock=clock)
 
-    await attempt(gate, redirected())
+    await attempt(gate, redirected(), clock)
     gate.refresh_metrics()
     during = sample("space_pipeline_endpoint_outage")
-    await asyncio.sleep(0.02)
-    await attempt(gate, ConfigOutageError("untrusted", reason="tls"))
-    await asyncio.sleep(0.02)
-    await attempt(gate, ConfigOutageError("who knows", reason="made-up"))
-    await asyncio.sleep(0.02)
-    await attempt(gate)
+    await clock.sleep(0.02)
+    await attempt(gate, ConfigOutageError("untrusted", reason="tls"), clock)
+    await clock.sleep(0.02)
+    await attempt(gate, ConfigOutageError("who knows", reason="made-up"), clock)
+    await clock.sleep(0.02)
+    await attempt(gate, clock=clock)
     gate.refresh_metrics()
 
     after = {reason: sample(name, reason=reason) - before[reason] for reason in before}

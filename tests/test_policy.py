@@ -20,7 +20,7 @@ from pipeline.policy import (
 )
 from pipeline.retry import Backoff
 from pipeline.sender import OrderedSender
-from tests.fakes import Record
+from tests.fakes import FakeClock, Record
 
 
 class FakeDeadLetters:
@@ -190,6 +190,29 @@ async def test_the_dead_letter_guard_halts_a_partition_that_rejects_too_much() -
     await rules(Record(partition=1, offset=4))
 
     assert [0, 1, 2, 4] == [offset for offset, _, _ in dead.written]
+
+
+async def test_the_dead_letter_guard_counts_the_last_minute_only() -> None:
+    """Two per minute allowed: a rejection sixty seconds after the first dead letter still meets
+    it in the window and halts; just after, the first has left and the record goes to the DLQ,
+    and the window moves on with it."""
+    clock = FakeClock()
+    sink = Scripted({o: [rejected()] for o in range(5)})
+    dead = FakeDeadLetters()
+    rules = Rules(
+        sink.send, RejectRules("dead-letter", dead_letter_max_per_minute=2), dead, clock=clock
+    )
+    halted = []
+
+    for offset, at in enumerate([0.0, 30.0, 60.0, 60.5, 61.0]):
+        clock.now = at
+        try:
+            await rules(Record(offset=offset))
+        except RejectedError:
+            halted.append(at)
+
+    assert [60.0, 61.0] == halted
+    assert [0, 1, 3] == [offset for offset, _, _ in dead.written]
 
 
 def test_dead_lettering_without_a_dead_letter_sink_is_refused() -> None:

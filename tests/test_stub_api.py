@@ -17,6 +17,7 @@ import pytest
 from pipeline.dev.stub_api import (
     REDIRECT_LOCATION,
     FaultWindow,
+    PartitionStats,
     StubConfig,
     StubServer,
     StubStats,
@@ -989,6 +990,44 @@ async def test_new_stats_round_trip_over_http_and_reset_clears_them(
     ]
 
 
+async def test_a_snapshot_stays_as_it_was_while_the_stub_goes_on(
+    client: httpx.AsyncClient,
+) -> None:
+    """The stub tallies into live stats; what stats() hands out must not move with them."""
+    config = dataclasses.replace(OAUTH, throttle_burst=1)
+    async with StubServer(config) as stub:
+        token = await request_token(client, stub, scope="first")
+        await send(client, stub.url, "t", 0, 0, headers=bearer(token))  # 429
+        plain, full = stub.stats(), stub.stats(offsets=True)
+        kept = (plain.to_dict(), full.to_dict())
+        await request_token(client, stub, scope="second")
+        await send(client, stub.url, "t", 0, 0, headers=bearer(token))
+        await send(client, stub.url, "t", 1, 0, headers=bearer(token))
+        await send(client, stub.url, "t", 1, 0, headers=bearer(token))
+        assert stub.stats().partitions["t/1"].count == 2
+    assert kept == (plain.to_dict(), full.to_dict())
+    assert list(full.partitions) == ["t/0"]
+    assert full.partitions["t/0"].offsets == ()
+    assert plain.last_token_params["scope"] == "first"
+
+
+async def test_stats_json_holds_every_stat_once_in_declaration_order(
+    client: httpx.AsyncClient,
+) -> None:
+    """The JSON is the dataclass: its keys are the fields, the long lists only when asked for."""
+    on_request = {"keys", "paths", "arrivals", "offsets"}
+    async with StubServer(FAST) as stub:
+        await send(client, stub.url, "t", 0, 0)
+        plain = (await client.get(f"{stub.base_url}/stats")).json()
+        full = (await client.get(f"{stub.base_url}/stats", params={"offsets": "1"})).json()
+    every = [f.name for f in dataclasses.fields(StubStats)]
+    every_partition = [f.name for f in dataclasses.fields(PartitionStats)]
+    assert list(full) == every
+    assert list(plain) == [name for name in every if name not in on_request]
+    assert list(full["partitions"]["t/0"]) == every_partition
+    assert list(plain["partitions"]["t/0"]) == every_partition[:-1]
+
+
 # --- configuration and CLI ---------------------------------------------------------------------
 
 
@@ -1039,3 +1078,47 @@ def test_cli_rejects_bad_auth_status_and_faults(
     with pytest.raises(SystemExit):
         parser.parse_args(args)
     assert message in capsys.readouterr().err
+
+
+# Each StubConfig field, the flag that sets it and a value other than the default.
+FLAGS = {
+    "path": ["--path", "/v2"],
+    "latency_ms": ["--latency-ms", "5"],
+    "jitter_ms": ["--jitter-ms", "1"],
+    "error_rate": ["--error-rate", "0.1"],
+    "throttle_rate": ["--throttle-rate", "0.1"],
+    "retry_after_s": ["--retry-after-s", "2"],
+    "error_burst": ["--error-burst", "1"],
+    "throttle_burst": ["--throttle-burst", "1"],
+    "reject_rate": ["--reject-rate", "0.1"],
+    "reject_keys": ["--reject-key", "t/0/1"],
+    "unavailable_keys": ["--unavailable-key", "t/0/2"],
+    "seed": ["--seed", "7"],
+    "faults": ["--fault", "outage@1+2"],
+    "token": ["--token", TOKEN],
+    "auth_status": ["--auth-status", "403"],
+    "oauth2_client_id": ["--oauth2-client-id", "app", "--oauth2-client-secret", SECRET],
+    "oauth2_client_secret": ["--oauth2-client-id", "app", "--oauth2-client-secret", SECRET],
+    "oauth2_expires_in_s": ["--oauth2-expires-in-s", "60"],
+    "token_latency_ms": ["--token-latency-ms", "5"],
+}
+
+
+@pytest.mark.parametrize(("name", "args"), FLAGS.items())
+def test_every_config_field_has_a_flag_that_sets_it(name: str, args: list[str]) -> None:
+    """The flags are built from the fields, so a new setting is on the command line at once."""
+    assert set(FLAGS) == {f.name for f in dataclasses.fields(StubConfig)}
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    config = config_from_args(parser.parse_args(args))
+    assert getattr(config, name) != getattr(StubConfig(), name)
+    assert args[0] in parser.format_help()
+
+
+def test_cli_flags_that_are_not_numbers_name_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    """A plain type keeps argparse's own wording, which names the flag and the bad value."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--latency-ms", "soon"])
+    assert "argument --latency-ms: invalid float value: 'soon'" in capsys.readouterr().err
