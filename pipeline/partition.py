@@ -174,9 +174,9 @@ Spawn = Callable[[Coroutine[Any, Any, None]], object]
 class Partitions:
     """The assigned partitions, and the path of a record from a poll to the sender.
 
-    The table builds its sender, handing it :meth:`settled` as the sender's ``on_done``: records
-    go one way (table to sender) and outcomes the other, and whoever builds the table never holds
-    one half of that loop waiting for the other.
+    The table builds its own sender, passing :meth:`settled` as the sender's ``on_done``: records
+    go to the sender and outcomes come back, so whichever of the two were built first would
+    otherwise exist half-connected until the other was bound to it.
 
     Args:
         limits: The tracked-span bound of each partition.
