@@ -40,10 +40,10 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from pipeline.config import Settings, describe_errors
-from pipeline.consumer import kafka_security
 from pipeline.errors import ConfigError, GroupActiveError
 from pipeline.logging import configure_logging
 from pipeline.partition import halted_at
+from pipeline.wiring import kafka_security
 
 EXIT_REFUSED = 1
 EXIT_BAD_INPUT = 2
@@ -144,7 +144,7 @@ class GroupOffsets:
         connection: dict[str, Any] = {
             "bootstrap_servers": settings.kafka_bootstrap_servers,
             "client_id": f"{settings.kafka_client_id}-offsets",
-            **kafka_security(settings),
+            **kafka_security(settings).arguments(),
         }
         self._admin = AIOKafkaAdminClient(**connection)
         self._consumer = AIOKafkaConsumer(
