@@ -41,7 +41,7 @@ from pipeline.http_client import AiohttpClient, HttpClient, Timeouts
 from pipeline.http_sink import HttpSink, HttpSinkConfig
 from pipeline.oauth2 import ClientCredentials, TokenSource
 from pipeline.partition import FlowLimits, Partitions
-from pipeline.policy import Classification, RejectRules, Rules, Skips
+from pipeline.policy import Classification, Expiry, RejectRules, Rules, Skips
 from pipeline.records import KafkaRecord
 from pipeline.retry import Backoff
 from pipeline.sender import BatchLimits, Lane, OrderedSender, Receipt
@@ -158,6 +158,13 @@ def flow_limits(settings: Settings) -> FlowLimits:
 def reject_rules(settings: Settings) -> RejectRules:
     """What a rejection leads to."""
     return RejectRules(settings.on_reject, settings.dead_letter_max_per_minute)
+
+
+def expiry(settings: Settings, dead_letters: DeadLetters | None) -> Expiry | None:
+    """Records too old to send, and where they go; ``None`` without an age limit."""
+    if settings.max_record_age_s is None:
+        return None
+    return Expiry(settings.max_record_age_s, dead_letters)
 
 
 def http_timeouts(settings: Settings) -> Timeouts:
@@ -299,7 +306,13 @@ def wire(
     kafka = KafkaSource(kafka_options(s), stage, consumer=source)
     options = dead_letter_options(s)
     dead_letters = DeadLetters(options, redact=redactor(s)) if options is not None else None
-    rules = Rules(sink.send, reject_rules(s), dead_letters, batched=batched(s))
+    rules = Rules(
+        sink.send,
+        reject_rules(s),
+        dead_letters,
+        batched=batched(s),
+        expiry=expiry(s, dead_letters),
+    )
 
     def build_sender(
         on_done: Callable[[Receipt[KafkaRecord]], None],
