@@ -5,18 +5,23 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
 from pipeline.config import load_settings
+from pipeline.dev.broker import numbered_record
+from pipeline.dev.stub_api import StubConfig, StubServer
 from pipeline.errors import ConfigError, DeadLetterError, RejectedError, RetryableSendError
 from pipeline.gate import ApiGate, CircuitState, GateLimits
 from pipeline.policy import DEAD_LETTERED, Expiry, RejectRules, Rules, Withheld, reached_api
 from pipeline.retry import Backoff
 from pipeline.sender import BatchLimits, OrderedSender
+from tests.conftest import Topic, eventually, eventually_async, new_dlq, running_stage
 from tests.fakes import FakeClock, Record
+from tests.test_outcomes import dead_letters
 
 NOW = 1_800_000_000.0  # the wall clock of these specs, in seconds
 LIMIT = 600.0
@@ -354,3 +359,98 @@ def test_the_wall_clock_not_the_monotonic_one_judges_age():
     rule = Expiry(LIMIT, None)
     assert not rule.expired(Record(timestamp=round(time.time() * 1000)))
     assert rule.expired(Record(timestamp=round((time.time() - LIMIT - 1) * 1000)))
+
+
+# End to end: a real broker, the stub API
+
+
+def produce_aged(topic: Topic, old: set[int], count: int) -> list[dict[str, Any]]:
+    """``count`` numbered records, record ``i`` to partition ``i % 2``; those in ``old`` an hour
+    old by their Kafka timestamp, the rest produced now."""
+    now_ms = round(time.time() * 1000)
+    records = []
+    for i in range(count):
+        key, value = numbered_record(i)
+        stamp = now_ms - 3_600_000 if i in old else now_ms
+        records.append({"value": value, "key": key, "partition": i % 2, "timestamp_ms": stamp})
+    return records
+
+
+def key_of(topic: Topic, i: int) -> str:
+    return f"{topic.name}/{i % 2}/{i // 2}"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("batch", [1, 10])
+async def test_old_records_are_never_sent_but_dead_lettered_as_expired_and_committed_past(
+    new_topic, batch
+):
+    """Records produced an hour ago (some first, some between fresh ones) never reach the API:
+    they are on the dead-letter topic with ``x-error-reason: expired``, counted, and the group's
+    offsets pass them; the fresh ones are delivered once each, in order, batched or not."""
+    topic = await new_topic(2)
+    dlq = await new_dlq(topic)
+    old = {0, 1, 2, 3, 8, 13, 20}
+    count = 40
+    await topic.send(*produce_aged(topic, old, count))
+    fresh = [i for i in range(count) if i not in old]
+    before = [expired_sample(topic, p) for p in (0, 1)]
+    async with StubServer(StubConfig(latency_ms=1)) as api:
+        settings = topic.settings(
+            api.url,
+            max_record_age_s=600,
+            dead_letter_topic=dlq,
+            dead_letter_idempotence=False,  # tansu has no InitProducerId
+            batch_max_records=batch,
+            batch_linger_ms=20,
+        )
+        async with running_stage(settings) as stage:
+            await eventually(lambda: api.stats().records == len(fresh), what="the fresh records")
+            await eventually_async(
+                lambda: committed_is(topic, count), what="offsets past every record"
+            )
+            assert stage.ready().ok
+        stats = api.stats(offsets=True)
+    letters = await dead_letters(topic.bootstrap, dlq)
+    assert 0 == stats.order_violations
+    assert 0 == stats.duplicates
+    assert len(fresh) == stats.records
+    if batch == 1:
+        assert sorted(key_of(topic, i) for i in fresh) == sorted(stats.keys or ())
+    assert sorted(key_of(topic, i) for i in old) == sorted(
+        "/".join(
+            dict(r.headers)[h].decode()
+            for h in ("x-original-topic", "x-original-partition", "x-original-offset")
+        )
+        for r in letters
+    )
+    assert {b"expired"} == {dict(r.headers)["x-error-reason"] for r in letters}
+    after = [expired_sample(topic, p) for p in (0, 1)]
+    assert len(old) == sum(after) - sum(before)
+
+
+@pytest.mark.integration
+async def test_without_a_dead_letter_topic_old_records_are_skipped_and_committed_past(new_topic):
+    topic = await new_topic(2)
+    old = {0, 5, 6}
+    count = 12
+    await topic.send(*produce_aged(topic, old, count))
+    async with StubServer(StubConfig(latency_ms=1)) as api:
+        settings = topic.settings(api.url, max_record_age_s=600)
+        async with running_stage(settings):
+            await eventually(lambda: api.stats().records == count - len(old), what="the fresh")
+            await eventually_async(lambda: committed_is(topic, count), what="offsets past all")
+        stats = api.stats(offsets=True)
+    assert sorted(key_of(topic, i) for i in range(count) if i not in old) == sorted(
+        stats.keys or ()
+    )
+    assert 0 == stats.order_violations
+
+
+def expired_sample(topic: Topic, partition: int) -> float:
+    labels = {"topic": topic.name, "partition": str(partition)}
+    return REGISTRY.get_sample_value("space_pipeline_expired_records_total", labels) or 0.0
+
+
+async def committed_is(topic: Topic, count: int) -> bool:
+    return topic.expected_end(count) == await topic.committed()
