@@ -11,6 +11,7 @@ import pytest
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
+from pipeline import wiring
 from pipeline.config import load_settings
 from pipeline.dev.broker import numbered_record
 from pipeline.dev.stub_api import StubConfig, StubServer
@@ -454,3 +455,13 @@ def expired_sample(topic: Topic, partition: int) -> float:
 
 async def committed_is(topic: Topic, count: int) -> bool:
     return topic.expected_end(count) == await topic.committed()
+
+
+def test_the_setting_becomes_the_rules_expiry_only_when_set(env):
+    """Unset, the rules have no expiry at all: nothing is judged, nothing costs."""
+    assert wiring.expiry(load_settings(env_file=None), None) is None
+    env.setenv("PIPELINE_MAX_RECORD_AGE_S", "900")
+    rule = wiring.expiry(load_settings(env_file=None), None)
+    assert rule is not None
+    assert rule.expired(Record(timestamp=round((time.time() - 901) * 1000)))
+    assert not rule.expired(Record(timestamp=round((time.time() - 899) * 1000)))
