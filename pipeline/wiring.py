@@ -42,7 +42,7 @@ from pipeline.http_client import AiohttpClient, HttpClient, Timeouts
 from pipeline.http_sink import HttpSink, HttpSinkConfig
 from pipeline.oauth2 import ClientCredentials, TokenSource
 from pipeline.partition import FlowLimits, Partitions
-from pipeline.policy import Classification, RejectRules, Rules, Skips
+from pipeline.policy import Classification, Expiry, RejectRules, Rules, Skips
 from pipeline.records import KafkaRecord
 from pipeline.retry import Backoff
 from pipeline.sender import BatchLimits, Lane, OrderedSender, Receipt
@@ -159,6 +159,18 @@ def flow_limits(settings: Settings) -> FlowLimits:
 def reject_rules(settings: Settings) -> RejectRules:
     """What a rejection leads to."""
     return RejectRules(settings.on_reject, settings.dead_letter_max_per_minute)
+
+
+def expiry(
+    settings: Settings, dead_letters: DeadLetters | None, clock: Clock | None = None
+) -> Expiry | None:
+    """Records too old to send, and where they go; ``None`` without an age limit.
+
+    ``clock`` paces the log summary only: age is wall time, against Kafka's timestamps.
+    """
+    if settings.max_record_age_s is None:
+        return None
+    return Expiry(settings.max_record_age_s, dead_letters, clock=clock)
 
 
 def http_timeouts(settings: Settings) -> Timeouts:
@@ -306,7 +318,14 @@ def wire(
     kafka = KafkaSource(kafka_options(s), stage, consumer=source)
     options = dead_letter_options(s)
     dead_letters = DeadLetters(options, redact=redactor(s)) if options is not None else None
-    rules = Rules(sink.send, reject_rules(s), dead_letters, batched=batched(s), clock=clock)
+    rules = Rules(
+        sink.send,
+        reject_rules(s),
+        dead_letters,
+        batched=batched(s),
+        clock=clock,
+        expiry=expiry(s, dead_letters, clock),
+    )
 
     def build_sender(
         on_done: Callable[[Receipt[KafkaRecord]], None],
