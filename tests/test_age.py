@@ -20,8 +20,10 @@ from pipeline.gate import ApiGate, CircuitState, GateLimits
 from pipeline.policy import DEAD_LETTERED, Expiry, RejectRules, Rules, Withheld, reached_api
 from pipeline.retry import Backoff
 from pipeline.sender import BatchLimits, OrderedSender
-from tests.conftest import Topic, eventually, eventually_async, new_dlq, running_stage
 from tests.fakes import FakeClock, Record
+from tests.plugins.broker import Topic, new_dlq
+from tests.plugins.stage import running_stage
+from tests.plugins.waiting import eventually, eventually_async
 from tests.test_outcomes import dead_letters
 
 NOW = 1_800_000_000.0  # the wall clock of these specs, in seconds
