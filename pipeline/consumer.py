@@ -17,7 +17,9 @@ import asyncio
 import contextlib
 import ssl
 from collections.abc import Awaitable, Callable, Collection, Mapping
-from typing import Any, NamedTuple, Protocol
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, NamedTuple, Protocol
 
 import structlog
 from aiokafka import (
@@ -29,8 +31,6 @@ from aiokafka import (
 )
 from aiokafka.errors import IllegalStateError, KafkaError
 from aiokafka.helpers import create_ssl_context
-
-from pipeline.config import Settings
 
 log = structlog.get_logger("pipeline.consumer")
 
@@ -71,81 +71,124 @@ class _Bridge(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._listener.on_assigned(frozenset(assigned))
 
 
-def ssl_context(settings: Settings) -> ssl.SSLContext | None:
-    """Build the TLS context for SSL and SASL_SSL, from the CA and optional client certificate."""
-    if not settings.kafka_security_protocol.endswith("SSL"):
-        return None
-    password = settings.kafka_ssl_keyfile_password
-    context: ssl.SSLContext = create_ssl_context(
-        cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None,
-        certfile=str(settings.kafka_ssl_certfile) if settings.kafka_ssl_certfile else None,
-        keyfile=str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None,
-        password=password.get_secret_value() if password else None,
-    )
-    return context
+@dataclass(frozen=True, slots=True)
+class KafkaSecurity:
+    """How every Kafka client of the stage (the consumer, the dead letters) authenticates."""
+
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_keyfile_password: str | None = field(default=None, repr=False)
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context for SSL and SASL_SSL, from the CA and optional client certificate."""
+        if not self.protocol.endswith("SSL"):
+            return None
+        context: ssl.SSLContext = create_ssl_context(
+            cafile=str(self.ssl_cafile) if self.ssl_cafile else None,
+            certfile=str(self.ssl_certfile) if self.ssl_certfile else None,
+            keyfile=str(self.ssl_keyfile) if self.ssl_keyfile else None,
+            password=self.ssl_keyfile_password,
+        )
+        return context
+
+    def arguments(self) -> dict[str, Any]:
+        """The security arguments of an aiokafka client."""
+        return {
+            "security_protocol": self.protocol,
+            "sasl_mechanism": self.sasl_mechanism or "PLAIN",
+            "sasl_plain_username": self.sasl_username,
+            "sasl_plain_password": self.sasl_password,
+            "ssl_context": self.ssl_context(),
+        }
 
 
-def kafka_security(settings: Settings) -> dict[str, Any]:
-    """The security arguments every Kafka client of the stage takes (consumer, dead letters)."""
-    password = settings.kafka_sasl_password
-    return {
-        "security_protocol": settings.kafka_security_protocol,
-        "sasl_mechanism": settings.kafka_sasl_mechanism or "PLAIN",
-        "sasl_plain_username": settings.kafka_sasl_username,
-        "sasl_plain_password": password.get_secret_value() if password else None,
-        "ssl_context": ssl_context(settings),
-    }
+@dataclass(frozen=True, slots=True)
+class KafkaOptions:
+    """The consumer's configuration: the group, the topics, the limits of a fetch.
+
+    Args:
+        leave_timeout_s: How long leaving the group may take when the source is left without
+            an explicit :meth:`KafkaSource.close`.
+    """
+
+    bootstrap_servers: str
+    topics: tuple[str, ...]
+    group_id: str = "space-pipeline"
+    client_id: str = "space-pipeline"
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    isolation_level: Literal["read_committed", "read_uncommitted"] = "read_committed"
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 3_000
+    rebalance_timeout_ms: int = 30_000
+    max_poll_records: int = 500
+    fetch_max_bytes: int = 1024 * 1024
+    max_partition_fetch_bytes: int = 1024 * 1024
+    fetch_max_wait_ms: int = 500
+    fetch_min_bytes: int = 1
+    security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    leave_timeout_s: float = 5.0
+
+    def consumer_arguments(self) -> dict[str, Any]:
+        """What an ``AIOKafkaConsumer`` is built with: auto-commit off, security passed through."""
+        return {
+            "bootstrap_servers": self.bootstrap_servers,
+            "group_id": self.group_id,
+            "client_id": self.client_id,
+            "enable_auto_commit": False,
+            "auto_offset_reset": self.auto_offset_reset,
+            "isolation_level": self.isolation_level,
+            "session_timeout_ms": self.session_timeout_ms,
+            "heartbeat_interval_ms": self.heartbeat_interval_ms,
+            "rebalance_timeout_ms": self.rebalance_timeout_ms,
+            "max_poll_records": self.max_poll_records,
+            "fetch_max_bytes": self.fetch_max_bytes,
+            "max_partition_fetch_bytes": self.max_partition_fetch_bytes,
+            "fetch_max_wait_ms": self.fetch_max_wait_ms,
+            "fetch_min_bytes": self.fetch_min_bytes,
+            **self.security.arguments(),
+        }
 
 
-def build_consumer(settings: Settings) -> AIOKafkaConsumer:
-    """An unstarted consumer for the configured topics, with security settings passed through."""
-    return AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        group_id=settings.kafka_group_id,
-        client_id=settings.kafka_client_id,
-        enable_auto_commit=False,
-        auto_offset_reset=settings.kafka_auto_offset_reset,
-        isolation_level=settings.kafka_isolation_level,
-        session_timeout_ms=settings.kafka_session_timeout_ms,
-        heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
-        rebalance_timeout_ms=settings.kafka_rebalance_timeout_ms,
-        max_poll_records=settings.kafka_max_poll_records,
-        fetch_max_bytes=settings.kafka_fetch_max_bytes,
-        max_partition_fetch_bytes=settings.kafka_max_partition_fetch_bytes,
-        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
-        fetch_min_bytes=settings.kafka_fetch_min_bytes,
-        **kafka_security(settings),
-    )
+# Builds the unstarted consumer from the options: the stage's ``source=`` seam.
+ConsumerFactory = Callable[[KafkaOptions], AIOKafkaConsumer]
+
+
+def build_consumer(options: KafkaOptions) -> AIOKafkaConsumer:
+    """An unstarted consumer for the configured topics."""
+    return AIOKafkaConsumer(**options.consumer_arguments())
 
 
 class KafkaSource:
     """A started consumer subscribed to the configured topics, as an async context manager.
 
     Args:
-        settings: The validated configuration.
+        options: The consumer's configuration.
         listener: Told of every rebalance.
-        consumer_factory: Builds the unstarted aiokafka consumer; tests may wrap it.
+        consumer: Builds the unstarted aiokafka consumer (tests pass their own subclass).
     """
 
     def __init__(
         self,
-        settings: Settings,
+        options: KafkaOptions,
         listener: RebalanceListener,
         *,
-        consumer_factory: Callable[[Settings], AIOKafkaConsumer] = build_consumer,
+        consumer: ConsumerFactory = build_consumer,
     ) -> None:
-        self._settings = settings
+        self._options = options
         self._listener = listener
-        self._consumer = consumer_factory(settings)
-        self._read_committed = settings.kafka_isolation_level == "read_committed"
+        self._consumer = consumer(options)
+        self._read_committed = options.isolation_level == "read_committed"
         self._closed = False
         self.started = False
         self.polling = False  # inside a poll, e.g. waiting out a rebalance
 
     async def __aenter__(self) -> KafkaSource:
-        self._consumer.subscribe(
-            list(self._settings.kafka_topics), listener=_Bridge(self._listener)
-        )
+        self._consumer.subscribe(list(self._options.topics), listener=_Bridge(self._listener))
         try:
             await self._consumer.start()
         except BaseException:
@@ -155,7 +198,7 @@ class KafkaSource:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await self.close(timeout=self._settings.shutdown_timeout_s / 4)
+        await self.close(timeout=self._options.leave_timeout_s)
 
     # Records
 

@@ -15,6 +15,7 @@
     ├── LaneFullError          ``try_submit`` found the lane's buffer full
     ├── LaneHaltedError        the lane stopped after a rejection; the item was not sent
     ├── SenderClosedError      the sender no longer takes items
+    ├── GroupActiveError       ``offsets reset`` found members in the group: nothing committed
     ├── AdminRefusedError      an admin call cannot be done as asked (409, 404, 503)
     └── BrokerError            the embedded Kafka broker could not start
 
@@ -184,6 +185,22 @@ class LaneHaltedError(PipelineError):
 
 class SenderClosedError(PipelineError):
     """The sender is closing or closed and takes no new items."""
+
+
+class GroupActiveError(PipelineError):
+    """The consumer group has members, so its offsets are theirs to commit, not a tool's.
+
+    A commit from outside would be overwritten by the members' next commit, or refused by the
+    broker; ``members`` names them (client id, or member id, and host) so the operator knows
+    what to stop first.
+    """
+
+    def __init__(self, group: str, state: str, members: tuple[str, ...]) -> None:
+        named = ", ".join(members) if members else "none listed"
+        super().__init__(f"group {group} is {state}, with members: {named}")
+        self.group = group
+        self.state = state
+        self.members = members
 
 
 class BrokerError(PipelineError):
