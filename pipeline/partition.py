@@ -232,7 +232,7 @@ class Partitions:
         self._limits = limits
         self._by_key = ordering == "key"
         self._flow = flow
-        self._skips = skips or Skips(frozenset(), None)
+        self._skips = skips if skips is not None else Skips(frozenset(), None)
         self._spawn = spawn
         self._parts: dict[TopicPartition, Partition] = {}
         self._epoch = 0
@@ -526,6 +526,7 @@ class Partitions:
             return self._skips.dead_lettering  # the next owner reads the skip in the commit
         part.halted = None
         metrics.HALTED.labels(*part.labels).set(0)
+        self.sender.cancel(self.lanes_of([part.tp]))  # clears the lanes' halt
         part.span.forget_after(record.offset + 1)  # cancelled when it halted: fetched again
         self._accepted(part, record)
         self._flow.seek(part.tp, record.offset + 1)

@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
+from typing import Any
 
 import httpx
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from structlog.testing import capture_logs
 
 from pipeline import cli
@@ -29,8 +31,24 @@ from pipeline.admin import (
     StatusReport,
 )
 from pipeline.config import Settings
-from pipeline.errors import AdminRefusedError
+from pipeline.consumer import Committed
+from pipeline.dev.stub_api import StubConfig, StubServer
+from pipeline.errors import AdminRefusedError, RejectedError
 from pipeline.health import OpsServer, Verdict
+from pipeline.partition import FlowLimits, Partitions
+from pipeline.policy import Skips
+from pipeline.records import KafkaRecord, Record
+from pipeline.sender import OrderedSender
+from pipeline.stage import Stage
+from tests.conftest import (
+    Topic,
+    eventually,
+    eventually_async,
+    metric_value,
+    new_dlq,
+    running_stage,
+)
+from tests.test_outcomes import dead_letters
 
 TOKEN = "s3cret-admin-t0ken-4711"
 ROUTES = [("GET", "/admin/status"), *(("POST", f"/admin/{n}") for n in ("skip", "pause", "resume"))]
@@ -317,7 +335,7 @@ async def run_cli(*argv: str) -> int:
     return await asyncio.to_thread(cli.main, list(argv))
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def quiet_server() -> Iterator[None]:
     """The server's log lines stay out of the command's output."""
     with capture_logs():
@@ -325,7 +343,7 @@ def quiet_server() -> Iterator[None]:
 
 
 @pytest.fixture
-def token_env(monkeypatch: pytest.MonkeyPatch) -> None:
+def token_env(monkeypatch: pytest.MonkeyPatch, quiet_server: None) -> None:
     monkeypatch.setenv("PIPELINE_ADMIN_TOKEN", TOKEN)
 
 
@@ -390,6 +408,7 @@ async def test_a_failed_command_prints_one_line_and_exits_non_zero(
     assert [line] == capsys.readouterr().err.splitlines()
 
 
+@pytest.mark.usefixtures("quiet_server")
 async def test_a_command_without_the_token_or_the_stage_fails_in_one_line(
     fake: FakeStage, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -410,3 +429,283 @@ async def test_a_command_without_the_token_or_the_stage_fails_in_one_line(
     assert 1 == await run_cli("status", "--url", url)  # the server is gone now
     (gone,) = capsys.readouterr().err.splitlines()
     assert gone.startswith(f"space-pipeline status: cannot reach the admin API at {url}: ")
+
+
+# The stage's own implementation, against the real broker
+
+
+@contextlib.asynccontextmanager
+async def admin_client(stage: Stage) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the stage's admin API, once it serves one."""
+    await eventually(lambda: stage.ops_port != 0, what="the ops port")
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{stage.ops_port}",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=30,
+    ) as client:
+        yield client
+
+
+async def halted_at(client: httpx.AsyncClient, partition: int) -> int | None:
+    status = (await client.get("/admin/status")).json()
+    for part in status["partitions"]:
+        if part["partition"] == partition and part["halted"]:
+            return int(part["halted"]["offset"])
+    return None
+
+
+async def committed_with_notes(topic: Topic) -> dict[int, tuple[int, str] | None]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=topic.bootstrap, group_id=topic.group)
+    await consumer.start()
+    try:
+        coordinator = consumer._coordinator
+        tps = [TopicPartition(topic.name, p) for p in range(topic.partitions)]
+        found = await coordinator.fetch_committed_offsets(tps)
+        return {
+            tp.partition: (found[tp].offset, found[tp].metadata) if tp in found else None
+            for tp in tps
+        }
+    finally:
+        await consumer.stop()
+
+
+@pytest.mark.integration
+async def test_a_skip_over_http_lets_the_halted_record_past_and_a_restart_does_not_send_it(
+    new_topic: Callable[[int], Awaitable[Topic]],
+) -> None:
+    """A partition halts at a rejected record; a skip of any other record is 409; the skip of
+    that one dead-letters it (reason skipped) and the partition goes on without a restart. A
+    restarted stage neither sends it again nor reports a halt."""
+    topic = await new_topic(2)
+    dlq = await new_dlq(topic)
+    await topic.produce(40)  # 20 per partition
+    bad = f"{topic.name}/1/5"
+    settings = topic.settings(
+        "http://placeholder",
+        dead_letter_topic=dlq,
+        dead_letter_idempotence=False,
+        admin_token=TOKEN,
+    )
+    async with StubServer(StubConfig(latency_ms=1, reject_keys=frozenset({bad}))) as api:
+        settings = settings.model_copy(update={"space_api_url": api.url})
+        async with running_stage(settings) as stage, admin_client(stage) as client:
+            await eventually_async(
+                lambda: _is(halted_at(client, 1), 5), what="partition 1 to halt at 5"
+            )
+            assert 25 == api.stats().unique
+            wrong = await client.post(
+                "/admin/skip", json={"topic": topic.name, "partition": 1, "offset": 6}
+            )
+            not_halted = await client.post(
+                "/admin/skip", json={"topic": topic.name, "partition": 0, "offset": 3}
+            )
+            done = await client.post(
+                "/admin/skip", json={"topic": topic.name, "partition": 1, "offset": 5}
+            )
+            await eventually(lambda: api.stats().unique == 39, what="the rest of partition 1")
+            await eventually(lambda: stage.ready().ok, what="/readyz green again")
+            assert await halted_at(client, 1) is None
+        assert 409 == wrong.status_code
+        assert f"is halted at {bad}, not {topic.name}/1/6" in wrong.json()["error"]
+        assert 409 == not_halted.status_code
+        assert {"skipped": bad, "dead_lettered": True} == done.json()
+        assert {0: (20, ""), 1: (20, "")} == await committed_with_notes(topic)
+        letters = await dead_letters(topic.bootstrap, dlq)
+        assert [(1, 5, b"skipped")] == [
+            (
+                int(dict(r.headers)["x-original-partition"]),
+                int(dict(r.headers)["x-original-offset"]),
+                dict(r.headers)["x-error-reason"],
+            )
+            for r in letters
+        ]
+        rejected_before = api.stats().statuses.get(422, 0)
+        await topic.produce(10, start=40)
+        async with running_stage(settings) as stage:
+            await eventually(lambda: api.stats().unique == 49, what="the new records")
+            assert stage.ready().ok
+        stats = api.stats(offsets=True)
+    assert rejected_before == stats.statuses.get(422, 0), "the skipped record was sent again"
+    assert 5 not in stats.partitions[f"{topic.name}/1"].offsets
+    assert 0 == stats.order_violations
+
+
+async def _is(value: Awaitable[object], expected: object) -> bool:
+    return await value == expected
+
+
+# The partition table's part, without a broker: tansu keeps no commit metadata, so the note that
+# carries a skip to the next owner is specified here, on the table itself.
+
+
+class FakeFlow:
+    """The consumer's flow control, as calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int | None]] = []
+
+    def assigned(self, tp: TopicPartition) -> bool:
+        return True
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.calls.append(("seek", offset))
+
+    def pause(self, tp: TopicPartition) -> None:
+        self.calls.append(("pause", None))
+
+    def resume(self, tp: TopicPartition) -> None:
+        self.calls.append(("resume", None))
+
+
+class FakeDeadLetters:
+    def __init__(self) -> None:
+        self.written: list[tuple[int, str, str]] = []
+
+    async def write(self, record: KafkaRecord, error: RejectedError, attempts: int) -> None:
+        self.written.append((record.offset, error.reason, str(error)))
+
+
+TP = TopicPartition("t", 0)
+
+
+def record(offset: int) -> Record:
+    return Record("t", 0, offset, 1_700_000_000_000, b"k", b"v")
+
+
+def table(
+    flow: FakeFlow, dead_letters: FakeDeadLetters, spawned: list[Coroutine[Any, Any, None]]
+) -> Partitions:
+    async def send(item: KafkaRecord) -> None:
+        if item.offset == 0:
+            raise RejectedError("no", reason="4xx", status=422)
+
+    return Partitions(
+        FlowLimits(100, 1 << 20),
+        "partition",
+        flow,
+        sender=lambda on_done: OrderedSender(send, on_done=on_done, halt_on_rejection=True),
+        spawn=spawned.append,
+        skips=Skips(frozenset(), dead_letters),
+    )
+
+
+async def test_a_skip_is_committed_as_a_note_before_the_record_is_let_past() -> None:
+    """Only the record the partition halted at may be skipped; the skip is in the commit note
+    until the record is let past (dead-lettered, reason skipped), then the partition goes on
+    from the next record and the commit moves past it without a note."""
+    flow, letters, spawned = FakeFlow(), FakeDeadLetters(), []
+    partitions = table(flow, letters, spawned)
+    async with partitions.sender:
+        (part,) = partitions.assign([TP])
+        partitions.set_committed({TP: Committed(0)})
+        partitions.hand_over(TP, [record(0), record(1)])
+        await eventually(lambda: part.halted is not None, what="the halt")
+        assert Committed(0, "space-pipeline: halted at 0") == part.commit_point(2)
+        with pytest.raises(AdminRefusedError, match="halted at t/0/0, not t/0/1"):
+            partitions.mark_skip(TP, 1)
+        with pytest.raises(AdminRefusedError, match="not assigned") as unknown:
+            partitions.mark_skip(TopicPartition("t", 9), 0)
+        assert 404 == unknown.value.status
+        partitions.mark_skip(TP, 0)
+        assert Committed(0, "space-pipeline: skipped 0") == part.commit_point(2)
+        flow.calls.clear()
+        assert await partitions.let_halted_past(part) is True
+        assert [(0, "skipped", "skipped by an operator (space-pipeline skip)")] == letters.written
+        assert part.halted is None
+        assert [("seek", 1), ("resume", None)] == flow.calls
+        assert TP in partitions.ready()
+        assert Committed(1, "") == part.commit_point(1)
+
+
+async def test_a_skip_noted_in_the_commit_is_honoured_by_the_next_owner() -> None:
+    """The owner died after committing the skip and before letting the record past: the next
+    one lets it past unsent, with no sender involved, and commits past it."""
+    flow, letters, spawned = FakeFlow(), FakeDeadLetters(), []
+    partitions = table(flow, letters, spawned)
+    (part,) = partitions.assign([TP])
+    partitions.set_committed({TP: Committed(4, "space-pipeline: skipped 4")})
+    assert 4 == part.skip_at
+    partitions.hand_over(TP, [record(4)])
+    (letting_past,) = spawned
+    await letting_past
+    assert [(4, "skipped", "skipped by an operator (space-pipeline skip)")] == letters.written
+    assert Committed(5, "") == part.commit_point(5)
+
+
+@pytest.mark.integration
+async def test_a_paused_partition_sends_and_fetches_nothing_until_resumed(
+    new_topic: Callable[[int], Awaitable[Topic]],
+) -> None:
+    """Pause one partition over HTTP: it commits what was accepted, shows paused in status and
+    metrics, and takes nothing more while the other goes on; resumed, it delivers the rest in
+    order."""
+    topic = await new_topic(2)
+    async with StubServer(StubConfig(latency_ms=5)) as api:
+        settings = topic.settings(api.url, admin_token=TOKEN)
+        async with running_stage(settings) as stage, admin_client(stage) as client:
+            await eventually(lambda: stage.ready().ok, what="the stage to join")
+            await topic.produce(20)
+            await eventually(lambda: api.stats().unique == 20, what="the first 20")
+            paused = await client.post("/admin/pause", json={"topic": topic.name, "partition": 0})
+            await topic.produce(40, start=20)
+            await eventually(lambda: api.stats().unique == 40, what="partition 1's 20 more")
+            await asyncio.sleep(0.5)  # time to (wrongly) send partition 0's
+            during = api.stats(offsets=True)
+            status = (await client.get("/admin/status")).json()
+            metric = await metric_value(
+                f"http://127.0.0.1:{stage.ops_port}/metrics",
+                "space_pipeline_partition_operator_paused",
+                topic=topic.name,
+                partition="0",
+            )
+            committed_while_paused = await topic.committed()
+            resumed = await client.post("/admin/resume", json={})
+            await eventually(lambda: api.stats().unique == 60, what="partition 0's 20 more")
+        stats = api.stats(offsets=True)
+    assert {"paused": [f"{topic.name}/0"]} == paused.json()
+    assert {"resumed": [f"{topic.name}/0"]} == resumed.json()
+    assert tuple(range(10)) == during.partitions[f"{topic.name}/0"].offsets
+    assert [True, False] == [p["paused"] for p in status["partitions"]]
+    assert 1.0 == metric
+    assert {0: 10, 1: 30} == committed_while_paused
+    assert tuple(range(30)) == stats.partitions[f"{topic.name}/0"].offsets
+    assert 0 == stats.order_violations
+    assert {0: 30, 1: 30} == await topic.committed()
+
+
+@pytest.mark.integration
+async def test_status_over_http_describes_the_running_stage(
+    new_topic: Callable[[int], Awaitable[Topic]], stub: StubServer
+) -> None:
+    topic = await new_topic(2)
+    await topic.produce(10)
+    settings = topic.settings(stub.url, admin_token=TOKEN, rate_limit_per_s=1000)
+    async with running_stage(settings) as stage, admin_client(stage) as client:
+        await eventually(lambda: stub.stats().unique == 10, what="10 deliveries")
+        await asyncio.sleep(0.5)  # a commit round and a housekeeping round
+        status = (await client.get("/admin/status")).json()
+    assert {
+        "circuit": "closed",
+        "outage": None,
+        "refusal": None,
+        "throttled_until": None,
+        "rate_limit_per_s": 1000.0,
+    } == status["gate"]
+    assert topic.group == status["group"]["group_id"]
+    assert status["group"]["member_id"]
+    assert isinstance(status["group"]["generation"], int)  # tansu counts from 0
+    assert [
+        {
+            "topic": topic.name,
+            "partition": p,
+            "position": 5,
+            "committed": 5,
+            "in_flight": 0,
+            "buffered": 0,
+            "paused": False,
+            "lag": 0,
+            "halted": None,
+            "held_back": False,
+        }
+        for p in (0, 1)
+    ] == status["partitions"]
