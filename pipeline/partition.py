@@ -570,6 +570,8 @@ class Partitions:
             metrics.OPERATOR_PAUSED.labels(*part.labels).set(0)
             if part.halted is None:
                 self._flow.resume(part.tp)
+            if part.may_resume(self._limits):  # held back while paused (a skip let it go on)
+                self._release(part)
         return parts
 
     def _hold(self, part: Partition) -> None:

@@ -34,8 +34,9 @@ from pipeline.config import Settings
 from pipeline.consumer import Committed
 from pipeline.dev.stub_api import StubConfig, StubServer
 from pipeline.errors import AdminRefusedError, RejectedError
+from pipeline.group_offsets import GroupState, Position, show_text
 from pipeline.health import OpsServer, Verdict
-from pipeline.partition import FlowLimits, Partitions
+from pipeline.partition import SKIP_NOTE, FlowLimits, Partitions
 from pipeline.policy import Skips
 from pipeline.records import KafkaRecord, Record
 from pipeline.sender import OrderedSender
@@ -106,6 +107,17 @@ class FakeStage:
         wanted = list(partitions or sorted(self.paused))
         self.paused -= set(wanted)
         return wanted
+
+
+@pytest.fixture(autouse=True)
+def no_log_line_holds_the_token(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Every spec here, the stage's included, runs with its log lines captured and searched for
+    the token (structlog's and the standard library's, aiohttp's and aiokafka's among them)."""
+    caplog.set_level(logging.DEBUG)
+    with capture_logs() as logs:
+        yield
+    everything = repr(logs) + "\n".join(r.getMessage() for r in caplog.records)
+    assert TOKEN not in everything
 
 
 def ok() -> Verdict:
@@ -709,3 +721,32 @@ async def test_status_over_http_describes_the_running_stage(
         }
         for p in (0, 1)
     ] == status["partitions"]
+
+
+def test_offsets_show_reads_a_skip_note_as_the_stage_does() -> None:
+    """``space-pipeline offsets show`` names a partition whose halted record an operator skipped
+    (and no owner has let past yet) in words, like a halt."""
+    state = GroupState("g", "Empty", ())
+    lines = show_text(state, [Position("t", 0, 4, 6, f"{SKIP_NOTE}4")]).splitlines()
+    assert lines[2].endswith("skipped 4 (let past by the next owner)")
+
+
+async def test_a_partition_skipped_while_paused_goes_on_once_resumed() -> None:
+    """An operator pauses a halted partition, skips its record, then resumes it: it is polled
+    again (neither the pause nor the halt's hold outlives the resume)."""
+    flow, letters, spawned = FakeFlow(), FakeDeadLetters(), []
+    partitions = table(flow, letters, spawned)
+    async with partitions.sender:
+        (part,) = partitions.assign([TP])
+        partitions.set_committed({TP: Committed(0)})
+        partitions.hand_over(TP, [record(0), record(1)])
+        await eventually(lambda: part.halted is not None, what="the halt")
+        partitions.pause_by_operator([TP])
+        partitions.rewind([part])
+        partitions.mark_skip(TP, 0)
+        await partitions.let_halted_past(part)
+        assert TP not in partitions.ready()
+        flow.calls.clear()
+        partitions.resume_by_operator([TP])
+        assert TP in partitions.ready()
+        assert [("resume", None)] == flow.calls
