@@ -2,9 +2,9 @@
 
 Each assigned partition gets a :class:`Partition`: its tracked span (what the stage holds for it,
 see :mod:`pipeline.offsets`), whether it is paused (full, or by an operator) or halted, a record
-an operator let past, and its assignment *epoch*. An
-answer for a partition that was revoked meanwhile finds ``revoked`` set and changes nothing: a
-re-assigned partition is a new object, so a late acceptance can never move its watermark.
+an operator let past, and its assignment *epoch*. An answer for a partition that was revoked
+meanwhile finds ``revoked`` set and changes nothing: a re-assigned partition is a new object, so
+a late acceptance can never move its watermark.
 
 :class:`Partitions` is the table of them. It registers partitions synchronously when they are
 assigned, hands records over without ever waiting (a partition whose span is full is sought back
