@@ -1,9 +1,10 @@
 """The ``space-pipeline`` command.
 
 ``run`` is the stage itself and ``config`` shows what it would run with; ``offsets`` shows and
-moves the group's offsets (a replay). ``demo``, ``stub-api``,
-``broker`` and ``produce`` are tools for trying it (``pipeline.dev``), imported only when asked
-for, so ``run`` starts without them.
+moves the group's offsets (a replay); ``status``, ``skip``, ``pause`` and ``resume`` call a
+running stage's admin API (``pipeline.admin_client``). ``demo``, ``stub-api``, ``broker`` and
+``produce`` are tools for trying it (``pipeline.dev``), imported only when asked for, so ``run``
+starts without them.
 
 Exit codes: 0 after a graceful stop, 1 on a fatal error (one log line says which), 2 on bad
 configuration (one line per problem, each naming the setting), 128 + signal number when a second
@@ -94,6 +95,12 @@ async def _serve(settings: Settings) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     await stage.run()
+
+
+def _admin(args: argparse.Namespace) -> int:
+    from pipeline import admin_client  # noqa: PLC0415
+
+    return admin_client.main(args)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -212,6 +219,20 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         from pipeline.group_offsets import add_arguments  # noqa: PLC0415
 
         add_arguments(offsets)
+
+    admin = {
+        "status": "show a running stage's partitions, API gate and group (its admin API)",
+        "skip": "let the record a partition is halted at go past (dead-lettered if configured)",
+        "pause": "stop sending and fetching for one partition, or all",
+        "resume": "undo pause for one partition, or all",
+    }
+    for name, text in admin.items():
+        tool = commands.add_parser(name, help=text)
+        tool.set_defaults(handler=_admin)
+        if name == command:
+            from pipeline import admin_client  # noqa: PLC0415
+
+            admin_client.add_arguments(tool, name)
 
     demo = commands.add_parser(
         "demo", help="embedded broker + stub Space API + the stage, with live progress"

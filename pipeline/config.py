@@ -168,6 +168,7 @@ class Settings(BaseSettings):
     # Operating
     metrics_host: str = "0.0.0.0"  # noqa: S104 - a pod must be scraped from outside
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9400
+    admin_token: SecretStr | None = None
     shutdown_timeout_s: PositiveFloat = 20.0
     stall_timeout_s: PositiveFloat = 300.0
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -324,6 +325,11 @@ class Settings(BaseSettings):
             )
         if self.on_reject == "dead-letter" and not self.dead_letter_topic:
             yield "PIPELINE_ON_REJECT=dead-letter needs PIPELINE_DEAD_LETTER_TOPIC"
+        if self.admin_token is not None and not self.admin_token.get_secret_value().strip():
+            yield (
+                "PIPELINE_ADMIN_TOKEN is empty: unset it to turn the admin API off, or set a"
+                " token (an empty one would let anybody in)"
+            )
         yield from self._sink_conflicts()
         yield from self._header_conflicts()
         if self.dead_letter_topic in self.kafka_topics:
@@ -511,7 +517,12 @@ def redactor(settings: Settings) -> Redactor:
     s = settings
     secrets: list[str | None] = [
         secret.get_secret_value()
-        for secret in (s.space_api_token, s.kafka_sasl_password, s.kafka_ssl_keyfile_password)
+        for secret in (
+            s.space_api_token,
+            s.kafka_sasl_password,
+            s.kafka_ssl_keyfile_password,
+            s.admin_token,
+        )
         if secret is not None
     ]
     secrets.append(s.oauth2_secret)

@@ -241,6 +241,20 @@ class KafkaSource:
         with contextlib.suppress(IllegalStateError, AssertionError):
             self._consumer.pause(tp)
 
+    def resume(self, tp: TopicPartition) -> None:
+        """Fetch ``tp`` again after :meth:`pause` (an operator's pause, or a halt skipped)."""
+        with contextlib.suppress(IllegalStateError, AssertionError):
+            self._consumer.resume(tp)
+
+    def membership(self) -> tuple[str | None, int | None]:
+        """The member id the group gave us, and its generation, while we are a member."""
+        coordinator = self._consumer._coordinator
+        if coordinator is None:
+            return None, None
+        member: str | None = coordinator.member_id or None
+        generation: int | None = coordinator.generation
+        return member, generation if generation is not None and generation >= 0 else None
+
     def position(self, tp: TopicPartition) -> int | None:
         """The next offset the consumer hands out for ``tp``, without waiting; ``None`` if unknown.
 

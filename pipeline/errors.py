@@ -16,6 +16,7 @@
     ├── LaneHaltedError        the lane stopped after a rejection; the item was not sent
     ├── SenderClosedError      the sender no longer takes items
     ├── GroupActiveError       ``offsets reset`` found members in the group: nothing committed
+    ├── AdminRefusedError      an admin call cannot be done as asked (409, 404, 503)
     └── BrokerError            the embedded Kafka broker could not start
 
 Retry decisions read the ``retryable``, ``retry_after`` and ``max_attempts`` attributes, never
@@ -204,3 +205,16 @@ class GroupActiveError(PipelineError):
 
 class BrokerError(PipelineError):
     """The embedded Kafka-protocol broker could not be started."""
+
+
+class AdminRefusedError(PipelineError):
+    """An operator's call on the admin API that cannot be done as asked.
+
+    ``status`` is the HTTP answer: 409 when the request contradicts the partition's state (a skip
+    of a record it is not halted at), 404 when the partition is not assigned here, 503 when the
+    stage is not running yet. The message is the reason the caller reads.
+    """
+
+    def __init__(self, message: str, *, status: int = 409) -> None:
+        super().__init__(message)
+        self.status = status

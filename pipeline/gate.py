@@ -160,6 +160,16 @@ class ApiGate:
         return f"{meaning}: {outage.detail}" if outage.detail else meaning
 
     @property
+    def outage(self) -> str | None:
+        """The kind of outage under way: ``circuit``, ``auth`` or ``config``; ``None`` if none."""
+        return self._outage.kind if self._outage is not None else None
+
+    @property
+    def throttled_for(self) -> float:
+        """Seconds a ``Retry-After`` still holds every request back; 0 when none does."""
+        return max(self._pause_until - self._clock.monotonic(), 0.0) if self._pause_until else 0.0
+
+    @property
     def state(self) -> CircuitState:
         """Closed; open (waiting out its open time); half-open (a probe may go)."""
         outage = self._outage

@@ -42,7 +42,7 @@ from pydantic_settings import SettingsError
 from pipeline.config import Settings, describe_errors
 from pipeline.errors import ConfigError, GroupActiveError
 from pipeline.logging import configure_logging
-from pipeline.partition import halted_at
+from pipeline.partition import halted_at, skipped_at
 from pipeline.wiring import kafka_security
 
 EXIT_REFUSED = 1
@@ -111,7 +111,9 @@ class Position:
 
     @property
     def remark(self) -> str:
-        """The commit note in words: the stage's halt note as it reads it, any other verbatim."""
+        """The commit note in words: the stage's own notes as it reads them, any other verbatim."""
+        if (skip := skipped_at(self.note)) is not None:
+            return f"skipped {skip} (let past by the next owner)"
         halt = halted_at(self.note)
         return self.note if halt is None else f"halted at {halt}"
 

@@ -1,4 +1,6 @@
-"""The operations endpoints: ``/metrics``, ``/healthz`` and ``/readyz`` on the metrics port.
+"""The operations endpoints on the metrics port: ``/metrics``, ``/healthz``, ``/readyz``.
+
+The admin API (:mod:`pipeline.admin`) is served here too when it is enabled.
 
 They are served from the stage's own event loop on purpose: if the loop is stuck, ``/healthz``
 does not answer, the kubelet's probe times out, and the pod is restarted.
@@ -14,6 +16,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from pipeline import metrics
+from pipeline.admin import AdminApi
 
 log = structlog.get_logger("pipeline.health")
 
@@ -34,6 +37,7 @@ class OpsServer:
         port: Port to bind; 0 picks a free one (see :attr:`port`).
         live: Asked on every ``/healthz``.
         ready: Asked on every ``/readyz``.
+        admin: The admin API to serve too, if any.
     """
 
     def __init__(
@@ -43,6 +47,7 @@ class OpsServer:
         *,
         live: Callable[[], Verdict],
         ready: Callable[[], Verdict],
+        admin: AdminApi | None = None,
     ) -> None:
         self._host = host
         self._requested_port = port
@@ -52,6 +57,8 @@ class OpsServer:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
+        if admin is not None:
+            admin.mount(app)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         self.port = port
         self._closed = False

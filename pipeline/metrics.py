@@ -82,6 +82,11 @@ BUFFERED_BYTES = Gauge(
 PAUSED = Gauge(
     "space_pipeline_partition_paused", "1 while fetching is paused because the buffer is full.", TP
 )
+OPERATOR_PAUSED = Gauge(
+    "space_pipeline_partition_operator_paused",
+    "1 while an operator paused the partition (space-pipeline pause), until resumed or moved.",
+    TP,
+)
 HALTED = Gauge(
     "space_pipeline_partition_halted", "1 while a partition is halted on a rejected record.", TP
 )
@@ -197,8 +202,8 @@ BUILD_INFO = Info("space_pipeline_build", "Version of space-pipeline and of Pyth
 BUILD_INFO.info({"version": __version__, "python": platform.python_version()})
 
 PER_PARTITION_GAUGES = (
-    INFLIGHT, BUFFERED, BUFFERED_BYTES, PAUSED, HALTED, COMMITTED_OFFSET, LAG_RECORDS, LAG_SECONDS,
-    OLDEST_UNACCEPTED_AGE, LAST_PROGRESS,
+    INFLIGHT, BUFFERED, BUFFERED_BYTES, PAUSED, OPERATOR_PAUSED, HALTED, COMMITTED_OFFSET,
+    LAG_RECORDS, LAG_SECONDS, OLDEST_UNACCEPTED_AGE, LAST_PROGRESS,
 )  # fmt: skip
 
 

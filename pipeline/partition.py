@@ -1,9 +1,10 @@
 """Per-partition state, and the hand-over of fetched records to the sender.
 
 Each assigned partition gets a :class:`Partition`: its tracked span (what the stage holds for it,
-see :mod:`pipeline.offsets`), whether it is paused or halted, and its assignment *epoch*. An
-answer for a partition that was revoked meanwhile finds ``revoked`` set and changes nothing: a
-re-assigned partition is a new object, so a late acceptance can never move its watermark.
+see :mod:`pipeline.offsets`), whether it is paused (full, or by an operator) or halted, a record
+an operator let past, and its assignment *epoch*. An answer for a partition that was revoked
+meanwhile finds ``revoked`` set and changes nothing: a re-assigned partition is a new object, so
+a late acceptance can never move its watermark.
 
 :class:`Partitions` is the table of them. It registers partitions synchronously when they are
 assigned, hands records over without ever waiting (a partition whose span is full is sought back
@@ -24,7 +25,7 @@ from aiokafka import TopicPartition
 
 from pipeline import metrics
 from pipeline.consumer import Committed
-from pipeline.errors import DeadLetterError, LaneFullError, LaneHaltedError
+from pipeline.errors import AdminRefusedError, DeadLetterError, LaneFullError, LaneHaltedError
 from pipeline.offsets import PartitionOffsets
 from pipeline.policy import Skips, reached_api
 from pipeline.records import KafkaRecord
@@ -45,7 +46,11 @@ class FlowControl(Protocol):
         ...
 
     def pause(self, tp: TopicPartition) -> None:
-        """Stop fetching ``tp`` (a halted partition)."""
+        """Stop fetching ``tp`` (a halted partition, or one an operator paused)."""
+        ...
+
+    def resume(self, tp: TopicPartition) -> None:
+        """Fetch ``tp`` again after :meth:`pause`."""
         ...
 
 
@@ -62,22 +67,36 @@ class FlowLimits:
 
 @dataclass(frozen=True, slots=True)
 class Halt:
-    """Why a partition stopped: the record it stopped at, and the final error."""
+    """Why a partition stopped: the record it stopped at, the final error, and since when."""
 
     offset: int
     error: BaseException
+    record: KafkaRecord | None = None  # what an operator's skip lets past
+    since: float = 0.0  # Unix time
 
 
 # Kept with the committed offset of a halted partition, so whoever owns it next (after a
 # rebalance or a restart) reports it halted from the start: the alert must not reset.
 HALT_NOTE = "space-pipeline: halted at "
+# Kept the same way once an operator skipped the record a partition halted at, before the record
+# is let past: a restart or a new owner in between lets it past unsent rather than halt again.
+SKIP_NOTE = "space-pipeline: skipped "
+
+
+def _noted(note: str, prefix: str) -> int | None:
+    if note.startswith(prefix) and note[len(prefix) :].isdecimal():
+        return int(note[len(prefix) :])
+    return None
 
 
 def halted_at(note: str) -> int | None:
     """The offset a commit note says its partition halted at, if it says so."""
-    if note.startswith(HALT_NOTE) and note[len(HALT_NOTE) :].isdecimal():
-        return int(note[len(HALT_NOTE) :])
-    return None
+    return _noted(note, HALT_NOTE)
+
+
+def skipped_at(note: str) -> int | None:
+    """The offset a commit note says an operator skipped, if it says so."""
+    return _noted(note, SKIP_NOTE)
 
 
 class Partition:
@@ -93,9 +112,11 @@ class Partition:
         "labels",
         "lag",
         "last_progress",
+        "operator_paused",
         "paused",
         "progressed",
         "revoked",
+        "skip_at",
         "span",
         "starved_since",
         "tp",
@@ -105,7 +126,9 @@ class Partition:
         self.tp = tp
         self.epoch = epoch
         self.span = PartitionOffsets()
-        self.paused = False
+        self.paused = False  # held back: its span is full, or it halted
+        self.operator_paused = False  # until resumed, or until it moves away
+        self.skip_at: int | None = None  # an operator let this record past (here or before)
         self.halted: Halt | None = None
         self.carried_halt: int | None = None  # a previous owner halted here
         self.committed_note = ""
@@ -120,12 +143,17 @@ class Partition:
 
     def __repr__(self) -> str:
         state = "revoked" if self.revoked else "halted" if self.halted else "paused" * self.paused
+        state += " operator-paused" * self.operator_paused
         return f"<Partition {self.name} epoch={self.epoch} span={len(self.span)} {state}>"
 
     @property
     def name(self) -> str:
         """``topic/partition``, as logs and probes name it."""
         return f"{self.tp.topic}/{self.tp.partition}"
+
+    def record_name(self, offset: int) -> str:
+        """``topic/partition/offset``: how logs, probes, status and the skip list name a record."""
+        return f"{self.name}/{offset}"
 
     @property
     def reported_halted(self) -> int | None:
@@ -136,10 +164,13 @@ class Partition:
         """What to commit now, if anything.
 
         The watermark (see :meth:`PartitionOffsets.ready`), with a note saying whether the
-        partition is halted: a new halt is committed even when the offset has not moved.
+        partition is halted, or an operator skipped the record it halted at: a new note is
+        committed even when the offset has not moved.
         """
         halt = self.reported_halted
         note = "" if halt is None else f"{HALT_NOTE}{halt}"
+        if self.skip_at is not None:
+            note = f"{SKIP_NOTE}{self.skip_at}"
         mark = self.span.ready(position)
         if mark is None:
             if note == self.committed_note:
@@ -160,6 +191,7 @@ class Partition:
         return (
             self.paused
             and self.halted is None
+            and not self.operator_paused
             and len(span) <= limits.records // 2
             and span.nbytes <= limits.nbytes // 2
         )
@@ -200,7 +232,7 @@ class Partitions:
         self._limits = limits
         self._by_key = ordering == "key"
         self._flow = flow
-        self._skips = skips or None
+        self._skips = skips if skips is not None else Skips(frozenset(), None)
         self._spawn = spawn
         self._parts: dict[TopicPartition, Partition] = {}
         self._epoch = 0
@@ -239,6 +271,7 @@ class Partitions:
             part = self._parts[tp] = Partition(tp, self._epoch, now)
             metrics.HALTED.labels(*part.labels).set(0)
             metrics.PAUSED.labels(*part.labels).set(0)
+            metrics.OPERATOR_PAUSED.labels(*part.labels).set(0)
             added.append(part)
         metrics.ASSIGNED_PARTITIONS.set(len(self._parts))
         return added
@@ -251,7 +284,14 @@ class Partitions:
                 continue
             part.note_committed(point)
             metrics.COMMITTED_OFFSET.labels(*part.labels).set(point.offset)
-            if halted_at(point.metadata) == point.offset:
+            if skipped_at(point.metadata) == point.offset:
+                part.skip_at = point.offset
+                log.warning(
+                    "partition.skip_carried_over",
+                    record=part.record_name(point.offset),
+                    note="an operator skipped this record; it is let past unsent",
+                )
+            elif halted_at(point.metadata) == point.offset:
                 part.carried_halt = point.offset
                 metrics.HALTED.labels(*part.labels).set(1)
                 log.warning(
@@ -306,14 +346,19 @@ class Partitions:
         for record in records:
             nbytes = len(record.value or b"")  # its weight: the value (keys, headers are small)
             receipt = None
-            if skips is not None and record in skips:
+            if (
+                (record.offset == part.skip_at or (skips and record in skips))
+                and part.halted is None
+                and not part.operator_paused
+            ):
                 span.track(record.offset, timestamp=record.timestamp / 1000, received=now)
-                self._spawn(self._let_past(skips, part, record))
+                self._spawn(self._let_past(part, record))
                 handed += 1
                 continue
             if (
                 part.halted is None
                 and not part.paused
+                and not part.operator_paused
                 and (
                     not span
                     or (len(span) < limits.records and span.nbytes + nbytes <= limits.nbytes)
@@ -326,9 +371,10 @@ class Partitions:
                     receipt = None
             if receipt is None:
                 self._flow.seek(tp, record.offset)  # fetched again once there is room
-                if part.halted is not None:
+                if part.halted is not None or part.operator_paused:
                     self._flow.pause(part.tp)  # nothing more is fetched for it at all
-                self._hold(part)
+                if not part.operator_paused:  # resuming undoes that pause; this one waits for room
+                    self._hold(part)
                 break
             span.track(
                 record.offset, timestamp=record.timestamp / 1000, received=now, nbytes=nbytes
@@ -363,13 +409,23 @@ class Partitions:
         if part.carried_halt is not None and record.offset >= part.carried_halt:
             part.carried_halt = None
             metrics.HALTED.labels(*part.labels).set(0)
+        if part.skip_at is not None and record.offset >= part.skip_at:
+            part.skip_at = None  # past it: the next commit moves beyond it
         if part.paused and part.may_resume(self._limits):
             self._release(part)
 
-    async def _let_past(self, skips: Skips, part: Partition, record: KafkaRecord) -> None:
-        """A record named in the skip list: dead-letter it (or not), then count it as done."""
+    async def _let_past(self, part: Partition, record: KafkaRecord) -> None:
+        """Let a record past unsent: dead-letter it (or not), then count it as done.
+
+        It is named in the skip list, or an operator skipped it (here or under a previous owner).
+        """
+        why = (
+            "skipped by an operator (space-pipeline skip)"
+            if record.offset == part.skip_at
+            else "named in PIPELINE_SKIP_RECORDS"
+        )
         try:
-            await skips.let_past(record)
+            await self._skips.let_past(record, why)
         except DeadLetterError as error:  # it cannot be let past: it must not be lost either
             if not part.revoked:
                 self.halt(part, record, error)
@@ -379,15 +435,17 @@ class Partitions:
 
     def halt(self, part: Partition, record: KafkaRecord, error: BaseException) -> None:
         """Stop a partition at a rejected record: nothing after it is sent or committed."""
-        part.halted = Halt(record.offset, error)
+        part.halted = Halt(record.offset, error, record, time.time())
         self._hold(part)
         self._flow.pause(part.tp)
         metrics.REJECTIONS.labels(*part.labels).inc()
         metrics.HALTED.labels(*part.labels).set(1)
         # With key lanes the other keys of the partition must stop too.
         self.sender.cancel(self.lanes_of([part.tp]))
+        name = part.record_name(record.offset)
         log.error(
             "partition.halted",
+            record=name,
             topic=part.tp.topic,
             partition=part.tp.partition,
             epoch=part.epoch,
@@ -395,11 +453,126 @@ class Partitions:
             status=getattr(error, "status", None),
             error=str(error),
             body=getattr(error, "body", None),
+            get_past=f"space-pipeline skip {name}, or PIPELINE_SKIP_RECORDS={name} and a restart",
         )
 
     def ready(self) -> list[TopicPartition]:
-        """The partitions to poll: tracked, with room, not halted."""
-        return [tp for tp, part in self._parts.items() if not part.paused]
+        """The partitions to poll: tracked, with room, not halted, not paused by an operator."""
+        return [
+            tp for tp, part in self._parts.items() if not part.paused and not part.operator_paused
+        ]
+
+    # An operator's hand (the admin API)
+
+    def _operated(self, tp: TopicPartition) -> Partition:
+        part = self._parts.get(tp)
+        if part is None:
+            msg = f"{tp.topic}/{tp.partition} is not assigned to this stage"
+            raise AdminRefusedError(msg, status=404)
+        return part
+
+    def mark_skip(self, tp: TopicPartition, offset: int) -> Partition:
+        """Take an operator's skip of ``tp``'s record at ``offset``: only the one it halted at.
+
+        From now on the partition's commits carry the skip (see :data:`SKIP_NOTE`), so it is
+        honoured by whoever owns the partition next; :meth:`let_halted_past` then lets it past.
+        Raises :class:`~pipeline.errors.AdminRefusedError` saying why, for any other record.
+        """
+        part = self._operated(tp)
+        name = part.record_name(offset)
+        halt = part.halted
+        if halt is None or halt.record is None:
+            if part.carried_halt is not None:
+                why = (
+                    f"{part.name} is not halted here: a previous owner halted at"
+                    f" {part.record_name(part.carried_halt)} and it is being tried again;"
+                    " skip it once it halts here"
+                )
+            else:
+                why = (
+                    f"{part.name} is not halted; only the record a partition halted at"
+                    " may be skipped"
+                )
+            raise AdminRefusedError(why)
+        if halt.offset != offset:
+            why = (
+                f"{part.name} is halted at {part.record_name(halt.offset)}, not {name}:"
+                " only that record may be skipped"
+            )
+            raise AdminRefusedError(why)
+        if part.skip_at == offset:
+            raise AdminRefusedError(f"{name} is being skipped already")
+        part.skip_at = offset
+        return part
+
+    async def let_halted_past(self, part: Partition) -> bool:
+        """Let the record a partition halted at (and an operator skipped) past, and go on.
+
+        It is dead-lettered first when a dead-letter topic is set (reason ``skipped``); returns
+        whether it was. The partition then fetches and sends again from the next record,
+        without a restart. A dead letter that can never be written leaves it halted.
+        """
+        halt = part.halted
+        assert halt is not None  # noqa: S101 - see mark_skip
+        assert halt.record is not None  # noqa: S101
+        record = halt.record
+        try:
+            await self._skips.let_past(record, "skipped by an operator (space-pipeline skip)")
+        except DeadLetterError as error:
+            part.skip_at = None
+            msg = f"{part.record_name(record.offset)} could not be dead-lettered: {error}"
+            raise AdminRefusedError(msg, status=503) from error
+        if part.revoked:
+            return self._skips.dead_lettering  # the next owner reads the skip in the commit
+        part.halted = None
+        metrics.HALTED.labels(*part.labels).set(0)
+        self.sender.cancel(self.lanes_of([part.tp]))  # clears the lanes' halt
+        part.span.forget_after(record.offset + 1)  # cancelled when it halted: fetched again
+        self._accepted(part, record)
+        self._flow.seek(part.tp, record.offset + 1)
+        if not part.operator_paused:
+            self._flow.resume(part.tp)
+        return self._skips.dead_lettering
+
+    def pause_by_operator(self, tps: Iterable[TopicPartition]) -> list[Partition]:
+        """Stop fetching and taking records of ``tps`` until resumed (or moved away).
+
+        The stage then lets what is on the wire finish and calls :meth:`rewind`.
+        """
+        parts = [self._operated(tp) for tp in tps]
+        for part in parts:
+            part.operator_paused = True
+            self._flow.pause(part.tp)
+            metrics.OPERATOR_PAUSED.labels(*part.labels).set(1)
+        return parts
+
+    def rewind(self, parts: Iterable[Partition]) -> None:
+        """Forget what paused partitions hold unaccepted, and fetch it again when resumed.
+
+        Their lanes are empty by now, so the watermark is what was accepted, and what was not
+        is sent again after :meth:`resume_by_operator`.
+        """
+        for part in parts:
+            if part.revoked or part.halted is not None:
+                continue  # a halted partition keeps its record: a skip lets it past
+            oldest = part.span.oldest
+            if oldest is not None:
+                part.span.forget_after(oldest.offset)
+                self._flow.seek(part.tp, oldest.offset)
+            if part.paused:
+                self._release(part)
+
+    def resume_by_operator(self, tps: Iterable[TopicPartition]) -> list[Partition]:
+        """Undo :meth:`pause_by_operator`; a halted partition stays halted."""
+        parts = [self._operated(tp) for tp in tps]
+        for part in parts:
+            part.operator_paused = False
+            metrics.OPERATOR_PAUSED.labels(*part.labels).set(0)
+            if part.halted is None:
+                self._flow.resume(part.tp)
+            if part.may_resume(self._limits):  # held back while paused (a skip let it go on)
+                self._release(part)
+        return parts
 
     def _hold(self, part: Partition) -> None:
         """Stop taking records of a full (or halted) partition until it drained to half."""

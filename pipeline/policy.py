@@ -287,14 +287,25 @@ class Skips:
     def __contains__(self, record: KafkaRecord) -> bool:
         return idempotency_key(record) in self._keys
 
-    async def let_past(self, record: KafkaRecord) -> None:
-        """Dead-letter (if configured) and count one named record; returns once it is done.
+    @property
+    def dead_lettering(self) -> bool:
+        """Whether a record let past goes to the dead-letter topic."""
+        return self._dead_letters is not None
+
+    async def let_past(
+        self, record: KafkaRecord, why: str = "named in PIPELINE_SKIP_RECORDS"
+    ) -> None:
+        """Dead-letter (if configured) and count one record; returns once it is done.
+
+        The named records of the skip list come here, and so does a record an operator skips
+        (``space-pipeline skip``), with ``why`` saying so in the dead letter; the reason is
+        ``skipped`` either way.
 
         Raises :class:`~pipeline.errors.DeadLetterError` when the dead letter can never be
         written: the record may then not be let past, and its partition halts.
         """
         if self._dead_letters is not None:
-            error = RejectedError("named in PIPELINE_SKIP_RECORDS", reason="skipped")
+            error = RejectedError(why, reason="skipped")
             await self._dead_letters.write(record, error, 0)
         metrics.SKIPPED.labels(record.topic, str(record.partition)).inc()
         log.warning(
@@ -303,6 +314,7 @@ class Skips:
             partition=record.partition,
             offset=record.offset,
             dead_lettered=self._dead_letters is not None,
+            why=why,
         )
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine, Iterable, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -23,10 +23,21 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from pipeline import metrics
+from pipeline.admin import (
+    GateStatus,
+    GroupStatus,
+    HaltStatus,
+    PartitionRef,
+    PartitionStatus,
+    RecordRef,
+    SkipDone,
+    StatusReport,
+)
 from pipeline.config import Settings
 from pipeline.consumer import ConsumerFactory, build_consumer
+from pipeline.errors import AdminRefusedError
 from pipeline.health import Verdict
-from pipeline.partition import lane_partition, names
+from pipeline.partition import Partition, lane_partition, names
 from pipeline.policy import format_statuses
 from pipeline.progress import Progress
 from pipeline.records import KafkaRecord
@@ -164,6 +175,7 @@ class Stage:
             rate_limit_per_s=s.rate_limit_per_s or None,
             shutdown_timeout_s=s.shutdown_timeout_s,
             ops_port=ops_port,
+            admin_api=s.admin_token is not None,
         )
 
     async def _shutdown(self) -> None:
@@ -336,12 +348,9 @@ class Stage:
 
     def _refresh(self) -> None:
         """Update per-partition gauges and the liveness verdict, once a second."""
-        source, sender = self._parts.source, self._parts.sender
+        source = self._parts.source
         now, wall = time.monotonic(), time.time()
-        in_flight: dict[TopicPartition, int] = {}
-        for lane in sender.lanes():
-            tp = lane_partition(lane)
-            in_flight[tp] = in_flight.get(tp, 0) + sender.occupancy(lane)[1]
+        in_flight = self._in_flight()
         starved = []
         for part in self._parts.partitions:
             labels, span = part.labels, part.span
@@ -370,6 +379,15 @@ class Stage:
         self._unhealthy = self._own_fault(now, starved)
         self._parts.gate.refresh_metrics()
         metrics.flush()
+
+    def _in_flight(self) -> dict[TopicPartition, int]:
+        """Records on the wire per partition."""
+        sender = self._parts.sender
+        in_flight: dict[TopicPartition, int] = {}
+        for lane in sender.lanes():
+            tp = lane_partition(lane)
+            in_flight[tp] = in_flight.get(tp, 0) + sender.occupancy(lane)[1]
+        return in_flight
 
     def _own_fault(self, now: float, starved: list[str]) -> str | None:
         """A fault of the stage itself, which a restart may cure; ``None`` when there is none.
@@ -409,10 +427,118 @@ class Stage:
         if refusal is not None:
             return Verdict(ok=False, reason=refusal)
         halted = [
-            f"{p.name}@{p.reported_halted}"
+            p.record_name(p.reported_halted)
             for p in self._parts.partitions
             if p.reported_halted is not None
         ]
         if halted:
             return Verdict(ok=False, reason="halted on a rejected record: " + ", ".join(halted))
         return Verdict(ok=True)
+
+    # The admin API (see pipeline.admin.AdminPort)
+
+    def status(self) -> StatusReport:
+        """Each assigned partition, the API gate and the group, as of now."""
+        s, parts = self._settings, self._parts
+        source, gate = parts.source, parts.gate
+        in_flight = self._in_flight()
+        rows = tuple(
+            _partition_status(part, source.position(part.tp), in_flight.get(part.tp, 0))
+            for part in sorted(parts.partitions, key=lambda p: p.tp)
+        )
+        throttled = gate.throttled_for
+        member, generation = source.membership()
+        return StatusReport(
+            partitions=rows,
+            gate=GateStatus(
+                circuit=gate.state.name.lower(),
+                outage=gate.outage,
+                refusal=gate.refusal,
+                throttled_until=time.time() + throttled if throttled > 0 else None,
+                rate_limit_per_s=s.rate_limit_per_s or None,
+            ),
+            group=GroupStatus(s.kafka_group_id, member, generation),
+        )
+
+    async def skip(self, record: RecordRef) -> SkipDone:
+        """Let the record a partition halted at past, and let the partition go on.
+
+        The skip is committed (in the commit's note) before the record is let past: if this
+        process dies in between, whoever owns the partition next lets it past too, rather than
+        halting on it again.
+        """
+        self._admitted()
+        partitions, timeout = self._parts.partitions, self._settings.commit_timeout_ms / 1000
+        part = partitions.mark_skip(TopicPartition(record.topic, record.partition), record.offset)
+        await self._parts.commits.commit([part], timeout=timeout)
+        dead_lettered = await partitions.let_halted_past(part)
+        return SkipDone(record, dead_lettered)
+
+    async def pause(self, partitions: Sequence[PartitionRef] | None) -> list[PartitionRef]:
+        """Stop fetching and sending for ``partitions``; let the wire drain; commit.
+
+        As a revoke does: queued records are dropped, requests on the wire get
+        ``PIPELINE_REBALANCE_DRAIN_TIMEOUT_MS``, and what was not accepted is fetched and sent
+        again after :meth:`resume`.
+        """
+        self._admitted()
+        s, table, sender = self._settings, self._parts.partitions, self._parts.sender
+        tps = self._chosen(partitions)
+        paused = table.pause_by_operator(tps)
+        lanes = table.lanes_of(tps)
+        sender.discard_queued(lanes)
+        if not await sender.drain(lanes, timeout=s.rebalance_drain_timeout_ms / 1000):
+            self._report_abandoned(lanes, "pause")
+        sender.cancel(lanes)
+        table.rewind(paused)
+        await self._parts.commits.commit(paused, timeout=s.commit_timeout_ms / 1000)
+        return [PartitionRef(tp.topic, tp.partition) for tp in tps]
+
+    async def resume(self, partitions: Sequence[PartitionRef] | None) -> list[PartitionRef]:
+        """Fetch and send again for ``partitions`` (every paused one when ``None``)."""
+        self._admitted()
+        table = self._parts.partitions
+        tps = (
+            [p.tp for p in table if p.operator_paused]
+            if partitions is None
+            else self._chosen(partitions)
+        )
+        table.resume_by_operator(tps)
+        return [PartitionRef(tp.topic, tp.partition) for tp in sorted(tps)]
+
+    def _admitted(self) -> None:
+        if self._stopping.is_set():
+            msg = "the stage is stopping"
+            raise AdminRefusedError(msg, status=503)
+
+    def _chosen(self, partitions: Sequence[PartitionRef] | None) -> list[TopicPartition]:
+        if partitions is None:
+            return sorted(part.tp for part in self._parts.partitions)
+        return sorted(TopicPartition(p.topic, p.partition) for p in partitions)
+
+
+def _partition_status(part: Partition, position: int | None, in_flight: int) -> PartitionStatus:
+    halted = None
+    if part.halted is not None:
+        error = part.halted.error
+        halted = HaltStatus(
+            offset=part.halted.offset,
+            status=getattr(error, "status", None),
+            reason=str(error),
+            since=part.halted.since,
+        )
+    elif part.carried_halt is not None:
+        reason = "a previous owner halted here; the record is being tried again"
+        halted = HaltStatus(part.carried_halt, None, reason, None)
+    return PartitionStatus(
+        topic=part.tp.topic,
+        partition=part.tp.partition,
+        position=position,
+        committed=part.span.committed,
+        in_flight=in_flight,
+        buffered=len(part.span),
+        paused=part.operator_paused,
+        lag=part.lag,
+        halted=halted,
+        held_back=part.paused,
+    )

@@ -21,6 +21,7 @@ from urllib.request import proxy_bypass_environment  # type: ignore[attr-defined
 
 import structlog
 
+from pipeline.admin import AdminApi, AdminPort
 from pipeline.checks import import_exceptions, import_function
 from pipeline.clock import Clock, SystemClock
 from pipeline.commit import Commits
@@ -255,8 +256,8 @@ def _warn_if_proxied(url: str) -> None:
             return
 
 
-class StageHooks(RebalanceListener, Protocol):
-    """What the parts call back into the stage for."""
+class StageHooks(RebalanceListener, AdminPort, Protocol):
+    """What the parts call back into the stage for (the admin API's calls among them)."""
 
     def live(self) -> Verdict:
         """``/healthz``."""
@@ -361,5 +362,11 @@ def wire(
         commits=Commits(kafka, kafka.position),
         partitions=partitions,
         sender=partitions.sender,
-        ops=OpsServer(s.metrics_host, s.metrics_port, live=stage.live, ready=stage.ready),
+        ops=OpsServer(
+            s.metrics_host,
+            s.metrics_port,
+            live=stage.live,
+            ready=stage.ready,
+            admin=AdminApi(stage, s.admin_token.get_secret_value()) if s.admin_token else None,
+        ),
     )

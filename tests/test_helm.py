@@ -597,6 +597,7 @@ SECRET_ENV = {
     "PIPELINE_KAFKA_SASL_PASSWORD",
     "PIPELINE_KAFKA_SSL_KEYFILE_PASSWORD",
     "PIPELINE_OAUTH2_CLIENT_SECRET",
+    "PIPELINE_ADMIN_TOKEN",
 }
 
 
@@ -621,6 +622,19 @@ def test_space_api_token_reference(chart: helm.Chart) -> None:
     assert env["PIPELINE_SPACE_API_TOKEN"]["valueFrom"]["secretKeyRef"] == {
         "name": "space-api",
         "key": "token",
+    }
+
+
+def test_admin_token_reference(chart: helm.Chart) -> None:
+    """secrets.adminToken turns the admin API on: PIPELINE_ADMIN_TOKEN from the named Secret."""
+    docs = render(chart, {"secrets": {"adminToken": {"existingSecret": "space-admin"}}})
+    env = {e["name"]: e for e in container(docs)["env"]}
+    assert env["PIPELINE_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": "space-admin",
+        "key": "token",
+    }
+    assert "PIPELINE_ADMIN_TOKEN" not in {
+        e["name"] for e in container(render(chart, {})).get("env", [])
     }
 
 
@@ -1118,6 +1132,7 @@ NOT_IN_CONFIG = {
     "kafka_ssl_keyfile_password": "secret: secrets.kafkaSslKeyfilePassword",
     "space_api_token": "secret: secrets.spaceApiToken",
     "oauth2_client_secret": "secret: secrets.oauth2ClientSecret",
+    "admin_token": "secret: secrets.adminToken",
     # A path in the pod, alternative to secrets.oauth2ClientSecret: mount the Secret yourself
     # (extraVolumes, extraVolumeMounts) and set the variable with extraEnv (chart README).
     "oauth2_client_secret_file": "a mounted secret file: extraVolumes + extraEnv",

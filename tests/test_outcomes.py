@@ -265,7 +265,7 @@ async def test_the_dead_letter_guard_halts_a_partition_that_rejects_too_much(new
             await eventually(lambda: "halted" in stage.ready().reason, what="the guard's halt")
             await eventually(lambda: api.stats().unique == 20, what="partition 1 in full")
             reason = stage.ready().reason
-    assert f"{topic.name}/0@3" in reason
+    assert f"{topic.name}/0/3" in reason
     assert 3 == len(await dead_letters(topic.bootstrap, dlq))
     assert {0: 3, 1: 20} == await topic.committed()
     guard = "space_pipeline_dead_letter_guard_trips_total"
@@ -296,7 +296,7 @@ async def test_a_halt_stays_reported_across_rebalances_until_the_record_passes(n
         async with running_stage(topic.settings(api.url)) as stage:
             await eventually(lambda: api.stats().unique == 10, what="all 10")
             await eventually(lambda: stage.ready().ok, what="the halt cleared")
-    assert f"{topic.name}/0@4" in first_reason
+    assert f"{topic.name}/0/4" in first_reason
     assert {0: 10} == await topic.committed()
 
 
@@ -394,7 +394,7 @@ async def test_a_dead_letter_that_can_never_be_written_halts_its_partition_namin
         reason = stage.ready().reason
         await asyncio.sleep(0.5)
         halted = sample("space_pipeline_partition_halted", topic=topic.name, partition="0")
-    assert f"{topic.name}/0@0" in reason
+    assert f"{topic.name}/0/0" in reason
     assert 1.0 == halted
     assert [] == delivered_by_sink
     assert [] == await dead_letters(topic.bootstrap, dlq)
@@ -430,7 +430,7 @@ async def test_a_skipped_record_whose_dead_letter_can_never_be_written_halts_ins
     async with running_stage(settings) as stage:
         await eventually(lambda: "halted" in stage.ready().reason, timeout=20, what="the halt")
         reason = stage.ready().reason
-    assert f"{topic.name}/0@0" in reason
+    assert f"{topic.name}/0/0" in reason
     assert [] == await dead_letters(topic.bootstrap, dlq)
     assert (await topic.committed())[0] in (None, 0)
 

@@ -206,8 +206,8 @@ async def test_a_record_that_cannot_become_a_request_is_a_rejection_not_a_retry_
             await asyncio.sleep(0.5)  # time to (wrongly) retry
             reason = stage.ready().reason
         stats = api.stats(offsets=True)
-    assert f"{topic.name}/0@2" in reason
-    assert f"{topic.name}/1@4" in reason
+    assert f"{topic.name}/0/2" in reason
+    assert f"{topic.name}/1/4" in reason
     assert (0, 1) == stats.partitions[f"{topic.name}/0"].offsets
     assert (0, 1, 2, 3) == stats.partitions[f"{topic.name}/1"].offsets
     assert 12 == stats.requests, "the unsendable records never reached the API, nor retried"
