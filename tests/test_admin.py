@@ -41,14 +41,10 @@ from pipeline.policy import Skips
 from pipeline.records import KafkaRecord, Record
 from pipeline.sender import OrderedSender
 from pipeline.stage import Stage
-from tests.conftest import (
-    Topic,
-    eventually,
-    eventually_async,
-    metric_value,
-    new_dlq,
-    running_stage,
-)
+from tests.plugins.broker import Topic, new_dlq
+from tests.plugins.metrics import metric_value
+from tests.plugins.stage import running_stage
+from tests.plugins.waiting import eventually, eventually_async
 from tests.test_outcomes import dead_letters
 
 TOKEN = "s3cret-admin-t0ken-4711"
