@@ -15,6 +15,7 @@
     ├── LaneFullError          ``try_submit`` found the lane's buffer full
     ├── LaneHaltedError        the lane stopped after a rejection; the item was not sent
     ├── SenderClosedError      the sender no longer takes items
+    ├── KafkaStartupError      Kafka not reached, or the group not joined, in the start-up time
     └── BrokerError            the embedded Kafka broker could not start
 
 Retry decisions read the ``retryable``, ``retry_after`` and ``max_attempts`` attributes, never
@@ -183,6 +184,13 @@ class LaneHaltedError(PipelineError):
 
 class SenderClosedError(PipelineError):
     """The sender is closing or closed and takes no new items."""
+
+
+class KafkaStartupError(PipelineError):
+    """Kafka was not reached, or the group not joined, within ``PIPELINE_KAFKA_STARTUP_TIMEOUT_S``.
+
+    The stage exits 1: a pod then restarts with its back-off, and the log says what was tried.
+    """
 
 
 class BrokerError(PipelineError):

@@ -70,6 +70,7 @@ class Stage:
         self._sender: OrderedSender[KafkaRecord] | None = None
         self._partitions: Partitions | None = None
         self._commits: Commits | None = None
+        self._joining: asyncio.Task[KafkaSource] | None = None
         self._fetching: asyncio.Task[None] | None = None
         self._committing: asyncio.Task[None] | None = None
         self._dead_letters: DeadLetters | None = None
@@ -97,6 +98,9 @@ class Stage:
         )
         self._stopping.set()
         self._deadline = asyncio.get_running_loop().time() + self._settings.shutdown_timeout_s
+        if self._joining is not None:
+            # Waiting for Kafka or for the group may last minutes: nothing to drain yet.
+            self._joining.cancel()
         if self._fetching is not None:
             # Polling may wait for a rebalance without end; a stop ends it at once. Nothing is
             # lost: records leave aiokafka's buffer only in the step that hands them over.
@@ -170,8 +174,9 @@ class Stage:
             try:
                 async with asyncio.TaskGroup() as tasks:
                     partitions.bind(sender, spawn=lambda work: self._side(tasks, work))
-                    await stack.enter_async_context(source)  # rebalance callbacks come now
-                    self._log_start(ops.port)
+                    self._log_start(ops.port)  # at once: the join may take long
+                    if not await self._join(tasks, stack, source):
+                        return
                     if not self._stopping.is_set():
                         self._fetching = tasks.create_task(self._poll_and_hand_over())
                     self._committing = tasks.create_task(self._commit_periodically())
@@ -181,6 +186,25 @@ class Stage:
             finally:
                 if self._commits is not None and source.started:
                     await self._shutdown()
+
+    async def _join(
+        self, tasks: asyncio.TaskGroup, stack: AsyncExitStack, source: KafkaSource
+    ) -> bool:
+        """Wait for Kafka and join the group (rebalance callbacks come now); ``False`` if stopped.
+
+        The wait is a task of its own so that a stop can cancel it: a SIGTERM while the brokers
+        are away, or while the group rebalances, ends the stage at once.
+        """
+        if self._stopping.is_set():
+            return False
+        joining = self._joining = tasks.create_task(stack.enter_async_context(source))
+        await asyncio.wait([joining])
+        self._joining = None
+        if joining.cancelled():
+            log.info("stage.join_abandoned", reason="stopping")
+            return False
+        joining.result()
+        return True
 
     def _side(self, tasks: asyncio.TaskGroup, work: Coroutine[Any, Any, None]) -> None:
         """Run side work (a skipped record's dead letter) in the stage's task group.
@@ -198,6 +222,7 @@ class Stage:
             brokers=s.kafka_bootstrap_servers,
             topics=list(s.kafka_topics),
             group=s.kafka_group_id,
+            group_instance_id=s.kafka_group_instance_id,
             sink=f"function {s.sink_function}" if s.sink_function else "http",
             api_url=mask_url(s.space_api_url) if s.space_api_url else None,
             batch_max_records=s.batch_max_records,
@@ -469,7 +494,8 @@ class Stage:
         own words: the fix is a setting, and the operator reads which one here.
         """
         if not self._joined:
-            return Verdict(ok=False, reason="not yet joined the consumer group")
+            waiting = self._source.waiting if self._source is not None else None
+            return Verdict(ok=False, reason=waiting or "not yet joined the consumer group")
         assert self._partitions is not None  # noqa: S101 - joined implies running
         refusal = self._gate.refusal if self._gate is not None else None
         if refusal is not None:
