@@ -1,6 +1,7 @@
 """The ``space-pipeline`` command.
 
-``run`` is the stage itself and ``config`` shows what it would run with; ``demo``, ``stub-api``,
+``run`` is the stage itself and ``config`` shows what it would run with; ``offsets`` shows and
+moves the group's offsets (a replay). ``demo``, ``stub-api``,
 ``broker`` and ``produce`` are tools for trying it (``pipeline.dev``), imported only when asked
 for, so ``run`` starts without them.
 
@@ -140,6 +141,12 @@ def _produce(args: argparse.Namespace) -> int:
     return produce.main(args)
 
 
+def _offsets(args: argparse.Namespace) -> int:
+    from pipeline import group_offsets  # noqa: PLC0415
+
+    return group_offsets.main(args)
+
+
 def _until_interrupted(serve: Callable[[], Coroutine[Any, Any, None]]) -> int:
     """Run a foreground tool until Ctrl-C or SIGTERM; both are a normal way to stop it."""
 
@@ -197,6 +204,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         "config", help="print the effective settings (secrets masked); exit 2 if any is wrong"
     )
     config.set_defaults(handler=_config)
+    offsets = commands.add_parser(
+        "offsets", help="show the group's offsets and lag, or reset them to replay (dry run first)"
+    )
+    offsets.set_defaults(handler=_offsets)
+    if command == "offsets":
+        from pipeline.group_offsets import add_arguments  # noqa: PLC0415
+
+        add_arguments(offsets)
 
     demo = commands.add_parser(
         "demo", help="embedded broker + stub Space API + the stage, with live progress"

@@ -76,7 +76,7 @@ class Commits:
                 metrics.COMMIT_DURATION.observe(time.perf_counter() - started)
         metrics.COMMITS.labels("ok").inc()
         for part, point in ready.items():
-            part.committed(point)
+            part.note_committed(point)
             if not part.revoked:  # a revoked partition's gauges are gone; keep them gone
                 metrics.COMMITTED_OFFSET.labels(*part.labels).set(point.offset or 0)
         return True

@@ -29,9 +29,14 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from pipeline import tls
+from pipeline.checks import (
+    check_forward_headers,
+    check_static_headers,
+    check_url_template,
+    import_exceptions,
+    import_function,
+)
 from pipeline.errors import ConfigError
-from pipeline.function_sink import import_exceptions, import_function
-from pipeline.http_sink import check_forward_headers, check_static_headers, check_url_template
 from pipeline.policy import (
     DEFAULT_AUTH_STATUSES,
     DEFAULT_RETRY_STATUSES,

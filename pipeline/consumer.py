@@ -19,7 +19,9 @@ import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
-from typing import Any, NamedTuple, Protocol
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, NamedTuple, Protocol
 
 import structlog
 from aiokafka import (
@@ -32,7 +34,6 @@ from aiokafka import (
 from aiokafka.errors import IllegalStateError, KafkaConnectionError, KafkaError
 from aiokafka.helpers import create_ssl_context
 
-from pipeline.config import Settings
 from pipeline.errors import KafkaStartupError
 from pipeline.retry import Backoff
 from pipeline.summary import Repeats
@@ -82,52 +83,103 @@ class _Bridge(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._listener.on_assigned(frozenset(assigned))
 
 
-def ssl_context(settings: Settings) -> ssl.SSLContext | None:
-    """Build the TLS context for SSL and SASL_SSL, from the CA and optional client certificate."""
-    if not settings.kafka_security_protocol.endswith("SSL"):
-        return None
-    password = settings.kafka_ssl_keyfile_password
-    context: ssl.SSLContext = create_ssl_context(
-        cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None,
-        certfile=str(settings.kafka_ssl_certfile) if settings.kafka_ssl_certfile else None,
-        keyfile=str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None,
-        password=password.get_secret_value() if password else None,
-    )
-    return context
+@dataclass(frozen=True, slots=True)
+class KafkaSecurity:
+    """How every Kafka client of the stage (the consumer, the dead letters) authenticates."""
+
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_keyfile_password: str | None = field(default=None, repr=False)
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context for SSL and SASL_SSL, from the CA and optional client certificate."""
+        if not self.protocol.endswith("SSL"):
+            return None
+        context: ssl.SSLContext = create_ssl_context(
+            cafile=str(self.ssl_cafile) if self.ssl_cafile else None,
+            certfile=str(self.ssl_certfile) if self.ssl_certfile else None,
+            keyfile=str(self.ssl_keyfile) if self.ssl_keyfile else None,
+            password=self.ssl_keyfile_password,
+        )
+        return context
+
+    def arguments(self) -> dict[str, Any]:
+        """The security arguments of an aiokafka client."""
+        return {
+            "security_protocol": self.protocol,
+            "sasl_mechanism": self.sasl_mechanism or "PLAIN",
+            "sasl_plain_username": self.sasl_username,
+            "sasl_plain_password": self.sasl_password,
+            "ssl_context": self.ssl_context(),
+        }
 
 
-def kafka_security(settings: Settings) -> dict[str, Any]:
-    """The security arguments every Kafka client of the stage takes (consumer, dead letters)."""
-    password = settings.kafka_sasl_password
-    return {
-        "security_protocol": settings.kafka_security_protocol,
-        "sasl_mechanism": settings.kafka_sasl_mechanism or "PLAIN",
-        "sasl_plain_username": settings.kafka_sasl_username,
-        "sasl_plain_password": password.get_secret_value() if password else None,
-        "ssl_context": ssl_context(settings),
-    }
+@dataclass(frozen=True, slots=True)
+class KafkaOptions:
+    """The consumer's configuration: the group, the topics, the limits of a fetch.
+
+    Args:
+        group_instance_id: KIP-345 static membership: a member that names itself is not
+            replaced by a rebalance when it restarts within the session timeout, and leaves no
+            group on a stop (aiokafka sends no LeaveGroup for it).
+        startup_timeout_s: How long entering the source may wait for the brokers and the join.
+        leave_timeout_s: How long leaving the group may take when the source is left without
+            an explicit :meth:`KafkaSource.close`.
+    """
+
+    bootstrap_servers: str
+    topics: tuple[str, ...]
+    group_id: str = "space-pipeline"
+    client_id: str = "space-pipeline"
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    isolation_level: Literal["read_committed", "read_uncommitted"] = "read_committed"
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 3_000
+    rebalance_timeout_ms: int = 30_000
+    max_poll_records: int = 500
+    fetch_max_bytes: int = 1024 * 1024
+    max_partition_fetch_bytes: int = 1024 * 1024
+    fetch_max_wait_ms: int = 500
+    fetch_min_bytes: int = 1
+    security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    group_instance_id: str | None = None
+    startup_timeout_s: float = 300.0
+    leave_timeout_s: float = 5.0
+
+    def consumer_arguments(self) -> dict[str, Any]:
+        """What an ``AIOKafkaConsumer`` is built with: auto-commit off, security passed through."""
+        return {
+            "bootstrap_servers": self.bootstrap_servers,
+            "group_id": self.group_id,
+            "client_id": self.client_id,
+            "enable_auto_commit": False,
+            "auto_offset_reset": self.auto_offset_reset,
+            "isolation_level": self.isolation_level,
+            "session_timeout_ms": self.session_timeout_ms,
+            "heartbeat_interval_ms": self.heartbeat_interval_ms,
+            "rebalance_timeout_ms": self.rebalance_timeout_ms,
+            "max_poll_records": self.max_poll_records,
+            "fetch_max_bytes": self.fetch_max_bytes,
+            "max_partition_fetch_bytes": self.max_partition_fetch_bytes,
+            "fetch_max_wait_ms": self.fetch_max_wait_ms,
+            "fetch_min_bytes": self.fetch_min_bytes,
+            "group_instance_id": self.group_instance_id,
+            **self.security.arguments(),
+        }
 
 
-def build_consumer(settings: Settings) -> AIOKafkaConsumer:
-    """An unstarted consumer for the configured topics, with security settings passed through."""
-    return AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        group_id=settings.kafka_group_id,
-        client_id=settings.kafka_client_id,
-        enable_auto_commit=False,
-        auto_offset_reset=settings.kafka_auto_offset_reset,
-        isolation_level=settings.kafka_isolation_level,
-        session_timeout_ms=settings.kafka_session_timeout_ms,
-        heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
-        rebalance_timeout_ms=settings.kafka_rebalance_timeout_ms,
-        max_poll_records=settings.kafka_max_poll_records,
-        fetch_max_bytes=settings.kafka_fetch_max_bytes,
-        max_partition_fetch_bytes=settings.kafka_max_partition_fetch_bytes,
-        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
-        fetch_min_bytes=settings.kafka_fetch_min_bytes,
-        group_instance_id=settings.kafka_group_instance_id,
-        **kafka_security(settings),
-    )
+# Builds the unstarted consumer from the options: the stage's ``source=`` seam.
+ConsumerFactory = Callable[[KafkaOptions], AIOKafkaConsumer]
+
+
+def build_consumer(options: KafkaOptions) -> AIOKafkaConsumer:
+    """An unstarted consumer for the configured topics."""
+    return AIOKafkaConsumer(**options.consumer_arguments())
 
 
 class KafkaSource:
@@ -140,50 +192,50 @@ class KafkaSource:
     once and closes what was opened.
 
     Args:
-        settings: The validated configuration.
+        options: The consumer's configuration.
         listener: Told of every rebalance.
-        consumer_factory: Builds the unstarted aiokafka consumer, once per attempt; tests may
-            wrap it.
+        consumer: Builds the unstarted aiokafka consumer, once per attempt (tests pass their
+            own subclass).
     """
 
     def __init__(
         self,
-        settings: Settings,
+        options: KafkaOptions,
         listener: RebalanceListener,
         *,
-        consumer_factory: Callable[[Settings], AIOKafkaConsumer] = build_consumer,
+        consumer: ConsumerFactory = build_consumer,
     ) -> None:
-        self._settings = settings
+        self._options = options
         self._listener = listener
-        self._factory = consumer_factory
-        self._consumer = consumer_factory(settings)
-        self._read_committed = settings.kafka_isolation_level == "read_committed"
+        self._factory = consumer
+        self._consumer = consumer(options)
+        self._read_committed = options.isolation_level == "read_committed"
         self._closed = False
         self.started = False
         self.polling = False  # inside a poll, e.g. waiting out a rebalance
         self.waiting: str | None = None  # what the start waits for, until started
 
     async def __aenter__(self) -> KafkaSource:
-        s = self._settings
+        o = self._options
         began = time.monotonic()
         lines = Repeats(STARTUP_LOG_INTERVAL_S)
         attempt = 0
         try:
             with _BootstrapErrors() as bootstrap_errors:
-                async with asyncio.timeout(s.kafka_startup_timeout_s) as deadline:
+                async with asyncio.timeout(o.startup_timeout_s) as deadline:
                     while not await self._start(began):
                         attempt += 1
                         delay = STARTUP_BACKOFF.delay(attempt)
                         error = bootstrap_errors.last or "no broker answered"
                         self.waiting = (
-                            f"waiting for Kafka at {s.kafka_bootstrap_servers}"
+                            f"waiting for Kafka at {o.bootstrap_servers}"
                             f" (attempt {attempt}): {error}"
                         )
                         held_back = 0 if attempt <= STARTUP_LINES_IN_FULL else lines.note(())
                         if held_back is not None:
                             log.warning(
                                 "consumer.kafka_unreachable",
-                                brokers=s.kafka_bootstrap_servers,
+                                brokers=o.bootstrap_servers,
                                 attempt=attempt,
                                 waited_s=round(time.monotonic() - began, 1),
                                 retry_in_s=round(delay, 2),
@@ -191,12 +243,12 @@ class KafkaSource:
                                 attempts_not_logged=held_back,
                             )
                         await asyncio.sleep(delay)
-                        self._consumer = self._factory(s)
+                        self._consumer = self._factory(o)
         except TimeoutError:
             if not deadline.expired():
                 raise
             raise KafkaStartupError(
-                f"not started within PIPELINE_KAFKA_STARTUP_TIMEOUT_S={s.kafka_startup_timeout_s:g}"
+                f"not started within PIPELINE_KAFKA_STARTUP_TIMEOUT_S={o.startup_timeout_s:g}"
                 f"s, still {self.waiting}"
             ) from None
         self.waiting = None
@@ -204,7 +256,7 @@ class KafkaSource:
         if attempt:
             log.info(
                 "consumer.kafka_reached",
-                brokers=s.kafka_bootstrap_servers,
+                brokers=o.bootstrap_servers,
                 attempts=attempt + 1,
                 waited_s=round(time.monotonic() - began, 1),
             )
@@ -217,10 +269,10 @@ class KafkaSource:
         rebalance); only a failed bootstrap ends its ``start()``, and leaves a consumer that
         cannot be started again.
         """
-        s = self._settings
+        o = self._options
         consumer = self._consumer
-        self.waiting = f"connecting to Kafka at {s.kafka_bootstrap_servers}"
-        consumer.subscribe(list(s.kafka_topics), listener=_Bridge(self._listener))
+        self.waiting = f"connecting to Kafka at {o.bootstrap_servers}"
+        consumer.subscribe(list(o.topics), listener=_Bridge(self._listener))
         reached = True
         async with asyncio.TaskGroup() as tasks:
             report = tasks.create_task(self._report_waiting(consumer, began))
@@ -239,24 +291,22 @@ class KafkaSource:
 
     async def _report_waiting(self, consumer: AIOKafkaConsumer, began: float) -> None:
         """Say now and then that the start still waits, and for what (readiness says it too)."""
-        s = self._settings
+        o = self._options
         while True:
             await asyncio.sleep(JOIN_LOG_INTERVAL_S)
             joining = consumer._coordinator is not None  # past the bootstrap
             if joining:
-                self.waiting = (
-                    f"joining consumer group {s.kafka_group_id} at {s.kafka_bootstrap_servers}"
-                )
+                self.waiting = f"joining consumer group {o.group_id} at {o.bootstrap_servers}"
             log.info(
                 "consumer.waiting",
                 on="group join" if joining else "brokers",
-                brokers=s.kafka_bootstrap_servers,
-                group=s.kafka_group_id,
+                brokers=o.bootstrap_servers,
+                group=o.group_id,
                 waited_s=round(time.monotonic() - began, 1),
             )
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await self.close(timeout=self._settings.shutdown_timeout_s / 4)
+        await self.close(timeout=self._options.leave_timeout_s)
 
     # Records
 

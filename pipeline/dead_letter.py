@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import structlog
 from aiokafka import AIOKafkaProducer
@@ -32,8 +33,8 @@ from aiokafka.errors import (
 )
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-from pipeline.config import Settings, env_name, redactor
-from pipeline.consumer import kafka_security
+from pipeline.config import env_name
+from pipeline.consumer import KafkaSecurity
 from pipeline.errors import ConfigError, DeadLetterError, RejectedError
 from pipeline.records import KafkaRecord
 from pipeline.redaction import Redactor
@@ -105,27 +106,54 @@ def permanent(failure: KafkaError, producer: AIOKafkaProducer, topic: str) -> bo
     return not failure.retriable and not isinstance(failure, TRANSIENT)
 
 
+@dataclass(frozen=True, slots=True)
+class DeadLetterOptions:
+    """Where dead letters go and how they are produced.
+
+    Args:
+        topic: The dead-letter topic.
+        bootstrap_servers: The brokers, as for the consumer.
+        client_id: The producer's client id.
+        idempotence: Produce idempotently (needs InitProducerId on the broker).
+        security: How to authenticate, as for the consumer.
+        max_backoff_s: The longest wait between attempts of a failed produce.
+    """
+
+    topic: str
+    bootstrap_servers: str
+    client_id: str = "space-pipeline-dead-letters"
+    idempotence: bool = True
+    security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    max_backoff_s: float = 30.0
+
+
 class DeadLetters:
     """A producer for the dead-letter topic; an async context manager.
 
     Args:
-        settings: Kafka connection and security, the topic, and whether to produce idempotently.
+        options: The topic, the connection, whether to produce idempotently.
+        redact: Scrubs the error body (the secrets the settings hold).
         backoff: How long to wait between attempts of a failed produce.
     """
 
-    def __init__(self, settings: Settings, backoff: Backoff | None = None) -> None:
-        assert settings.dead_letter_topic is not None  # noqa: S101 - checked by the settings
-        self._topic = settings.dead_letter_topic
-        self._backoff = backoff or Backoff(initial=0.2, maximum=settings.retry_max_backoff_s)
+    def __init__(
+        self,
+        options: DeadLetterOptions,
+        *,
+        redact: Redactor = URLS_ONLY,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self._topic = options.topic
+        self._backoff = backoff or Backoff(initial=0.2, maximum=options.max_backoff_s)
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap_servers,
-            client_id=f"{settings.kafka_client_id}-dead-letters",
+            bootstrap_servers=options.bootstrap_servers,
+            client_id=options.client_id,
             acks="all",
-            enable_idempotence=settings.dead_letter_idempotence,
+            enable_idempotence=options.idempotence,
             max_request_size=MAX_REQUEST_SIZE,
-            **kafka_security(settings),
+            **options.security.arguments(),
         )
-        self._redact = redactor(settings)
+        self._redact = redact
         self._started = False
 
     async def __aenter__(self) -> DeadLetters:

@@ -16,6 +16,7 @@
     ├── LaneHaltedError        the lane stopped after a rejection; the item was not sent
     ├── SenderClosedError      the sender no longer takes items
     ├── KafkaStartupError      Kafka not reached, or the group not joined, in the start-up time
+    ├── GroupActiveError       ``offsets reset`` found members in the group: nothing committed
     └── BrokerError            the embedded Kafka broker could not start
 
 Retry decisions read the ``retryable``, ``retry_after`` and ``max_attempts`` attributes, never
@@ -191,6 +192,22 @@ class KafkaStartupError(PipelineError):
 
     The stage exits 1: a pod then restarts with its back-off, and the log says what was tried.
     """
+
+
+class GroupActiveError(PipelineError):
+    """The consumer group has members, so its offsets are theirs to commit, not a tool's.
+
+    A commit from outside would be overwritten by the members' next commit, or refused by the
+    broker; ``members`` names them (client id, or member id, and host) so the operator knows
+    what to stop first.
+    """
+
+    def __init__(self, group: str, state: str, members: tuple[str, ...]) -> None:
+        named = ", ".join(members) if members else "none listed"
+        super().__init__(f"group {group} is {state}, with members: {named}")
+        self.group = group
+        self.state = state
+        self.members = members
 
 
 class BrokerError(PipelineError):

@@ -15,9 +15,6 @@ Returning is acceptance. An exception whose ``retryable`` attribute is false, or
 
 from __future__ import annotations
 
-import importlib
-import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
@@ -30,46 +27,6 @@ from pipeline.records import KafkaRecord, Record
 from pipeline.sender import call_blocking, is_async_callable
 
 Argument = Literal["record", "value", "json"]
-
-
-def import_object(path: str) -> Any:  # noqa: ANN401 - whatever the user names
-    """``package.module:attribute`` (or ``package.module.attribute``) as an object.
-
-    The working directory is importable, as for ``python -m``: a module next to where the stage
-    runs is found without installing it. ``ImportError`` or ``AttributeError`` says what failed.
-    """
-    module_name, colon, attribute = path.partition(":")
-    if not colon:
-        module_name, _, attribute = path.rpartition(".")
-    if not module_name:
-        module_name = "builtins"
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    found: Any = importlib.import_module(module_name)
-    for part in attribute.split("."):
-        found = getattr(found, part)
-    return found
-
-
-def import_function(path: str) -> Callable[..., Any]:
-    """The callable at ``path``; ``TypeError`` when it is not one."""
-    function = import_object(path)
-    if not callable(function):
-        msg = f"{path} is a {type(function).__name__}, not a function"
-        raise TypeError(msg)
-    return function  # type: ignore[no-any-return]
-
-
-def import_exceptions(paths: Sequence[str]) -> tuple[type[BaseException], ...]:
-    """The exception classes at ``paths``; ``TypeError`` for anything else."""
-    found = []
-    for path in paths:
-        kind = import_object(path)
-        if not (isinstance(kind, type) and issubclass(kind, BaseException)):
-            msg = f"{path} is not an exception class"
-            raise TypeError(msg)
-        found.append(kind)
-    return tuple(found)
 
 
 class FunctionSink:

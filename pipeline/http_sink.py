@@ -28,15 +28,20 @@ from __future__ import annotations
 import asyncio
 import functools
 import gzip
-import re
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 from urllib.parse import quote, unquote, urlsplit
 
 from pipeline import metrics
+from pipeline.checks import (
+    PLACEHOLDERS,
+    check_forward_headers,
+    check_static_headers,
+    check_url_template,
+)
 from pipeline.errors import (
     AuthError,
     ConfigOutageError,
@@ -50,25 +55,11 @@ from pipeline.records import KafkaRecord, idempotency_key
 from pipeline.redaction import Redactor, header_secrets, url_secrets
 from pipeline.retry import parse_retry_after
 
-PLACEHOLDERS = ("topic", "partition", "key")
 Compression = Literal["none", "gzip", "zstd"]
 GZIP_LEVEL = 1  # most of level 6's gain on JSON for half its CPU; nginx's default too
 # Compressing 128 KiB takes about a millisecond: above that a thread does it (zlib and zstd
 # release the GIL), below it the hand-over to a thread would cost more than it saves.
 COMPRESS_IN_THREAD_BYTES = 128 * 1024
-# Headers that frame a message or belong to one connection (RFC 9110 7.6.1, RFC 9112): the client
-# writes them. One more from a record or a setting gives a request two ``Host`` or two
-# ``Content-Length`` headers, the shape of request smuggling through a proxy. ``Proxy-*`` too.
-FRAMING_HEADERS = frozenset(
-    {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "te", "trailer",
-     "upgrade"}
-)  # fmt: skip
-# Headers the sink writes itself: a copy from elsewhere would contradict them.
-OWN_HEADERS = frozenset(
-    {"idempotency-key", "x-kafka-topic", "x-kafka-partition", "x-kafka-offset",
-     "x-kafka-last-offset", "x-batch-size", "content-type", "content-encoding"}
-)  # fmt: skip
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 BatchFormat = Literal["json-array", "ndjson"]
 _BATCH_CONTENT_TYPES = {"json-array": "application/json", "ndjson": "application/x-ndjson"}
 
@@ -114,18 +105,6 @@ class HttpSinkConfig:
     compression: Compression = "none"
 
 
-def check_url_template(url: str) -> str:
-    """``url`` with sample values in its placeholders; ``ValueError`` names a wrong one."""
-    try:
-        return url.format_map({"topic": "t", "partition": "0", "key": "k"})
-    except KeyError as error:
-        msg = f"unknown placeholder {{{error.args[0]}}}: use {{topic}}, {{partition}} or {{key}}"
-        raise ValueError(msg) from None
-    except (ValueError, IndexError) as error:
-        msg = f"not a valid URL template ({error})"
-        raise ValueError(msg) from None
-
-
 def _placeholder_segments(url: str) -> tuple[frozenset[str], bool]:
     """The placeholders that are a whole path segment, and whether one shares its segment.
 
@@ -168,39 +147,6 @@ def _dot_segment_in(url: str) -> str | None:
         if ("." in segment or "%" in segment) and _dot_segment(segment):
             return segment
     return None
-
-
-def check_forward_headers(names: Iterable[str]) -> None:
-    """``ValueError`` naming a header no record may send.
-
-    Framing and hop-by-hop headers, credentials (a record must not choose who we are) and the
-    headers the sink writes itself.
-    """
-    for name in names:
-        lower = name.lower()
-        if not _TOKEN.fullmatch(name):
-            raise ValueError(f"{name!r} is not a header name")
-        if lower in FRAMING_HEADERS or lower.startswith("proxy-"):
-            raise ValueError(f"cannot forward {name!r}: it frames the request or its connection")
-        if lower == "authorization":
-            raise ValueError("cannot forward 'authorization': a record must not set credentials")
-        if lower in OWN_HEADERS - {"content-type"}:  # a record's content-type is used anyway
-            raise ValueError(f"cannot forward {name!r}: the sink sets it itself")
-
-
-def check_static_headers(names: Iterable[str]) -> None:
-    """``ValueError`` naming a static header that frames the request or that the sink sets.
-
-    ``Authorization`` is allowed (an API key scheme of the API's own), unless a token is used.
-    """
-    for name in names:
-        lower = name.lower()
-        if not _TOKEN.fullmatch(name):
-            raise ValueError(f"{name!r} is not a header name")
-        if lower in FRAMING_HEADERS or lower.startswith("proxy-"):
-            raise ValueError(f"{name!r} frames the request or its connection: the client sets it")
-        if lower in OWN_HEADERS:
-            raise ValueError(f"{name!r} is set by the sink itself")
 
 
 def _compressor(compression: Compression) -> Callable[[bytes], bytes] | None:

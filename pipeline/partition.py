@@ -149,7 +149,7 @@ class Partition:
                 return None
         return Committed(mark, note)
 
-    def committed(self, point: Committed) -> None:
+    def note_committed(self, point: Committed) -> None:
         """Remember what the group now holds for this partition."""
         self.span.committed = point.offset
         self.committed_note = point.metadata
@@ -165,13 +165,26 @@ class Partition:
         )
 
 
+# Builds the sender the table hands records to, given what it calls with each outcome.
+SenderFactory = Callable[[Callable[[Receipt[KafkaRecord]], None]], OrderedSender[KafkaRecord]]
+# Runs a coroutine as side work, in the stage's task group.
+Spawn = Callable[[Coroutine[Any, Any, None]], object]
+
+
 class Partitions:
     """The assigned partitions, and the path of a record from a poll to the sender.
+
+    The table builds its own sender, passing :meth:`settled` as the sender's ``on_done``: records
+    go to the sender and outcomes come back, so whichever of the two were built first would
+    otherwise exist half-connected until the other was bound to it.
 
     Args:
         limits: The tracked-span bound of each partition.
         ordering: ``"partition"`` (one lane per partition) or ``"key"`` (one per partition and key).
         flow: Seek, pause and resume on the consumer.
+        sender: Builds the sender records are handed to, given its ``on_done``.
+        spawn: Runs side work (letting a skipped record past) in the stage's task group.
+        skips: Records to let past unsent (see :class:`~pipeline.policy.Skips`).
     """
 
     def __init__(
@@ -180,29 +193,19 @@ class Partitions:
         ordering: Literal["partition", "key"],
         flow: FlowControl,
         *,
+        sender: SenderFactory,
+        spawn: Spawn,
         skips: Skips | None = None,
     ) -> None:
         self._limits = limits
         self._by_key = ordering == "key"
         self._flow = flow
         self._skips = skips or None
-        self._spawn: Callable[[Coroutine[Any, Any, None]], object] | None = None
+        self._spawn = spawn
         self._parts: dict[TopicPartition, Partition] = {}
         self._epoch = 0
-        self._sender: OrderedSender[KafkaRecord] | None = None
         self._delivered_before: Counter[str] = Counter()  # by partitions no longer here
-
-    def bind(
-        self,
-        sender: OrderedSender[KafkaRecord],
-        spawn: Callable[[Coroutine[Any, Any, None]], object] | None = None,
-    ) -> None:
-        """Hand records to ``sender`` (whose ``on_done`` is :meth:`settled`).
-
-        ``spawn`` runs side work (letting a skipped record past) in the stage's task group.
-        """
-        self._sender = sender
-        self._spawn = spawn
+        self.sender = sender(self.settled)
 
     def __iter__(self) -> Iterator[Partition]:
         return iter(list(self._parts.values()))
@@ -246,7 +249,7 @@ class Partitions:
             part = self._parts.get(tp)
             if part is None or point.offset is None or part.span.committed is not None:
                 continue
-            part.committed(point)
+            part.note_committed(point)
             metrics.COMMITTED_OFFSET.labels(*part.labels).set(point.offset)
             if halted_at(point.metadata) == point.offset:
                 part.carried_halt = point.offset
@@ -261,9 +264,8 @@ class Partitions:
 
     def lanes_of(self, tps: Iterable[TopicPartition]) -> list[Lane]:
         """The sender lanes that belong to ``tps``."""
-        assert self._sender is not None  # noqa: S101 - bound before use
         wanted = set(tps)
-        return [lane for lane in self._sender.lanes() if lane_partition(lane) in wanted]
+        return [lane for lane in self.sender.lanes() if lane_partition(lane) in wanted]
 
     def delivered(self) -> Counter[str]:
         """Records delivered per topic since the start, by every partition this process had."""
@@ -297,17 +299,16 @@ class Partitions:
                     "partition.refetch_untracked", partition=str(tp), offset=records[0].offset
                 )
             return
-        assert self._sender is not None  # noqa: S101 - bound before use
-        sender, limits, by_key, span = self._sender, self._limits, self._by_key, part.span
+        sender, limits, by_key, span = self.sender, self._limits, self._by_key, part.span
         now = time.monotonic()
         handed = 0
         skips = self._skips
         for record in records:
             nbytes = len(record.value or b"")  # its weight: the value (keys, headers are small)
             receipt = None
-            if skips is not None and record in skips and self._spawn is not None:
+            if skips is not None and record in skips:
                 span.track(record.offset, timestamp=record.timestamp / 1000, received=now)
-                self._spawn(self._let_past(part, record))
+                self._spawn(self._let_past(skips, part, record))
                 handed += 1
                 continue
             if (
@@ -365,11 +366,10 @@ class Partitions:
         if part.paused and part.may_resume(self._limits):
             self._release(part)
 
-    async def _let_past(self, part: Partition, record: KafkaRecord) -> None:
+    async def _let_past(self, skips: Skips, part: Partition, record: KafkaRecord) -> None:
         """A record named in the skip list: dead-letter it (or not), then count it as done."""
-        assert self._skips is not None  # noqa: S101 - only called with a skip list
         try:
-            await self._skips.let_past(record)
+            await skips.let_past(record)
         except DeadLetterError as error:  # it cannot be let past: it must not be lost either
             if not part.revoked:
                 self.halt(part, record, error)
@@ -379,14 +379,13 @@ class Partitions:
 
     def halt(self, part: Partition, record: KafkaRecord, error: BaseException) -> None:
         """Stop a partition at a rejected record: nothing after it is sent or committed."""
-        assert self._sender is not None  # noqa: S101
         part.halted = Halt(record.offset, error)
         self._hold(part)
         self._flow.pause(part.tp)
         metrics.REJECTIONS.labels(*part.labels).inc()
         metrics.HALTED.labels(*part.labels).set(1)
         # With key lanes the other keys of the partition must stop too.
-        self._sender.cancel(self.lanes_of([part.tp]))
+        self.sender.cancel(self.lanes_of([part.tp]))
         log.error(
             "partition.halted",
             topic=part.tp.topic,

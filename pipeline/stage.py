@@ -1,8 +1,9 @@
-"""The long-running stage: it wires the rooms a record passes through and runs their lifecycle.
+"""The long-running stage: it runs the lifecycle of the rooms a record passes through.
 
 A record goes ``consumer`` (poll) -> ``partition`` (tracked, bounded, paused when full) ->
 ``sender`` (its lane, in order, retried) -> the Space API -> back to ``partition`` (watermark) ->
-``commit``. This module only builds those and runs them, after uvicorn's server: *startup* (API
+``commit``. :mod:`pipeline.wiring` builds those; this module runs them, after uvicorn's server
+(``Config.load()`` apart from ``Server``): *startup* (API
 client, sender, ops endpoints, consumer), *main loop* (poll and hand over, commit, keep gauges and
 probes fresh), *shutdown* (stop polling at once, let requests on the wire finish, commit, leave
 the group), all within ``PIPELINE_SHUTDOWN_TIMEOUT_S``. A rebalance runs the same drain and commit
@@ -13,30 +14,26 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Coroutine, Iterable
 from contextlib import AsyncExitStack
 from typing import Any
 
 import structlog
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from pipeline import metrics
-from pipeline.commit import Commits
 from pipeline.config import Settings
-from pipeline.consumer import KafkaSource, build_consumer
-from pipeline.dead_letter import DeadLetters
-from pipeline.gate import ApiGate, GateLimits
-from pipeline.health import OpsServer, Verdict
-from pipeline.partition import FlowLimits, Partitions, lane_partition, names
-from pipeline.policy import RejectRules, Rules, Skips, format_statuses
+from pipeline.consumer import ConsumerFactory, KafkaSource, build_consumer
+from pipeline.health import Verdict
+from pipeline.partition import lane_partition, names
+from pipeline.policy import format_statuses
 from pipeline.progress import Progress
 from pipeline.records import KafkaRecord
 from pipeline.redaction import mask_url
-from pipeline.retry import Backoff
-from pipeline.sender import BatchLimits, Lane, OrderedSender
-from pipeline.sink import batched, build_sink
+from pipeline.sender import Lane
 from pipeline.summary import Repeats
+from pipeline.wiring import wire
 
 log = structlog.get_logger("pipeline.stage")
 
@@ -51,36 +48,34 @@ DRAIN_UNTIL, COMMIT_UNTIL, SENDER_UNTIL, DEAD_LETTERS_UNTIL = 0.5, 0.7, 0.75, 0.
 class Stage:
     """Run space-pipeline until :meth:`stop` is called or something fatal happens.
 
+    The parts are built at once (see :func:`pipeline.wiring.wire`), so inside the running event
+    loop, which the Kafka clients belong to; :meth:`run` enters them, runs them and shuts them
+    down.
+
     Args:
         settings: The validated configuration.
-        consumer_factory: Builds the (unstarted) Kafka consumer; tests may wrap it.
+        source: Builds the (unstarted) Kafka consumer; tests pass their own subclass of it.
     """
 
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        consumer_factory: Callable[[Settings], AIOKafkaConsumer] = build_consumer,
-    ) -> None:
+    def __init__(self, settings: Settings, *, source: ConsumerFactory = build_consumer) -> None:
         self._settings = settings
-        self._consumer_factory = consumer_factory
         self._stopping = asyncio.Event()
         self._joined = False
-        self._source: KafkaSource | None = None
-        self._sender: OrderedSender[KafkaRecord] | None = None
-        self._partitions: Partitions | None = None
-        self._commits: Commits | None = None
         self._joining: asyncio.Task[KafkaSource] | None = None
         self._fetching: asyncio.Task[None] | None = None
         self._committing: asyncio.Task[None] | None = None
-        self._dead_letters: DeadLetters | None = None
+        self._tasks: asyncio.TaskGroup | None = None  # while running
         self._deadline: float | None = None  # the loop's clock, set by the stop
         self._last_poll = time.monotonic()
         self._unhealthy: str | None = None
         self._retry_lines = Repeats(RETRY_LOG_INTERVAL_S)
-        self._gate: ApiGate | None = None
         self._side_work: set[asyncio.Task[None]] = set()
-        self.ops_port: int | None = None
+        self._parts = wire(settings, self, source=source)
+
+    @property
+    def ops_port(self) -> int:
+        """The port of ``/metrics``, ``/healthz`` and ``/readyz`` (known once running)."""
+        return self._parts.ops.port
 
     @property
     def stopping(self) -> bool:
@@ -115,81 +110,33 @@ class Stage:
 
     async def run(self) -> None:
         """Start everything, run until stopped, then shut down within the deadline."""
-        s = self._settings
+        parts = self._parts
         async with AsyncExitStack() as stack:
-            dead_letters = None
-            if s.dead_letter_topic:
-                dead_letters = await stack.enter_async_context(DeadLetters(s))
-            self._dead_letters = dead_letters
-            sink = build_sink(s)
-            await stack.enter_async_context(sink)
-            gate = self._gate = ApiGate(
-                GateLimits(
-                    circuit_failures=s.circuit_failures,
-                    open_initial=min(1.0, s.retry_max_backoff_s),
-                    open_max=s.retry_max_backoff_s,
-                    rate_per_s=s.rate_limit_per_s,
-                    burst=s.rate_limit_burst,
-                    retry_after_max=s.retry_after_max_s,
-                )
-            )
-            rules = Rules(
-                sink.send,
-                RejectRules(s.on_reject, s.dead_letter_max_per_minute),
-                dead_letters,
-                batched=batched(s),
-            )
-            source = self._source = KafkaSource(s, self, consumer_factory=self._consumer_factory)
-            self._commits = Commits(source, source.position)
-            limits = FlowLimits(s.partition_buffer_records, s.partition_buffer_bytes)
-            skips = Skips(s.skip_records, dead_letters)
-            partitions = self._partitions = Partitions(limits, s.ordering, source, skips=skips)
-            sender = self._sender = await stack.enter_async_context(
-                OrderedSender(
-                    rules,
-                    max_in_flight=s.max_in_flight,
-                    lane_capacity=s.partition_buffer_records,
-                    lane_bytes=s.partition_buffer_bytes,
-                    backoff=Backoff(
-                        initial=s.retry_initial_backoff_s,
-                        maximum=s.retry_max_backoff_s,
-                        retry_after_max=s.retry_after_max_s,
-                    ),
-                    batch=BatchLimits(
-                        s.batch_max_records, s.batch_max_bytes, s.batch_linger_ms / 1000
-                    )
-                    if batched(s)
-                    else None,
-                    gate=gate,
-                    halt_on_rejection=True,
-                    on_retry=self._on_retry,
-                    on_done=partitions.settled,
-                    retry_log_interval=None,  # the stage logs retries itself, per partition
-                )
-            )
-            ops = await stack.enter_async_context(
-                OpsServer(s.metrics_host, s.metrics_port, live=self.live, ready=self.ready)
-            )
-            self.ops_port = ops.port
+            stack.push_async_exit(parts.source)  # closed even when a part before it fails
+            if parts.dead_letters is not None:
+                await stack.enter_async_context(parts.dead_letters)
+            await stack.enter_async_context(parts.sink)
+            await stack.enter_async_context(parts.sender)
+            await stack.enter_async_context(parts.ops)
             try:
                 async with asyncio.TaskGroup() as tasks:
-                    partitions.bind(sender, spawn=lambda work: self._side(tasks, work))
-                    self._log_start(ops.port)  # at once: the join may take long
-                    if not await self._join(tasks, stack, source):
+                    self._tasks = tasks
+                    self._log_start(parts.ops.port)  # at once: the join may take long
+                    if not await self._join(tasks, stack):
                         return
                     if not self._stopping.is_set():
                         self._fetching = tasks.create_task(self._poll_and_hand_over())
                     self._committing = tasks.create_task(self._commit_periodically())
                     tasks.create_task(self._housekeep())
-                    if s.progress_interval_s > 0:
-                        tasks.create_task(self._report_progress(s.progress_interval_s))
+                    interval = self._settings.progress_interval_s
+                    if interval > 0:
+                        tasks.create_task(self._report_progress(interval))
             finally:
-                if self._commits is not None and source.started:
+                self._tasks = None
+                if parts.source.started:
                     await self._shutdown()
 
-    async def _join(
-        self, tasks: asyncio.TaskGroup, stack: AsyncExitStack, source: KafkaSource
-    ) -> bool:
+    async def _join(self, tasks: asyncio.TaskGroup, stack: AsyncExitStack) -> bool:
         """Wait for Kafka and join the group (rebalance callbacks come now); ``False`` if stopped.
 
         The wait is a task of its own so that a stop can cancel it: a SIGTERM while the brokers
@@ -197,7 +144,7 @@ class Stage:
         """
         if self._stopping.is_set():
             return False
-        joining = self._joining = tasks.create_task(stack.enter_async_context(source))
+        joining = self._joining = tasks.create_task(stack.enter_async_context(self._parts.source))
         await asyncio.wait([joining])
         self._joining = None
         if joining.cancelled():
@@ -206,12 +153,16 @@ class Stage:
         joining.result()
         return True
 
-    def _side(self, tasks: asyncio.TaskGroup, work: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run side work (a skipped record's dead letter) in the stage's task group.
 
-        A stop cancels what still runs; its record stays uncommitted for the next owner.
+        A stop cancels what still runs; its record stays uncommitted for the next owner, as it
+        does when the stage is not running (records arrive only while it is).
         """
-        task = tasks.create_task(work)
+        if self._tasks is None:
+            work.close()
+            return
+        task = self._tasks.create_task(work)
         self._side_work.add(task)
         task.add_done_callback(self._side_work.discard)
 
@@ -246,11 +197,8 @@ class Stage:
         point: nothing that hangs (a blocking call, a broker that is gone) holds the stage past
         it, and a step that overruns cannot take the time of those after it.
         """
-        assert self._source is not None  # noqa: S101 - set before the main loop
-        assert self._sender is not None  # noqa: S101
-        assert self._partitions is not None  # noqa: S101
-        assert self._commits is not None  # noqa: S101
-        sender, partitions = self._sender, self._partitions
+        parts = self._parts
+        sender, partitions = parts.sender, parts.partitions
         loop = asyncio.get_running_loop()
         budget = self._settings.shutdown_timeout_s
         deadline = self._deadline if self._deadline is not None else loop.time() + budget
@@ -259,18 +207,18 @@ class Stage:
             return max(deadline - budget * (1 - until) - loop.time(), 0.0)
 
         started = time.monotonic()
-        parts = list(partitions)
+        held = list(partitions)
         discarded = sender.discard_queued(sender.lanes())
         drained = await sender.drain(timeout=left(DRAIN_UNTIL))
         if not drained:
             self._report_abandoned(sender.lanes(), "shutdown")
-        await self._commits.commit(parts, timeout=left(COMMIT_UNTIL))
+        await self._parts.commits.commit(held, timeout=left(COMMIT_UNTIL))
         cancelled = sender.cancel(sender.lanes())
-        partitions.forget(parts)
+        partitions.forget(held)
         await sender.close(timeout=left(SENDER_UNTIL))
-        if self._dead_letters is not None:
-            await self._dead_letters.close(timeout=left(DEAD_LETTERS_UNTIL))
-        await self._source.close(timeout=left(1.0))
+        if parts.dead_letters is not None:
+            await parts.dead_letters.close(timeout=left(DEAD_LETTERS_UNTIL))
+        await parts.source.close(timeout=left(1.0))
         metrics.flush()
         log.info(
             "stage.stopped",
@@ -279,15 +227,13 @@ class Stage:
             cancelled_in_flight=cancelled,
             abandoned_calls=sender.abandoned_calls,
             took_s=round(time.monotonic() - started, 3),
-            committed={p.name: p.span.committed for p in parts},
+            committed={p.name: p.span.committed for p in held},
         )
 
     # The main loop
 
     async def _poll_and_hand_over(self) -> None:
-        assert self._source is not None  # noqa: S101
-        assert self._partitions is not None  # noqa: S101
-        source, partitions = self._source, self._partitions
+        source, partitions = self._parts.source, self._parts.partitions
         max_records = self._settings.kafka_max_poll_records
         while not self._stopping.is_set():
             batch = await source.poll(max_records, partitions.ready())
@@ -306,19 +252,18 @@ class Stage:
         return False
 
     async def _commit_periodically(self) -> None:
-        assert self._commits is not None  # noqa: S101
-        assert self._partitions is not None  # noqa: S101
+        commits, partitions = self._parts.commits, self._parts.partitions
         timeout = self._settings.commit_timeout_ms / 1000
         while await self._running_after(self._settings.commit_interval_ms / 1000):
-            await self._commits.commit(self._partitions, timeout=timeout)
+            await commits.commit(partitions, timeout=timeout)
 
     async def _report_progress(self, interval: float) -> None:
-        assert self._partitions is not None  # noqa: S101
+        partitions = self._parts.partitions
         progress = Progress(time.monotonic())
         while await self._running_after(interval):
-            progress.report(time.monotonic(), self._partitions.delivered(), self._partitions)
+            progress.report(time.monotonic(), partitions.delivered(), partitions)
 
-    def _on_retry(
+    def on_retry(
         self, record: KafkaRecord, lane: Lane, error: BaseException, attempt: int, delay: float
     ) -> None:
         """Count every retry; log the first of a partition's streak, then a count every so often.
@@ -347,24 +292,21 @@ class Stage:
 
     async def on_assigned(self, assigned: frozenset[TopicPartition]) -> None:
         """Track new partitions at once; then learn their committed offsets in one request."""
-        assert self._partitions is not None  # noqa: S101
-        assert self._source is not None  # noqa: S101
+        partitions = self._parts.partitions
         metrics.REBALANCES.labels("assigned").inc()
         if self._stopping.is_set():
             log.info("stage.assignment_ignored", partitions=names(assigned), reason="stopping")
             return
-        added = self._partitions.assign(assigned)
+        added = partitions.assign(assigned)
         self._joined = True
-        log.info(
-            "stage.partitions_assigned", partitions=names(assigned), epoch=self._partitions.epoch
-        )
+        log.info("stage.partitions_assigned", partitions=names(assigned), epoch=partitions.epoch)
         try:
             async with asyncio.timeout(self._settings.commit_timeout_ms / 1000):
-                committed = await self._source.committed([part.tp for part in added])
+                committed = await self._parts.source.committed([part.tp for part in added])
         except (KafkaError, TimeoutError) as error:
             log.warning("stage.committed_unknown", error=repr(error))
             return
-        self._partitions.set_committed(committed)
+        partitions.set_committed(committed)
 
     async def on_revoked(self, revoked: frozenset[TopicPartition]) -> None:
         """Stop feeding, let requests on the wire finish (bounded), commit, forget the partitions.
@@ -372,11 +314,8 @@ class Stage:
         Whatever happens midway (a timeout, a cancelled rebalance), the partitions' state goes: a
         stale pause or a stale partition would outlive the assignment it belonged to.
         """
-        assert self._sender is not None  # noqa: S101
-        assert self._partitions is not None  # noqa: S101
-        assert self._commits is not None  # noqa: S101
         metrics.REBALANCES.labels("revoked").inc()
-        sender, partitions = self._sender, self._partitions
+        sender, partitions = self._parts.sender, self._parts.partitions
         parts = [part for tp in revoked if (part := partitions.get(tp)) is not None]
         lanes = partitions.lanes_of(revoked)
         drained = False
@@ -386,7 +325,7 @@ class Stage:
             drained = await sender.drain(lanes, timeout=s.rebalance_drain_timeout_ms / 1000)
             if not drained:
                 self._report_abandoned(lanes, "rebalance")
-            await self._commits.commit(parts, timeout=s.commit_timeout_ms / 1000)
+            await self._parts.commits.commit(parts, timeout=s.commit_timeout_ms / 1000)
         finally:
             sender.cancel(lanes)
             partitions.forget(parts)
@@ -399,9 +338,8 @@ class Stage:
         The API may yet process them while the next owner sends the same records again; the
         Idempotency-Key is what makes that safe.
         """
-        assert self._sender is not None  # noqa: S101
         for lane in lanes:
-            for record in self._sender.sending(lane):
+            for record in self._parts.sender.sending(lane):
                 tp = lane_partition(lane)
                 metrics.ABANDONED_REQUESTS.labels(tp.topic, str(tp.partition)).inc()
                 log.warning(
@@ -421,17 +359,14 @@ class Stage:
 
     def _refresh(self) -> None:
         """Update per-partition gauges and the liveness verdict, once a second."""
-        assert self._source is not None  # noqa: S101
-        assert self._sender is not None  # noqa: S101
-        assert self._partitions is not None  # noqa: S101
-        source, sender = self._source, self._sender
+        source, sender = self._parts.source, self._parts.sender
         now, wall = time.monotonic(), time.time()
         in_flight: dict[TopicPartition, int] = {}
         for lane in sender.lanes():
             tp = lane_partition(lane)
             in_flight[tp] = in_flight.get(tp, 0) + sender.occupancy(lane)[1]
         starved = []
-        for part in self._partitions:
+        for part in self._parts.partitions:
             labels, span = part.labels, part.span
             oldest = span.oldest
             metrics.BUFFERED.labels(*labels).set(len(span))
@@ -456,8 +391,7 @@ class Stage:
             else:
                 part.starved_since = None
         self._unhealthy = self._own_fault(now, starved)
-        if self._gate is not None:
-            self._gate.refresh_metrics()
+        self._parts.gate.refresh_metrics()
         metrics.flush()
 
     def _own_fault(self, now: float, starved: list[str]) -> str | None:
@@ -471,8 +405,7 @@ class Stage:
         stall = self._settings.stall_timeout_s
         if self._fetching is not None and self._fetching.done():
             return "the fetch loop is not running"
-        source = self._source
-        if source is not None and not source.polling and now - self._last_poll > stall:
+        if not self._parts.source.polling and now - self._last_poll > stall:
             return f"the fetch loop has not polled for {now - self._last_poll:.0f}s"
         if starved:
             return (
@@ -494,15 +427,14 @@ class Stage:
         own words: the fix is a setting, and the operator reads which one here.
         """
         if not self._joined:
-            waiting = self._source.waiting if self._source is not None else None
+            waiting = self._parts.source.waiting
             return Verdict(ok=False, reason=waiting or "not yet joined the consumer group")
-        assert self._partitions is not None  # noqa: S101 - joined implies running
-        refusal = self._gate.refusal if self._gate is not None else None
+        refusal = self._parts.gate.refusal
         if refusal is not None:
             return Verdict(ok=False, reason=refusal)
         halted = [
             f"{p.name}@{p.reported_halted}"
-            for p in self._partitions
+            for p in self._parts.partitions
             if p.reported_halted is not None
         ]
         if halted:

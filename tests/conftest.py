@@ -29,7 +29,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from pipeline.config import Settings
-from pipeline.consumer import build_consumer
+from pipeline.consumer import ConsumerFactory, KafkaOptions
 from pipeline.dev.broker import (
     EmbeddedBroker,
     committed_offsets,
@@ -324,13 +324,11 @@ async def running_stage(settings: Settings, **options: Any) -> AsyncIterator[Sta
             stage.stop()
 
 
-def consumer_class(cls: type[AIOKafkaConsumer]) -> Callable[[Settings], AIOKafkaConsumer]:
-    """A ``consumer_factory`` for :class:`Stage`: the consumer it builds itself, made a ``cls``."""
+def consumer_class(cls: type[AIOKafkaConsumer]) -> ConsumerFactory:
+    """A ``source`` for :class:`Stage`: the consumer it would build, as a ``cls``."""
 
-    def build(settings: Settings) -> AIOKafkaConsumer:
-        consumer = build_consumer(settings)
-        consumer.__class__ = cls
-        return consumer
+    def build(options: KafkaOptions) -> AIOKafkaConsumer:
+        return cls(**options.consumer_arguments())
 
     return build
 

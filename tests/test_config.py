@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -502,7 +504,7 @@ def test_an_invalid_url_is_echoed_with_its_secrets_masked(
 @pytest.mark.parametrize("encoding", ["gzip", "zstd"])
 def test_the_compression_setting_reaches_the_sink(env: pytest.MonkeyPatch, encoding: str) -> None:
     """``PIPELINE_SPACE_API_COMPRESSION`` is what the HTTP sink compresses with."""
-    from pipeline.sink import http_sink_config  # noqa: PLC0415
+    from pipeline.wiring import http_sink_config  # noqa: PLC0415
 
     env.setenv("PIPELINE_SPACE_API_COMPRESSION", encoding)
 
@@ -541,8 +543,9 @@ def test_the_log_redactor_knows_every_secret_the_settings_hold(
 async def fetch_settings_of_the_consumer() -> tuple[int, int]:
     """The fetch wait and minimum of the consumer the stage would build (never started)."""
     from pipeline.consumer import build_consumer  # noqa: PLC0415
+    from pipeline.wiring import kafka_options  # noqa: PLC0415
 
-    consumer = build_consumer(load())
+    consumer = build_consumer(kafka_options(load()))
     try:
         return consumer._fetch_max_wait_ms, consumer._fetch_min_bytes
     finally:
@@ -599,3 +602,19 @@ def test_a_fetch_minimum_above_the_fetch_maximum_is_refused(env: pytest.MonkeyPa
 
     assert line.startswith("PIPELINE_KAFKA_FETCH_MIN_BYTES ")
     assert "PIPELINE_KAFKA_FETCH_MAX_BYTES (65536)" in line
+
+
+def test_reading_the_settings_loads_no_http_or_kafka_client() -> None:
+    """``pipeline.config`` checks what it must without the clients: checking the configuration
+    (``space-pipeline config``, a bad variable's exit 2) stays fast, and the settings do not
+    depend on the parts they configure."""
+    code = (
+        "import sys, pipeline.config; "
+        "print(sorted(m for m in ('aiohttp', 'httpx', 'aiokafka') if m in sys.modules))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+
+    assert "[]" == done.stdout.strip()

@@ -7,8 +7,9 @@ import threading
 
 import pytest
 
+from pipeline.checks import import_exceptions, import_function
 from pipeline.errors import AuthError, InvalidRecordError, RejectedError, RetryableSendError
-from pipeline.function_sink import FunctionSink, import_exceptions, import_function
+from pipeline.function_sink import FunctionSink
 from pipeline.records import Record as PublicRecord
 from pipeline.sender import OrderedSender
 from tests.fakes import Record

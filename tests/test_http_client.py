@@ -25,7 +25,7 @@ from structlog.testing import capture_logs
 from pipeline.config import Settings, describe_errors
 from pipeline.http11 import LeanClient
 from pipeline.http_client import AiohttpClient, HttpxClient, Timeouts
-from pipeline.sink import build_sink
+from pipeline.wiring import build_sink
 from tests.fakes import Record
 from tests.test_http11 import OK, Handler, read_request, server
 

@@ -59,7 +59,7 @@ async def test_a_slow_coordinator_loses_no_record_of_a_new_assignment(proxied_ka
     await topic.produce(16 * 50)
     proxied_kafka.proxy.latency_up = proxied_kafka.proxy.latency_down = 0.002
     settings = topic.settings(stub.url)
-    async with running_stage(settings, consumer_factory=consumer_class(SlowLookups)):
+    async with running_stage(settings, source=consumer_class(SlowLookups)):
         await eventually(lambda: stub.stats().unique >= 16 * 25, what="delivery under way")
         await topic.produce(16 * 50, start=16 * 50)
         await eventually(lambda: stub.stats().unique >= 1600, timeout=60, what="all 1600")
@@ -240,7 +240,7 @@ async def test_a_revoke_that_fails_midway_leaves_no_stale_partition_state(new_to
     async with StubServer(StubConfig(latency_ms=3)) as api:
         # No periodic commit: the revoke always has progress to commit, and so always fails.
         failing = topic.settings(api.url, partition_buffer_records=5, commit_interval_ms=600_000)
-        first = Stage(failing, consumer_factory=consumer_class(RevokeCommitFails))
+        first = Stage(failing, source=consumer_class(RevokeCommitFails))
         async with asyncio.TaskGroup() as tasks:
             running = tasks.create_task(first.run())
             try:
@@ -279,7 +279,7 @@ async def test_a_partition_whose_only_lag_is_markers_is_fully_delivered(new_topi
     labels = {"topic": topic.name, "partition": "0"}
     async with StubServer(StubConfig(latency_ms=1)) as api:
         settings = topic.settings(api.url, stall_timeout_s=1.0)
-        async with running_stage(settings, consumer_factory=consumer_class(HidesMarkers)) as stage:
+        async with running_stage(settings, source=consumer_class(HidesMarkers)) as stage:
             await eventually(lambda: api.stats().unique == 10, what="the ten records")
             await eventually_async(
                 lambda: _committed_is(topic, {0: 11}), what="a commit past the marker"

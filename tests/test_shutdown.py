@@ -15,6 +15,7 @@ from pipeline.dead_letter import DeadLetters
 from pipeline.errors import RejectedError
 from pipeline.records import Record
 from pipeline.stage import Stage
+from pipeline.wiring import dead_letter_options
 from tests.conftest import ProxiedKafka, Topic, eventually, new_dlq
 
 pytestmark = pytest.mark.integration
@@ -178,7 +179,9 @@ async def test_the_dead_letter_producer_closes_within_its_timeout_when_the_broke
         "http://unused/items", dead_letter_topic=dlq, dead_letter_idempotence=False
     )
     record = Record(topic.name, 0, 7, 0, b"k", b"v")
-    letters = DeadLetters(settings)
+    options = dead_letter_options(settings)
+    assert options is not None
+    letters = DeadLetters(options)
     async with letters:
         proxied_kafka.proxy.cut()
         write = asyncio.create_task(letters.write(record, RejectedError("no", reason="400"), 1))

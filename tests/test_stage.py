@@ -252,7 +252,7 @@ async def test_healthz_fails_when_records_wait_in_kafka_and_nothing_is_held_for_
     async with StubServer(StubConfig(latency_ms=1)) as api:
         settings = topic.settings(api.url, stall_timeout_s=1.0)
         stuck = consumer_class(StuckOnPartitionZero)
-        async with running_stage(settings, consumer_factory=stuck) as stage:
+        async with running_stage(settings, source=stuck) as stage:
             await eventually(lambda: api.stats().unique == 10, what="partition 1 delivered")
             await eventually(lambda: not stage.live().ok, timeout=10, what="a verdict")
             verdict = stage.live()
