@@ -42,6 +42,7 @@ from pipeline.dev.stub_api import StubConfig, StubServer
 PARTITIONS = 6
 MEMBERS = 3
 QUIET_S = 4.0  # the group must be this long without an assignment before the next restart
+IDLE_S = 20.0  # watched before the roll: a group that rebalances with nobody restarting
 SESSION_TIMEOUT_MS = 6_000  # tansu holds a JoinGroup about half of it; a restart takes ~1.5 s
 
 
@@ -98,6 +99,7 @@ class Member:
 class Result:
     mode: str
     rebalances: int  # over the whole roll
+    idle_rebalances: int  # in IDLE_S before it, nobody restarting
     per_member: dict[str, int] = field(default_factory=dict)
     kept: dict[str, bool] = field(default_factory=dict)
     took_s: float = 0.0
@@ -155,6 +157,9 @@ async def roll(mode: str, bootstrap: str, api_url: str, log_dir: Path) -> Result
         for member in members:
             await until(member.ready, 60, f"{member.name} ready")
         await quiet(members)
+        idle_from = assigned_count(members[0])
+        await asyncio.sleep(IDLE_S)
+        idle_rebalances = assigned_count(members[0]) - idle_from
         before = {m.name: assigned_count(m) for m in members}
         held = {m.name: m.assignments()[-1][1] for m in members}
         started = time.monotonic()
@@ -173,7 +178,8 @@ async def roll(mode: str, bootstrap: str, api_url: str, log_dir: Path) -> Result
             )
         per_member = {m.name: assigned_count(m) - before[m.name] for m in members}
         kept = {m.name: m.assignments()[-1][1] == held[m.name] for m in members}
-        return Result(mode, rebalances, per_member, kept, time.monotonic() - started)
+        took = time.monotonic() - started
+        return Result(mode, rebalances, idle_rebalances, per_member, kept, took)
     finally:
         for member in members:
             if member.process is not None and member.process.poll() is None:
@@ -189,7 +195,8 @@ async def main(args: argparse.Namespace) -> None:
     print(f"rolling restart of {MEMBERS} members, {PARTITIONS} partitions, tansu (logs: {log_dir})")
     for r in results:
         print(
-            f"  {r.mode:8} rebalances over the roll: {r.rebalances};"
+            f"  {r.mode:8} rebalances over the roll: {r.rebalances}"
+            f" (and {r.idle_rebalances} in {IDLE_S:g}s before it, nobody restarting);"
             f" assignments per member {r.per_member}; same partitions after: {r.kept};"
             f" roll took {r.took_s:.1f}s"
         )
