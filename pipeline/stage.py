@@ -114,7 +114,7 @@ class Stage:
         async with AsyncExitStack() as stack:
             stack.push_async_exit(parts.source)  # closed even when a part before it fails
             if parts.dead_letters is not None:
-                await stack.enter_async_context(parts.dead_letters)
+                stack.push_async_exit(parts.dead_letters)  # closed even when never started
             await stack.enter_async_context(parts.sink)
             await stack.enter_async_context(parts.sender)
             await stack.enter_async_context(parts.ops)
@@ -124,6 +124,9 @@ class Stage:
                     self._log_start(parts.ops.port)  # at once: the join may take long
                     if not await self._join(tasks, stack):
                         return
+                    if parts.dead_letters is not None:
+                        # It needs Kafka too: started once the consumer has waited for it.
+                        await stack.enter_async_context(parts.dead_letters)
                     if not self._stopping.is_set():
                         self._fetching = tasks.create_task(self._poll_and_hand_over())
                     self._committing = tasks.create_task(self._commit_periodically())

@@ -109,7 +109,8 @@ def test_run_help_lists_every_setting_and_points_to_config(tmp_path):
 
 def test_auto_logs_json_when_stdout_is_not_a_terminal(tmp_path):
     """Piped into a collector, every line is one JSON object."""
-    result = run_once(tmp_path, **(VALID | {"PIPELINE_KAFKA_BOOTSTRAP_SERVERS": unreachable()}))
+    env = VALID | {"PIPELINE_KAFKA_BOOTSTRAP_SERVERS": unreachable()}
+    result = run_once(tmp_path, **env, PIPELINE_KAFKA_STARTUP_TIMEOUT_S="0.5")
 
     assert 1 == result.returncode
     events = [json.loads(line) for line in result.stdout.splitlines()]
@@ -119,7 +120,9 @@ def test_auto_logs_json_when_stdout_is_not_a_terminal(tmp_path):
 def test_console_format_renders_lines_for_a_person(tmp_path):
     """``PIPELINE_LOG_FORMAT=console``: readable lines with the event and its context."""
     env = VALID | {"PIPELINE_KAFKA_BOOTSTRAP_SERVERS": unreachable()}
-    result = run_once(tmp_path, **env, PIPELINE_LOG_FORMAT="console")
+    result = run_once(
+        tmp_path, **env, PIPELINE_LOG_FORMAT="console", PIPELINE_KAFKA_STARTUP_TIMEOUT_S="0.5"
+    )
 
     assert 1 == result.returncode
     failed = [line for line in result.stdout.splitlines() if "stage.failed" in line]

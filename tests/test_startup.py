@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pipeline.dev.broker import free_port
+from pipeline.dev.broker import create_topic, free_port
 from pipeline.dev.stub_api import StubConfig, StubServer
 from tests.conftest import VALID, clean_env, eventually, eventually_async, run_once
 
@@ -177,3 +177,30 @@ async def test_the_start_is_logged_before_a_slow_join_which_says_it_waits_and_si
     assert "stage.partitions_assigned" not in logs
     assert 503 == status
     assert topic.group in reason
+
+
+async def test_with_a_dead_letter_topic_the_stage_waits_for_kafka_too(proxied_kafka, stage_process):
+    """The dead-letter producer needs Kafka as well: it starts once the consumer has reached the
+    brokers, so a stage with a dead-letter topic waits out an outage at start like any other."""
+    topic = await proxied_kafka.new_topic(1)
+    dlq = f"{topic.name}-dlq"
+    await create_topic(topic.bootstrap, dlq, 1)
+    await topic.produce(10)
+    proxy = proxied_kafka.proxy
+    async with StubServer(StubConfig(latency_ms=2)) as api:
+        proxy.cut()
+        env = topic.env(
+            api.url,
+            log_format="json",
+            on_reject="dead-letter",
+            dead_letter_topic=dlq,
+            dead_letter_idempotence="false",  # tansu has no InitProducerId
+        )
+        proc = stage_process(env)
+        await asyncio.sleep(5)
+        assert proc.process.poll() is None, proc.logs()[-2000:]
+        await proxy.restore()
+        await eventually(lambda: api.stats().unique == 10, timeout=60, what="all 10")
+        proc.process.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(proc.wait, 30)
+    assert 0 == code, proc.logs()[-3000:]
