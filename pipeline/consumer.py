@@ -227,6 +227,7 @@ class KafkaSource:
                         attempt += 1
                         delay = STARTUP_BACKOFF.delay(attempt)
                         error = bootstrap_errors.last or "no broker answered"
+                        bootstrap_errors.last = None  # the next attempt's own reason, if any
                         self.waiting = (
                             f"waiting for Kafka at {o.bootstrap_servers}"
                             f" (attempt {attempt}): {error}"
