@@ -122,7 +122,7 @@ class Run:
 
 
 def stage_env(bootstrap: str, url: str, metrics_port: int) -> dict[str, str]:
-    """The stage's settings, as ``tests/conftest.py``'s ``Topic.env()`` sets them."""
+    """The stage's settings, as ``tests/plugins/broker.py``'s ``Topic.env()`` sets them."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
     return env | {
         "PIPELINE_KAFKA_BOOTSTRAP_SERVERS": bootstrap,

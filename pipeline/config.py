@@ -154,6 +154,7 @@ class Settings(BaseSettings):
     dead_letter_max_per_minute: PositiveInt = 60
     dead_letter_idempotence: bool = True
     skip_records: Annotated[frozenset[str], NoDecode] = frozenset()
+    max_record_age_s: Annotated[float | None, Field(gt=0)] = None  # off: any age is sent
 
     # The API as one shared resource
     circuit_failures: PositiveInt = 5

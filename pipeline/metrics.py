@@ -137,6 +137,12 @@ SKIPPED = Counter(
     "Records let past by PIPELINE_SKIP_RECORDS (dead-lettered when a DLQ is configured).",
     TP,
 )
+EXPIRED = Counter(
+    "space_pipeline_expired_records_total",
+    "Records older than PIPELINE_MAX_RECORD_AGE_S when their turn came: never sent, committed past"
+    " (dead-lettered when a DLQ is configured).",
+    TP,
+)
 AUTH_FAILURES = Counter(
     "space_pipeline_auth_failures_total",
     "Attempts the API refused for credentials (401/403/407), or without a token to be had.",

@@ -26,7 +26,7 @@ from pipeline import metrics
 from pipeline.consumer import Committed
 from pipeline.errors import DeadLetterError, LaneFullError, LaneHaltedError
 from pipeline.offsets import PartitionOffsets
-from pipeline.policy import DEAD_LETTERED, Skips
+from pipeline.policy import Skips, reached_api
 from pipeline.records import KafkaRecord
 from pipeline.sender import Lane, OrderedSender, Receipt
 
@@ -349,7 +349,7 @@ class Partitions:
         error = receipt.error
         if error is None:
             self._accepted(part, record)
-            if receipt.returned is DEAD_LETTERED:  # done, but not delivered
+            if not reached_api(receipt.returned, record):  # done (dead-lettered, expired)
                 return
             part.accepted += 1
             part.delivered.count += 1

@@ -7,11 +7,13 @@ connection errors are retried. A rejection meets ``PIPELINE_ON_REJECT``: the par
 the record, or the record goes to the dead-letter topic and the lane moves on once Kafka has it.
 A guard halts a partition that dead-letters too much (a misconfigured API must not drain a topic
 into the DLQ), and operators name exact records to let past (``PIPELINE_SKIP_RECORDS``).
+Records older than ``PIPELINE_MAX_RECORD_AGE_S`` when their turn comes are let past unsent.
 """
 
 from __future__ import annotations
 
 import enum
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -25,6 +27,7 @@ from pipeline.clock import Clock, SystemClock
 from pipeline.errors import RejectedError
 from pipeline.records import KafkaRecord, idempotency_key
 from pipeline.sender import current_attempt
+from pipeline.summary import Repeats
 
 log = structlog.get_logger("pipeline.policy")
 
@@ -32,6 +35,28 @@ DEFAULT_RETRY_STATUSES = "408,409,425,429,500-599"
 # What a delivery returns for a record that went to the dead-letter topic instead of the API.
 DEAD_LETTERED = "dead-lettered"
 DEFAULT_AUTH_STATUSES = "401,403,407"
+# Seconds between two lines about expired records of one partition (a count in between).
+EXPIRED_LOG_INTERVAL_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Withheld:
+    """What a delivery returns when records of its payload never reached the API (expired).
+
+    ``offsets`` are those records (one partition's: a lane never mixes partitions); they are
+    done, and committed past, but not delivered. ``answered`` says whether the API was asked at
+    all: the sender's gate must not take an attempt that sent nothing for the API's answer.
+    """
+
+    offsets: frozenset[int]
+    answered: bool
+
+
+def reached_api(returned: object, record: KafkaRecord) -> bool:
+    """Whether an accepted ``record`` went to the API, by what its delivery returned."""
+    if returned is DEAD_LETTERED:
+        return False
+    return not (isinstance(returned, Withheld) and record.offset in returned.offsets)
 
 
 def parse_statuses(text: str) -> frozenset[int]:
@@ -147,6 +172,7 @@ class Rules:
         dead_letters: Where rejected records go, if anywhere.
         batched: Whether ``send`` takes lists.
         clock: Time source for the dead-letter guard's minute: the sender's.
+        expiry: Records too old to send (``PIPELINE_MAX_RECORD_AGE_S``), if there is a limit.
     """
 
     def __init__(
@@ -157,6 +183,7 @@ class Rules:
         *,
         batched: bool = False,
         clock: Clock | None = None,
+        expiry: Expiry | None = None,
     ) -> None:
         if rules.on_reject == "dead-letter" and dead_letters is None:
             msg = "dead-lettering needs a dead-letter sink"
@@ -166,10 +193,34 @@ class Rules:
         self._dead_letters = dead_letters
         self._batched = batched
         self._clock = clock or SystemClock()
+        self._expiry = expiry
         self._recent: dict[tuple[str, int], deque[float]] = {}  # dead letters per partition
 
     async def __call__(self, payload: Any) -> object:  # noqa: ANN401 - a record or a list
-        """Deliver ``payload`` (a record, or a batch) under the rules."""
+        """Deliver ``payload`` (a record, or a batch) under the rules.
+
+        Age is judged here, at every attempt, because this is when a record would be sent: one
+        that was fresh when fetched but waited out an outage is too old by the time it goes. A
+        batch loses its expired records and sends the rest as one request, in their order.
+        """
+        expiry = self._expiry
+        if expiry is None:
+            return await self._deliver(payload)
+        if not self._batched:
+            if not expiry.expired(payload):
+                return await self._deliver(payload)
+            await expiry.let_past(payload)
+            return Withheld(frozenset({payload.offset}), answered=False)
+        fresh, withheld = await expiry.screen(payload)
+        if not withheld:
+            return await self._deliver(payload)
+        returned = await self._deliver(fresh) if fresh else None
+        expiry.forget(payload)  # done: a split or retry of this batch is over
+        if returned is DEAD_LETTERED:
+            withheld |= {fresh[0].offset}
+        return Withheld(withheld, answered=bool(fresh))
+
+    async def _deliver(self, payload: Any) -> object:  # noqa: ANN401 - a record or a list
         single = _single(payload) if self._batched else payload
         try:
             await self._send(payload)
@@ -253,3 +304,110 @@ class Skips:
             offset=record.offset,
             dead_lettered=self._dead_letters is not None,
         )
+
+
+class Expiry:
+    """Records older than ``PIPELINE_MAX_RECORD_AGE_S`` when their turn comes: never sent.
+
+    Each is dead-lettered (reason ``expired``) when a dead-letter topic is configured, otherwise
+    let past; either way counted, and logged once then summarised per partition: after an
+    outage they come by the thousand. They do not count towards the dead-letter guard, which
+    stops a misconfigured API from draining a topic; expiry is a setting doing its job.
+
+    Kafka timestamps are wall-clock milliseconds, so the age is measured against wall time
+    (``now``); the monotonic clock has no epoch to compare them with.
+
+    Args:
+        max_age_s: The age past which a record is not sent.
+        dead_letters: Where expired records go, if anywhere.
+        now: Wall-clock seconds since the epoch.
+        clock: Monotonic time for the log summary's interval.
+        log_interval: Seconds between two lines for one partition.
+    """
+
+    # Records let past from batches still being delivered: a retry or a split of the batch
+    # brings them round again, and they must not be written or counted twice. Entries outlive
+    # their batch only when it ended without an answer (a halt, a revoke): bounded regardless.
+    MAX_REMEMBERED = 100_000
+
+    def __init__(
+        self,
+        max_age_s: float,
+        dead_letters: DeadLetterSink | None,
+        *,
+        now: Callable[[], float] = time.time,
+        clock: Clock | None = None,
+        log_interval: float = EXPIRED_LOG_INTERVAL_S,
+    ) -> None:
+        self._max_age_ms = max_age_s * 1000
+        self._max_age_s = max_age_s
+        self._dead_letters = dead_letters
+        self._now = now
+        self._lines = Repeats(log_interval, clock)
+        self._let_past: dict[str, None] = {}
+
+    def expired(self, record: KafkaRecord) -> bool:
+        """Whether ``record`` is older than the limit now.
+
+        A record without a timestamp (``-1``, old message formats) has no age and is fresh.
+        """
+        timestamp = record.timestamp
+        return timestamp >= 0 and self._now() * 1000 - timestamp > self._max_age_ms
+
+    async def screen(
+        self, batch: Sequence[KafkaRecord]
+    ) -> tuple[list[KafkaRecord], frozenset[int]]:
+        """Let a batch's expired records past, once each; the rest, in order, and their offsets.
+
+        A record let past earlier in this batch's delivery (before a retry or a split) stays let
+        past, whatever the clock says now.
+        """
+        fresh: list[KafkaRecord] = []
+        expired: list[KafkaRecord] = []
+        remembered = self._let_past
+        for record in batch:
+            key = idempotency_key(record) if remembered else ""
+            if key in remembered:
+                expired.append(record)
+            elif self.expired(record):
+                await self.let_past(record)
+                if len(remembered) >= self.MAX_REMEMBERED:
+                    del remembered[next(iter(remembered))]
+                remembered[key or idempotency_key(record)] = None
+                expired.append(record)
+            else:
+                fresh.append(record)
+        return fresh, frozenset(record.offset for record in expired)
+
+    def forget(self, batch: Sequence[KafkaRecord]) -> None:
+        """A batch's delivery is over: its expired records will not come round again."""
+        if self._let_past:
+            for record in batch:
+                self._let_past.pop(idempotency_key(record), None)
+
+    async def let_past(self, record: KafkaRecord) -> None:
+        """Dead-letter (if configured) and count one expired record; returns once it is done.
+
+        Raises :class:`~pipeline.errors.DeadLetterError` when the dead letter can never be
+        written: the record may then not be let past, and its partition halts.
+        """
+        age_s = self._now() - record.timestamp / 1000
+        if self._dead_letters is not None:
+            error = RejectedError(
+                f"older than PIPELINE_MAX_RECORD_AGE_S ({self._max_age_s:g} s): {age_s:.0f} s",
+                reason="expired",
+            )
+            await self._dead_letters.write(record, error, current_attempt() - 1)  # those sent
+        metrics.EXPIRED.labels(record.topic, str(record.partition)).inc()
+        held_back = self._lines.note((record.topic, record.partition))
+        if held_back is not None:
+            log.warning(
+                "policy.record_expired",
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                age_s=round(age_s, 3),
+                max_age_s=self._max_age_s,
+                dead_lettered=self._dead_letters is not None,
+                held_back=held_back,
+            )

@@ -22,6 +22,7 @@ from urllib.request import proxy_bypass_environment  # type: ignore[attr-defined
 import structlog
 
 from pipeline.checks import import_exceptions, import_function
+from pipeline.clock import Clock, SystemClock
 from pipeline.commit import Commits
 from pipeline.config import Settings, redactor
 from pipeline.consumer import (
@@ -41,7 +42,7 @@ from pipeline.http_client import AiohttpClient, HttpClient, Timeouts
 from pipeline.http_sink import HttpSink, HttpSinkConfig
 from pipeline.oauth2 import ClientCredentials, TokenSource
 from pipeline.partition import FlowLimits, Partitions
-from pipeline.policy import Classification, RejectRules, Rules, Skips
+from pipeline.policy import Classification, Expiry, RejectRules, Rules, Skips
 from pipeline.records import KafkaRecord
 from pipeline.retry import Backoff
 from pipeline.sender import BatchLimits, Lane, OrderedSender, Receipt
@@ -162,6 +163,18 @@ def reject_rules(settings: Settings) -> RejectRules:
     return RejectRules(settings.on_reject, settings.dead_letter_max_per_minute)
 
 
+def expiry(
+    settings: Settings, dead_letters: DeadLetters | None, clock: Clock | None = None
+) -> Expiry | None:
+    """Records too old to send, and where they go; ``None`` without an age limit.
+
+    ``clock`` paces the log summary only: age is wall time, against Kafka's timestamps.
+    """
+    if settings.max_record_age_s is None:
+        return None
+    return Expiry(settings.max_record_age_s, dead_letters, clock=clock)
+
+
 def http_timeouts(settings: Settings) -> Timeouts:
     """How long the HTTP client waits to connect and for an answer."""
     return Timeouts(connect=settings.space_api_connect_timeout_s, read=settings.space_api_timeout_s)
@@ -202,7 +215,7 @@ def client_credentials(settings: Settings) -> ClientCredentials | None:
 # Building
 
 
-def build_sink(settings: Settings) -> HttpSink | FunctionSink:
+def build_sink(settings: Settings, clock: Clock | None = None) -> HttpSink | FunctionSink:
     """The sink the settings ask for, to be entered as an async context manager."""
     s = settings
     if s.sink_function is not None:
@@ -225,7 +238,7 @@ def build_sink(settings: Settings) -> HttpSink | FunctionSink:
             timeouts, s.max_in_flight + 1, ssl_context=context, proxy=s.http_proxy
         )
     credentials = client_credentials(s)
-    auth = TokenSource(credentials, client) if credentials is not None else None
+    auth = TokenSource(credentials, client, clock=clock) if credentials is not None else None
     return HttpSink(http_sink_config(s), client, auth=auth)
 
 
@@ -285,23 +298,36 @@ class Parts:
 
 
 def wire(
-    settings: Settings, stage: StageHooks, *, source: ConsumerFactory = build_consumer
+    settings: Settings,
+    stage: StageHooks,
+    *,
+    source: ConsumerFactory = build_consumer,
+    clock: Clock | None = None,
 ) -> Parts:
     """Build every part of the stage from the settings, connected to each other and to ``stage``.
 
     ``source`` builds the unstarted Kafka consumer (tests pass their own subclass of it, as one
-    passes httpx a ``transport=``).
+    passes httpx a ``transport=``). ``clock`` is the one clock every timed part reads: the
+    sender, the gate, the rules and the token source.
 
     The Kafka clients come last, the consumer first: an aiokafka client must be closed once
     built, and what can fail to build (the sink's import, a TLS context) fails before any is.
     """
     s = settings
-    sink = build_sink(s)
-    gate = ApiGate(gate_limits(s))
+    clock = clock or SystemClock()
+    sink = build_sink(s, clock)
+    gate = ApiGate(gate_limits(s), clock=clock)
     kafka = KafkaSource(kafka_options(s), stage, consumer=source)
     options = dead_letter_options(s)
     dead_letters = DeadLetters(options, redact=redactor(s)) if options is not None else None
-    rules = Rules(sink.send, reject_rules(s), dead_letters, batched=batched(s))
+    rules = Rules(
+        sink.send,
+        reject_rules(s),
+        dead_letters,
+        batched=batched(s),
+        clock=clock,
+        expiry=expiry(s, dead_letters, clock),
+    )
 
     def build_sender(
         on_done: Callable[[Receipt[KafkaRecord]], None],
@@ -318,6 +344,7 @@ def wire(
             on_retry=stage.on_retry,
             on_done=on_done,
             retry_log_interval=None,  # the stage logs retries itself, per partition
+            clock=clock,
         )
 
     partitions = Partitions(

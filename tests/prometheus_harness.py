@@ -238,9 +238,12 @@ def exported_metrics() -> dict[str, tuple[str, ...]]:
     """Every series name ``pipeline.metrics`` exposes (``_total``, ``_bucket``...) -> its labels."""
     names: dict[str, tuple[str, ...]] = {}
     for metric in vars(pipeline.metrics).values():
-        if not isinstance(metric, MetricWrapperBase):
+        if isinstance(metric, MetricWrapperBase):
+            labels = tuple(metric._labelnames)
+        elif isinstance(metric, pipeline.metrics.BufferedHistogram):
+            labels = ()  # counted in plain lists, exposed by a collector of its own: no labels
+        else:
             continue
-        labels = tuple(metric._labelnames)
         for family in metric.describe():
             for suffix in _SERIES_SUFFIXES[family.type]:
                 names[family.name + suffix] = (*labels, "le") if suffix == "_bucket" else labels

@@ -11,7 +11,11 @@ from pathlib import Path
 import pytest
 
 from pipeline.dev.stub_api import StubConfig, StubServer
-from tests.conftest import VALID, eventually, new_dlq, run_once, running_stage
+from tests.plugins.broker import new_dlq
+from tests.plugins.environment import VALID
+from tests.plugins.processes import run_once
+from tests.plugins.stage import running_stage
+from tests.plugins.waiting import eventually
 from tests.test_outcomes import DLQ, dead_letters
 
 pytestmark = pytest.mark.integration
@@ -31,9 +35,12 @@ async def test_the_readme_example_function_is_the_sink(new_topic, stage_process,
     topic = await new_topic(4)
     await topic.produce(120)
     out = tmp_path / "space-items.jsonl"
-    env = topic.env("unused", sink_function="space_client:send_to_space", sink_argument="json")
-    del env["PIPELINE_SPACE_API_URL"]
-    env["PIPELINE_SINK_REJECT_EXCEPTIONS"] = "space_client.SpaceRejected"
+    env = topic.env(
+        None,
+        sink_function="space_client:send_to_space",
+        sink_argument="json",
+        sink_reject_exceptions="space_client.SpaceRejected",
+    )
     proc = stage_process(env, cwd=tmp_path)
     await eventually(lambda: len(written(out)) == 120, timeout=60, what="all 120 written")
     proc.process.send_signal(signal.SIGTERM)

@@ -16,7 +16,9 @@ import httpx
 from pipeline.config import Settings
 from pipeline.dev.broker import create_topic, free_port
 from pipeline.dev.stub_api import StubConfig, StubServer
-from tests.conftest import VALID, clean_env, command, eventually, eventually_async, run_once
+from tests.plugins.environment import VALID, clean_env
+from tests.plugins.processes import command, run_once
+from tests.plugins.waiting import eventually, eventually_async
 from tests.test_outcomes import dead_letters
 
 

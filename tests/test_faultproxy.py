@@ -17,8 +17,8 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from tests.conftest import eventually
 from tests.faultproxy import FaultProxy, kafka_request
+from tests.plugins.waiting import eventually
 
 
 class EchoServer:

@@ -18,7 +18,10 @@ from aiokafka import AIOKafkaConsumer, OffsetAndMetadata, TopicPartition
 from pipeline.dev.broker import free_port
 from pipeline.group_offsets import GroupState, Position, show_text
 from pipeline.partition import HALT_NOTE
-from tests.conftest import QUICK_JOIN, Topic, clean_env, eventually, running_stage
+from tests.plugins.broker import Topic
+from tests.plugins.environment import QUICK_JOIN, clean_env
+from tests.plugins.stage import running_stage
+from tests.plugins.waiting import eventually
 
 PROG = "space-pipeline offsets"
 CEST = timezone(timedelta(hours=2))

@@ -9,7 +9,8 @@ import httpx
 import pytest
 
 from pipeline.dev.stub_api import StubConfig, StubServer
-from tests.conftest import eventually, new_dlq
+from tests.plugins.broker import new_dlq
+from tests.plugins.waiting import eventually
 from tests.prometheus_harness import (
     ALERTS,
     alert_expressions,

@@ -14,7 +14,9 @@ from prometheus_client import REGISTRY
 
 from pipeline.dev.stub_api import REDIRECT_LOCATION, FaultWindow, StubConfig, StubServer
 from pipeline.records import Record
-from tests.conftest import eventually, eventually_async, new_dlq, running_stage
+from tests.plugins.broker import new_dlq
+from tests.plugins.stage import running_stage
+from tests.plugins.waiting import eventually, eventually_async
 
 pytestmark = pytest.mark.integration
 

@@ -18,13 +18,8 @@ from prometheus_client import REGISTRY
 
 from pipeline.dev.stub_api import StubConfig, StubServer
 from pipeline.stage import Stage
-from tests.conftest import (
-    consumer_class,
-    eventually,
-    eventually_async,
-    healthz_answers,
-    running_stage,
-)
+from tests.plugins.stage import consumer_class, healthz_answers, running_stage
+from tests.plugins.waiting import eventually, eventually_async
 
 pytestmark = pytest.mark.integration
 

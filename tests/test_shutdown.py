@@ -16,7 +16,8 @@ from pipeline.errors import RejectedError
 from pipeline.records import Record
 from pipeline.stage import Stage
 from pipeline.wiring import dead_letter_options
-from tests.conftest import ProxiedKafka, Topic, eventually, new_dlq
+from tests.plugins.broker import ProxiedKafka, Topic, new_dlq
+from tests.plugins.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -117,8 +118,7 @@ async def test_space_pipeline_run_exits_within_the_deadline_while_its_sink_hangs
     (tmp_path / "hanging.py").write_text(HANGING_MODULE)
     topic = await new_topic(1)
     await topic.produce(3)
-    env = topic.env("unused", sink_function="hanging:hang", shutdown_timeout_s=str(DEADLINE_S))
-    del env["PIPELINE_SPACE_API_URL"]
+    env = topic.env(None, sink_function="hanging:hang", shutdown_timeout_s=str(DEADLINE_S))
     proc = stage_process(env, cwd=tmp_path)
     await eventually((tmp_path / "called").exists, what="the sink's call")
     started = time.monotonic()

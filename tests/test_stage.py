@@ -12,15 +12,11 @@ import pytest
 
 from pipeline.dev.broker import free_port
 from pipeline.dev.stub_api import StubConfig, StubServer
-from tests.conftest import (
-    VALID,
-    consumer_class,
-    eventually,
-    healthz_answers,
-    metric_value,
-    run_once,
-    running_stage,
-)
+from tests.plugins.environment import VALID
+from tests.plugins.metrics import metric_value
+from tests.plugins.processes import run_once
+from tests.plugins.stage import consumer_class, healthz_answers, running_stage
+from tests.plugins.waiting import eventually
 
 pytestmark = pytest.mark.integration
 

@@ -47,6 +47,20 @@ _PENDING, _ACCEPTED = Outcome.PENDING, Outcome.ACCEPTED
 _SENDING, _WAITING = Phase.SENDING, Phase.WAITING
 
 
+# What the gate learns from an attempt that sent nothing: no answer, as from a cancelled one.
+_NOT_ASKED = asyncio.CancelledError()
+
+
+def _verdict(result: object) -> BaseException | None:
+    """What the gate learns from a send that returned ``result``.
+
+    A send function may let an item past without asking the API (a record too old to send); a
+    result with ``answered = False`` says so, and the gate must not take it for the API's answer
+    (it would end an outage on a probe that never went out).
+    """
+    return _NOT_ASKED if getattr(result, "answered", True) is False else None
+
+
 class OrderedSender(Generic[T]):
     """Deliver items through ``send`` in order per lane, concurrently across lanes.
 
@@ -361,7 +375,7 @@ class OrderedSender(Generic[T]):
                 state.phase = _WAITING
                 slots.release()
             if gate is not None:
-                gate.record(failure, probe)
+                gate.record(failure if failure is not None else _verdict(result), probe)
             if failure is None:
                 self._accept(lane, batch, attempt, started, result)
                 return _SETTLED
