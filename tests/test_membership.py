@@ -20,7 +20,9 @@ from pipeline.config import load_settings
 from pipeline.consumer import build_consumer
 from pipeline.errors import ConfigError
 from pipeline.wiring import kafka_options
-from tests.conftest import VALID, eventually, running_stage
+from tests.plugins.environment import VALID
+from tests.plugins.stage import running_stage
+from tests.plugins.waiting import eventually
 
 LEAVE_GROUP = 13
 

@@ -19,7 +19,9 @@ import pytest
 
 from pipeline.dev.broker import create_topic, free_port
 from pipeline.dev.stub_api import StubConfig, StubServer
-from tests.conftest import VALID, clean_env, eventually, eventually_async, run_once
+from tests.plugins.environment import VALID, clean_env
+from tests.plugins.processes import run_once
+from tests.plugins.waiting import eventually, eventually_async
 
 pytestmark = pytest.mark.integration
 
