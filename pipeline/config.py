@@ -11,6 +11,8 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
+import socket
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -61,6 +63,9 @@ NO_SINK = (
     " through your own function)"
 )
 
+# What Kafka accepts as a group.instance.id (as for topic names).
+_INSTANCE_ID = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
 # What a revoke needs besides its drain and its commit: cancelling lanes, forgetting partitions.
 REVOKE_MARGIN_MS = 1_000
 
@@ -105,6 +110,9 @@ class Settings(BaseSettings):
     kafka_ssl_certfile: Path | None = None
     kafka_ssl_keyfile: Path | None = None
     kafka_ssl_keyfile_password: SecretStr | None = None
+    # KIP-345 static membership; `{hostname}` is the pod's name under a StatefulSet.
+    kafka_group_instance_id: str | None = None
+    kafka_startup_timeout_s: PositiveFloat = 300.0
 
     # The Space API (or your own function instead)
     space_api_url: str | None = None
@@ -184,6 +192,11 @@ class Settings(BaseSettings):
             msg = "must name at least one topic (comma-separated)"
             raise ValueError(msg)
         return value
+
+    @field_validator("kafka_group_instance_id")
+    @classmethod
+    def _expand_instance_id(cls, value: str | None) -> str | None:
+        return None if value is None else expand_instance_id(value)
 
     @field_validator("space_api_url", "oauth2_token_url")
     @classmethod
@@ -414,6 +427,25 @@ class Settings(BaseSettings):
         if self.oauth2_client_secret_file is not None:
             return self.oauth2_client_secret_file.read_text(encoding="utf-8").strip()
         return None
+
+
+def expand_instance_id(template: str) -> str:
+    """The group instance id ``template`` names on this host: ``{hostname}`` is replaced.
+
+    The broker refuses an id with other characters, or longer, only at the join: checked here,
+    the pod fails at once with the variable named instead.
+    """
+    value = template.replace("{hostname}", socket.gethostname())
+    if "{" in value or "}" in value:
+        msg = "the only placeholder is {hostname}"
+        raise ValueError(msg)
+    if not _INSTANCE_ID.fullmatch(value):
+        msg = (
+            f"{value!r} is not a group instance id: 1 to 249 characters, letters, digits, '.',"
+            " '_' or '-'"
+        )
+        raise ValueError(msg)
+    return value
 
 
 def env_name(field: str) -> str:

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +31,12 @@ from aiokafka import (
     OffsetAndMetadata,
     TopicPartition,
 )
-from aiokafka.errors import IllegalStateError, KafkaError
+from aiokafka.errors import IllegalStateError, KafkaConnectionError, KafkaError
 from aiokafka.helpers import create_ssl_context
+
+from pipeline.errors import KafkaStartupError
+from pipeline.retry import Backoff
+from pipeline.summary import Repeats
 
 log = structlog.get_logger("pipeline.consumer")
 
@@ -39,6 +45,12 @@ log = structlog.get_logger("pipeline.consumer")
 POLL_TIMEOUT_MS = 100
 # A partition no topic has: polling for it alone keeps the consumer alive and takes nothing.
 _NOTHING = TopicPartition("", -1)
+# Waiting for Kafka at start: the delay between attempts to reach the brokers, a line for each of
+# the first few attempts and then one now and then, and a line now and then while a join waits.
+STARTUP_BACKOFF = Backoff(initial=0.5, maximum=5.0)
+STARTUP_LINES_IN_FULL = 3
+STARTUP_LOG_INTERVAL_S = 30.0
+JOIN_LOG_INTERVAL_S = 5.0
 
 
 class Committed(NamedTuple):
@@ -112,6 +124,10 @@ class KafkaOptions:
     """The consumer's configuration: the group, the topics, the limits of a fetch.
 
     Args:
+        group_instance_id: KIP-345 static membership: a member that names itself is not
+            replaced by a rebalance when it restarts within the session timeout, and leaves no
+            group on a stop (aiokafka sends no LeaveGroup for it).
+        startup_timeout_s: How long entering the source may wait for the brokers and the join.
         leave_timeout_s: How long leaving the group may take when the source is left without
             an explicit :meth:`KafkaSource.close`.
     """
@@ -131,6 +147,8 @@ class KafkaOptions:
     fetch_max_wait_ms: int = 500
     fetch_min_bytes: int = 1
     security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    group_instance_id: str | None = None
+    startup_timeout_s: float = 300.0
     leave_timeout_s: float = 5.0
 
     def consumer_arguments(self) -> dict[str, Any]:
@@ -150,6 +168,7 @@ class KafkaOptions:
             "max_partition_fetch_bytes": self.max_partition_fetch_bytes,
             "fetch_max_wait_ms": self.fetch_max_wait_ms,
             "fetch_min_bytes": self.fetch_min_bytes,
+            "group_instance_id": self.group_instance_id,
             **self.security.arguments(),
         }
 
@@ -166,10 +185,17 @@ def build_consumer(options: KafkaOptions) -> AIOKafkaConsumer:
 class KafkaSource:
     """A started consumer subscribed to the configured topics, as an async context manager.
 
+    Entering waits for Kafka: while the brokers cannot be reached it tries again with backoff,
+    for up to ``PIPELINE_KAFKA_STARTUP_TIMEOUT_S`` (bootstrap and group join together), so a pod
+    that starts before its brokers waits for them instead of crash-looping. :attr:`waiting` says
+    what it waits for meanwhile, for ``/readyz``. Cancelling the entry (a stop) ends the wait at
+    once and closes what was opened.
+
     Args:
         options: The consumer's configuration.
         listener: Told of every rebalance.
-        consumer: Builds the unstarted aiokafka consumer (tests pass their own subclass).
+        consumer: Builds the unstarted aiokafka consumer, once per attempt (tests pass their
+            own subclass).
     """
 
     def __init__(
@@ -181,21 +207,104 @@ class KafkaSource:
     ) -> None:
         self._options = options
         self._listener = listener
+        self._factory = consumer
         self._consumer = consumer(options)
         self._read_committed = options.isolation_level == "read_committed"
         self._closed = False
         self.started = False
         self.polling = False  # inside a poll, e.g. waiting out a rebalance
+        self.waiting: str | None = None  # what the start waits for, until started
 
     async def __aenter__(self) -> KafkaSource:
-        self._consumer.subscribe(list(self._options.topics), listener=_Bridge(self._listener))
+        o = self._options
+        began = time.monotonic()
+        lines = Repeats(STARTUP_LOG_INTERVAL_S)
+        attempt = 0
         try:
-            await self._consumer.start()
-        except BaseException:
-            await self.close(timeout=1.0)
-            raise
+            with _BootstrapErrors() as bootstrap_errors:
+                async with asyncio.timeout(o.startup_timeout_s) as deadline:
+                    while not await self._start(began):
+                        attempt += 1
+                        delay = STARTUP_BACKOFF.delay(attempt)
+                        error = bootstrap_errors.last or "no broker answered"
+                        bootstrap_errors.last = None  # the next attempt's own reason, if any
+                        self.waiting = (
+                            f"waiting for Kafka at {o.bootstrap_servers}"
+                            f" (attempt {attempt}): {error}"
+                        )
+                        held_back = 0 if attempt <= STARTUP_LINES_IN_FULL else lines.note(())
+                        if held_back is not None:
+                            log.warning(
+                                "consumer.kafka_unreachable",
+                                brokers=o.bootstrap_servers,
+                                attempt=attempt,
+                                waited_s=round(time.monotonic() - began, 1),
+                                retry_in_s=round(delay, 2),
+                                error=error,
+                                attempts_not_logged=held_back,
+                            )
+                        await asyncio.sleep(delay)
+                        self._consumer = self._factory(o)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            raise KafkaStartupError(
+                f"not started within PIPELINE_KAFKA_STARTUP_TIMEOUT_S={o.startup_timeout_s:g}"
+                f"s, still {self.waiting}"
+            ) from None
+        self.waiting = None
         self.started = True
+        if attempt:
+            log.info(
+                "consumer.kafka_reached",
+                brokers=o.bootstrap_servers,
+                attempts=attempt + 1,
+                waited_s=round(time.monotonic() - began, 1),
+            )
         return self
+
+    async def _start(self, began: float) -> bool:
+        """One attempt: bootstrap, then join; ``False`` when no broker could be reached.
+
+        aiokafka itself waits out everything after the bootstrap (finding the coordinator, a
+        rebalance); only a failed bootstrap ends its ``start()``, and leaves a consumer that
+        cannot be started again.
+        """
+        o = self._options
+        consumer = self._consumer
+        self.waiting = f"connecting to Kafka at {o.bootstrap_servers}"
+        consumer.subscribe(list(o.topics), listener=_Bridge(self._listener))
+        reached = True
+        async with asyncio.TaskGroup() as tasks:
+            report = tasks.create_task(self._report_waiting(consumer, began))
+            try:
+                await consumer.start()
+            except KafkaConnectionError:
+                reached = False
+            except BaseException:
+                await _stop(consumer, timeout=1.0)
+                raise
+            finally:
+                report.cancel()
+        if not reached:
+            await _stop(consumer, timeout=1.0)
+        return reached
+
+    async def _report_waiting(self, consumer: AIOKafkaConsumer, began: float) -> None:
+        """Say now and then that the start still waits, and for what (readiness says it too)."""
+        o = self._options
+        while True:
+            await asyncio.sleep(JOIN_LOG_INTERVAL_S)
+            joining = consumer._coordinator is not None  # past the bootstrap
+            if joining:
+                self.waiting = f"joining consumer group {o.group_id} at {o.bootstrap_servers}"
+            log.info(
+                "consumer.waiting",
+                on="group join" if joining else "brokers",
+                brokers=o.bootstrap_servers,
+                group=o.group_id,
+                waited_s=round(time.monotonic() - began, 1),
+            )
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close(timeout=self._options.leave_timeout_s)
@@ -325,23 +434,57 @@ class KafkaSource:
         if self._closed:
             return
         self._closed = True
-        consumer = self._consumer
-        try:
-            async with asyncio.timeout(timeout):
-                await consumer.stop()
-        except TimeoutError:
-            log.warning("consumer.leave_timeout", timeout_s=timeout)
-            await _force_close(consumer)
-        except asyncio.CancelledError:
-            if _being_cancelled():
-                raise
-            # aiokafka's fetcher re-raises the cancellation of a fetch it stops while that
-            # waits to retry (a broker that is gone): a failed leave, not ours to propagate.
-            log.warning("consumer.leave_failed", error="a fetch was cancelled")
-            await _force_close(consumer)
-        except KafkaError as error:
-            log.warning("consumer.leave_failed", error=repr(error))
-            await _force_close(consumer)
+        await _stop(self._consumer, timeout)
+
+
+async def _stop(consumer: AIOKafkaConsumer, timeout: float) -> None:
+    """``consumer.stop()`` within ``timeout`` seconds, or closed by hand."""
+    try:
+        async with asyncio.timeout(timeout):
+            await consumer.stop()
+    except TimeoutError:
+        log.warning("consumer.leave_timeout", timeout_s=timeout)
+        await _force_close(consumer)
+    except asyncio.CancelledError:
+        if _being_cancelled():
+            raise
+        # aiokafka's fetcher re-raises the cancellation of a fetch it stops while that
+        # waits to retry (a broker that is gone): a failed leave, not ours to propagate.
+        log.warning("consumer.leave_failed", error="a fetch was cancelled")
+        await _force_close(consumer)
+    except KafkaError as error:
+        log.warning("consumer.leave_failed", error=repr(error))
+        await _force_close(consumer)
+
+
+class _BootstrapErrors(logging.Filter):
+    """Hold back aiokafka's line per broker per failed bootstrap; keep the last for ours.
+
+    While the start waits for Kafka those lines would come at every attempt, past the summary
+    the stage's own line keeps to; the reason they give (refused, a TLS or SASL failure) is
+    then in the stage's line instead.
+    """
+
+    _LOGGER = "aiokafka"  # aiokafka.client's logger has the package's name
+    _PREFIXES = ("Unable connect to", "Unable to request metadata from")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last: str | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Drop (and remember) a failed bootstrap connection's line; pass any other."""
+        if isinstance(record.msg, str) and record.msg.startswith(self._PREFIXES):
+            self.last = record.getMessage()
+            return False
+        return True
+
+    def __enter__(self) -> _BootstrapErrors:
+        logging.getLogger(self._LOGGER).addFilter(self)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        logging.getLogger(self._LOGGER).removeFilter(self)
 
 
 def _being_cancelled() -> bool:

@@ -205,6 +205,7 @@ class DeadLetters:
         never committed, so its next owner meets it again. Later calls do nothing.
         """
         if not self._started:
+            await self._producer.stop()  # built, never started: nothing to flush or wait for
             return
         self._started = False
         try:

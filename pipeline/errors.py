@@ -15,6 +15,7 @@
     ├── LaneFullError          ``try_submit`` found the lane's buffer full
     ├── LaneHaltedError        the lane stopped after a rejection; the item was not sent
     ├── SenderClosedError      the sender no longer takes items
+    ├── KafkaStartupError      Kafka not reached, or the group not joined, in the start-up time
     ├── GroupActiveError       ``offsets reset`` found members in the group: nothing committed
     ├── AdminRefusedError      an admin call cannot be done as asked (409, 404, 503)
     └── BrokerError            the embedded Kafka broker could not start
@@ -185,6 +186,13 @@ class LaneHaltedError(PipelineError):
 
 class SenderClosedError(PipelineError):
     """The sender is closing or closed and takes no new items."""
+
+
+class KafkaStartupError(PipelineError):
+    """Kafka was not reached, or the group not joined, within ``PIPELINE_KAFKA_STARTUP_TIMEOUT_S``.
+
+    The stage exits 1: a pod then restarts with its back-off, and the log says what was tried.
+    """
 
 
 class GroupActiveError(PipelineError):

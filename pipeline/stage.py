@@ -34,7 +34,7 @@ from pipeline.admin import (
     StatusReport,
 )
 from pipeline.config import Settings
-from pipeline.consumer import ConsumerFactory, build_consumer
+from pipeline.consumer import ConsumerFactory, KafkaSource, build_consumer
 from pipeline.errors import AdminRefusedError
 from pipeline.health import Verdict
 from pipeline.partition import Partition, lane_partition, names
@@ -72,6 +72,7 @@ class Stage:
         self._settings = settings
         self._stopping = asyncio.Event()
         self._joined = False
+        self._joining: asyncio.Task[KafkaSource] | None = None
         self._fetching: asyncio.Task[None] | None = None
         self._committing: asyncio.Task[None] | None = None
         self._tasks: asyncio.TaskGroup | None = None  # while running
@@ -103,6 +104,9 @@ class Stage:
         )
         self._stopping.set()
         self._deadline = asyncio.get_running_loop().time() + self._settings.shutdown_timeout_s
+        if self._joining is not None:
+            # Waiting for Kafka or for the group may last minutes: nothing to drain yet.
+            self._joining.cancel()
         if self._fetching is not None:
             # Polling may wait for a rebalance without end; a stop ends it at once. Nothing is
             # lost: records leave aiokafka's buffer only in the step that hands them over.
@@ -121,15 +125,19 @@ class Stage:
         async with AsyncExitStack() as stack:
             stack.push_async_exit(parts.source)  # closed even when a part before it fails
             if parts.dead_letters is not None:
-                await stack.enter_async_context(parts.dead_letters)
+                stack.push_async_exit(parts.dead_letters)  # closed even when never started
             await stack.enter_async_context(parts.sink)
             await stack.enter_async_context(parts.sender)
             await stack.enter_async_context(parts.ops)
             try:
                 async with asyncio.TaskGroup() as tasks:
                     self._tasks = tasks
-                    await stack.enter_async_context(parts.source)  # rebalance callbacks come now
-                    self._log_start(parts.ops.port)
+                    self._log_start(parts.ops.port)  # at once: the join may take long
+                    if not await self._join(tasks, stack):
+                        return
+                    if parts.dead_letters is not None:
+                        # It needs Kafka too: started once the consumer has waited for it.
+                        await stack.enter_async_context(parts.dead_letters)
                     if not self._stopping.is_set():
                         self._fetching = tasks.create_task(self._poll_and_hand_over())
                     self._committing = tasks.create_task(self._commit_periodically())
@@ -141,6 +149,23 @@ class Stage:
                 self._tasks = None
                 if parts.source.started:
                     await self._shutdown()
+
+    async def _join(self, tasks: asyncio.TaskGroup, stack: AsyncExitStack) -> bool:
+        """Wait for Kafka and join the group (rebalance callbacks come now); ``False`` if stopped.
+
+        The wait is a task of its own so that a stop can cancel it: a SIGTERM while the brokers
+        are away, or while the group rebalances, ends the stage at once.
+        """
+        if self._stopping.is_set():
+            return False
+        joining = self._joining = tasks.create_task(stack.enter_async_context(self._parts.source))
+        await asyncio.wait([joining])
+        self._joining = None
+        if joining.cancelled():
+            log.info("stage.join_abandoned", reason="stopping")
+            return False
+        joining.result()
+        return True
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run side work (a skipped record's dead letter) in the stage's task group.
@@ -162,6 +187,7 @@ class Stage:
             brokers=s.kafka_bootstrap_servers,
             topics=list(s.kafka_topics),
             group=s.kafka_group_id,
+            group_instance_id=s.kafka_group_instance_id,
             sink=f"function {s.sink_function}" if s.sink_function else "http",
             api_url=mask_url(s.space_api_url) if s.space_api_url else None,
             batch_max_records=s.batch_max_records,
@@ -422,7 +448,8 @@ class Stage:
         own words: the fix is a setting, and the operator reads which one here.
         """
         if not self._joined:
-            return Verdict(ok=False, reason="not yet joined the consumer group")
+            waiting = self._parts.source.waiting
+            return Verdict(ok=False, reason=waiting or "not yet joined the consumer group")
         refusal = self._parts.gate.refusal
         if refusal is not None:
             return Verdict(ok=False, reason=refusal)

@@ -102,6 +102,8 @@ def kafka_options(settings: Settings) -> KafkaOptions:
         fetch_max_wait_ms=s.kafka_fetch_max_wait_ms,
         fetch_min_bytes=s.kafka_fetch_min_bytes,
         security=kafka_security(s),
+        group_instance_id=s.kafka_group_instance_id,
+        startup_timeout_s=s.kafka_startup_timeout_s,
         leave_timeout_s=s.shutdown_timeout_s * LEAVE_SHARE,
     )
 

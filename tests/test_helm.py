@@ -37,6 +37,8 @@ HELM_VALUES = Path(__file__).resolve().parent / "helm-values"
 ALL_FEATURES = HELM_VALUES / "all-features.yaml"
 # What all-features.yaml cannot hold at once: your own function as the sink, a rate limit per pod.
 FUNCTION_SINK = HELM_VALUES / "function-sink.yaml"
+# The pods as a StatefulSet, each a static group member under its pod's name.
+STATEFULSET = HELM_VALUES / "statefulset.yaml"
 K8S_VERSION = "1.33.0"
 RELEASE = "demo"
 NAMESPACE = "streams"
@@ -150,7 +152,7 @@ CRD_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
                 "scaleTargetRef": {
                     "type": "object",
                     "required": ["name"],
-                    "properties": {"kind": {"const": "Deployment"}},
+                    "properties": {"kind": {"enum": ["Deployment", "StatefulSet"]}},
                 },
                 "minReplicaCount": {"type": "integer", "minimum": 1},
                 "maxReplicaCount": {"type": "integer", "minimum": 1},
@@ -230,8 +232,15 @@ def only(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return found[0]
 
 
+def workload(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The pods' controller: the one Deployment or StatefulSet."""
+    found = [doc for doc in docs if doc["kind"] in ("Deployment", "StatefulSet")]
+    assert len(found) == 1, f"expected one workload, got {[d['kind'] for d in found]}"
+    return found[0]
+
+
 def pod_spec(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    spec: dict[str, Any] = only(docs, "Deployment")["spec"]["template"]["spec"]
+    spec: dict[str, Any] = workload(docs)["spec"]["template"]["spec"]
     return spec
 
 
@@ -251,6 +260,7 @@ VARIANTS = {
     "defaults": {},
     "all-features": load_values(ALL_FEATURES),
     "function-sink": load_values(FUNCTION_SINK),
+    "statefulset": load_values(STATEFULSET),
 }
 
 
@@ -388,9 +398,10 @@ def test_config_keys_are_settings_fields(chart: helm.Chart) -> None:
     assert schema is not None
     fields = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
     files = {path.name: load_values(path) for path in (ALL_FEATURES, FUNCTION_SINK)}
+    exercised = files | {STATEFULSET.name: load_values(STATEFULSET)}
     for key in schema["properties"]["config"]["properties"]:
-        assert any(key in values["config"] for values in files.values()), (
-            f"neither {' nor '.join(files)} exercises config.{key}"
+        assert any(key in values["config"] for values in exercised.values()), (
+            f"none of {', '.join(exercised)} exercises config.{key}"
         )
     for values in files.values():
         rendered = configmap_env(render(chart, values))
@@ -1472,3 +1483,75 @@ def test_global_rate_limit_share_rolls_pods_when_replicas_change(chart: helm.Cha
 
     on = {"rateLimit": {"globalPerS": 100}}
     assert checksum(on, {"replicas": 2}) != checksum(on, {"replicas": 4})
+
+
+# workload: statefulset
+
+
+def test_a_statefulset_gives_each_pod_its_name_as_its_static_member_id(chart: helm.Chart) -> None:
+    """workload: statefulset renders a StatefulSet (no Deployment) naming a headless Service of
+    the pods, and the ConfigMap sets PIPELINE_KAFKA_GROUP_INSTANCE_ID={hostname}, which the stage
+    replaces with the pod's stable name: a rolling restart then moves no partition."""
+    docs = render(chart, {"workload": "statefulset", "replicas": 3})
+    stateful = only(docs, "StatefulSet")
+    assert not [d for d in docs if d["kind"] == "Deployment"]
+    assert 3 == stateful["spec"]["replicas"]
+    assert "strategy" not in stateful["spec"]
+    assert "RollingUpdate" == stateful["spec"]["updateStrategy"]["type"]
+    (headless,) = [
+        d
+        for d in docs
+        if d["kind"] == "Service" and d["metadata"]["name"] == stateful["spec"]["serviceName"]
+    ]
+    assert "None" == headless["spec"]["clusterIP"]
+    assert headless["spec"]["selector"] == stateful["spec"]["selector"]["matchLabels"]
+    assert "{hostname}" == configmap_env(docs)["PIPELINE_KAFKA_GROUP_INSTANCE_ID"]
+    pdb = only(docs, "PodDisruptionBudget")["spec"]
+    assert pdb["selector"] == stateful["spec"]["selector"]
+
+
+def test_a_deployment_sets_no_static_member_id(chart: helm.Chart) -> None:
+    """A Deployment's pods get new names at every restart: no instance id, no headless Service."""
+    docs = render(chart)
+    assert "PIPELINE_KAFKA_GROUP_INSTANCE_ID" not in configmap_env(docs)
+    assert not [d for d in docs if d["kind"] == "Service"]
+
+
+def test_an_explicit_instance_id_template_wins_under_a_statefulset(chart: helm.Chart) -> None:
+    docs = render(chart, load_values(STATEFULSET))
+    assert "space-{hostname}" == configmap_env(docs)["PIPELINE_KAFKA_GROUP_INSTANCE_ID"]
+
+
+def test_keda_scales_the_statefulset(chart: helm.Chart) -> None:
+    """KEDA's scaleTargetRef names the kind it scales: the StatefulSet, which leaves replicas to
+    the HPA."""
+    docs = render(chart, load_values(STATEFULSET))
+    stateful = only(docs, "StatefulSet")
+    target = only(docs, "ScaledObject")["spec"]["scaleTargetRef"]
+    assert ("apps/v1", "StatefulSet") == (target["apiVersion"], target["kind"])
+    assert stateful["metadata"]["name"] == target["name"]
+    assert "replicas" not in stateful["spec"]
+
+
+def test_keda_scales_the_deployment_by_default(chart: helm.Chart) -> None:
+    docs = render(chart, {"keda": {"enabled": True, "partitionCount": 6}})
+    assert "Deployment" == only(docs, "ScaledObject")["spec"]["scaleTargetRef"]["kind"]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"config": {"kafkaGroupInstanceId": "{hostname}"}}, "needs workload: statefulset"),
+        (
+            {"workload": "statefulset", "strategy": {"type": "Recreate"}},
+            "strategy is a Deployment's",
+        ),
+    ],
+)
+def test_a_static_member_id_under_a_deployment_or_a_strategy_under_a_statefulset_fails(
+    chart: helm.Chart, values: dict[str, Any], message: str
+) -> None:
+    """A Deployment's static id would change with each pod name (or be shared by replicas); a
+    StatefulSet has no Deployment strategy."""
+    with pytest.raises(helm.HelmRenderError, match=message):
+        render(chart, values)

@@ -276,21 +276,25 @@ async def test_key_ordering_keeps_each_key_in_order_while_keys_overlap(new_topic
     assert {0: 120} == await topic.committed()
 
 
-def test_an_unreachable_broker_is_fatal_with_one_clear_line(tmp_path):
-    """No broker at the bootstrap address: exit code 1 and one ``stage.failed`` line naming
-    the error (no traceback, no ExceptionGroup wrapper)."""
+def test_a_broker_unreachable_past_the_startup_timeout_is_fatal_with_one_clear_line(tmp_path):
+    """No broker at the bootstrap address for the whole start-up timeout: exit code 1 and one
+    ``stage.failed`` line naming the setting and the error (no traceback, no ExceptionGroup
+    wrapper). tests/test_startup.py has the waiting itself."""
     result = run_once(
         tmp_path,
         PIPELINE_KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}",
         PIPELINE_KAFKA_TOPICS="t",
         PIPELINE_SPACE_API_URL="http://127.0.0.1:1/items",
         PIPELINE_METRICS_PORT="0",
+        PIPELINE_KAFKA_STARTUP_TIMEOUT_S="0.5",
     )
     assert 1 == result.returncode
     events = [json.loads(line) for line in result.stdout.splitlines()]
     failed = [e for e in events if e["event"] == "stage.failed"]
     assert 1 == len(failed)
-    assert failed[0]["error"].startswith("KafkaConnectionError")
+    assert failed[0]["error"].startswith("KafkaStartupError")
+    assert "PIPELINE_KAFKA_STARTUP_TIMEOUT_S" in failed[0]["error"]
+    assert "Connect call failed" in failed[0]["error"]
     assert "Traceback" not in result.stdout + result.stderr
 
 

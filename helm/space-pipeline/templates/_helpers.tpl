@@ -109,6 +109,13 @@ Lists are joined with ",", maps JSON-encoded.
 {{- fail (printf "extraEnv must not set %s: use %s" .name (get $reserved .name)) -}}
 {{- end -}}
 {{- end -}}
+{{- if eq .Values.workload "statefulset" -}}
+{{- if .Values.strategy -}}
+{{- fail "strategy is a Deployment's: a StatefulSet (workload: statefulset) replaces one pod at a time" -}}
+{{- end -}}
+{{- else if .Values.config.kafkaGroupInstanceId -}}
+{{- fail "config.kafkaGroupInstanceId needs workload: statefulset: a Deployment's pods get new names at every restart, and replicas would share one id" -}}
+{{- end -}}
 {{- if and .Values.podMonitor.enabled .Values.serviceMonitor.enabled -}}
 {{- fail "enable podMonitor or serviceMonitor, not both: every series would be scraped twice" -}}
 {{- end -}}
@@ -239,4 +246,11 @@ selector labels always win: call with (dict "ctx" $ "extra" $map).
 {{- $base := include "space-pipeline.labels" .ctx | fromYaml -}}
 {{- $selector := include "space-pipeline.selectorLabels" .ctx | fromYaml -}}
 {{- toYaml (merge (dict) $selector (.extra | default dict) $base) -}}
+{{- end -}}
+
+{{/*
+The kind of the pods' controller: Deployment, or StatefulSet with workload: statefulset.
+*/}}
+{{- define "space-pipeline.workloadKind" -}}
+{{- if eq .Values.workload "statefulset" -}}StatefulSet{{- else -}}Deployment{{- end -}}
 {{- end -}}
