@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from urllib.request import proxy_bypass_environment  # type: ignore[attr-defined]
 
 import structlog
+from pydantic import SecretStr
 
 from pipeline.admin import AdminApi, AdminPort
 from pipeline.checks import import_exceptions, import_function
@@ -64,6 +65,11 @@ def batched(settings: Settings) -> bool:
     return settings.batch_max_records > 1
 
 
+def _revealed(secret: SecretStr | None) -> str | None:
+    """A secret setting's value, for the one part that must send it; an empty one is none."""
+    return secret.get_secret_value() if secret else None
+
+
 def kafka_security(settings: Settings) -> KafkaSecurity:
     """How every Kafka client of the stage authenticates."""
     s = settings
@@ -71,15 +77,11 @@ def kafka_security(settings: Settings) -> KafkaSecurity:
         protocol=s.kafka_security_protocol,
         sasl_mechanism=s.kafka_sasl_mechanism,
         sasl_username=s.kafka_sasl_username,
-        sasl_password=s.kafka_sasl_password.get_secret_value() if s.kafka_sasl_password else None,
+        sasl_password=_revealed(s.kafka_sasl_password),
         ssl_cafile=s.kafka_ssl_cafile,
         ssl_certfile=s.kafka_ssl_certfile,
         ssl_keyfile=s.kafka_ssl_keyfile,
-        ssl_keyfile_password=(
-            s.kafka_ssl_keyfile_password.get_secret_value()
-            if s.kafka_ssl_keyfile_password
-            else None
-        ),
+        ssl_keyfile_password=_revealed(s.kafka_ssl_keyfile_password),
     )
 
 
@@ -189,7 +191,7 @@ def http_sink_config(settings: Settings) -> HttpSinkConfig:
         url=s.space_api_url,
         method=s.space_api_method,
         content_type=s.space_api_content_type,
-        token=s.space_api_token.get_secret_value() if s.space_api_token else None,
+        token=_revealed(s.space_api_token),
         headers=s.space_api_headers,
         forward_headers=s.forward_headers,
         tombstones=s.tombstones,
@@ -356,6 +358,7 @@ def wire(
         spawn=stage.spawn,
         skips=Skips(s.skip_records, dead_letters),
     )
+    admin_token = _revealed(s.admin_token)
     return Parts(
         dead_letters=dead_letters,
         sink=sink,
@@ -369,6 +372,6 @@ def wire(
             s.metrics_port,
             live=stage.live,
             ready=stage.ready,
-            admin=AdminApi(stage, s.admin_token.get_secret_value()) if s.admin_token else None,
+            admin=AdminApi(stage, admin_token) if admin_token else None,
         ),
     )
