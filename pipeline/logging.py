@@ -73,14 +73,17 @@ def configure_logging(
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=not console),
     ]
+    # A traceback becomes text before the redactor reads the line: the console renderer's own
+    # (pretty) tracebacks would be drawn after it, secrets and all.
+    tail: list[Processor] = [structlog.processors.format_exc_info]
     if console:
-        ours: Processor = structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        ours: Processor = structlog.dev.ConsoleRenderer(
+            colors=stream.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
         foreign: Processor = ours
         factory: object = structlog.PrintLoggerFactory(stream)
-        tail: list[Processor] = []
     else:
         foreign = structlog.processors.JSONRenderer(serializer=_dumps)
-        tail = [structlog.processors.format_exc_info]
         if hasattr(stream, "buffer"):  # bytes straight from orjson: no decode per line
             ours = structlog.processors.JSONRenderer(serializer=orjson.dumps)
             factory = structlog.BytesLoggerFactory(stream.buffer)

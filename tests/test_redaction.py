@@ -9,7 +9,7 @@ import logging
 import pytest
 import structlog
 
-from pipeline.logging import configure_logging
+from pipeline.logging import LogFormat, configure_logging
 from pipeline.redaction import MASK, Redactor, header_secrets, mask_url, secret_name, url_secrets
 
 
@@ -88,3 +88,25 @@ def test_every_log_line_is_scrubbed_of_secrets_ours_and_foreign() -> None:
     ours, foreign = (json.loads(line) for line in text.splitlines())
     assert f"token {MASK} refused" == ours["error"]
     assert f"connecting with {MASK}" == foreign["event"]
+
+
+@pytest.mark.parametrize("log_format", ["json", "console"])
+def test_a_logged_exception_is_scrubbed_of_secrets_in_every_format(log_format: LogFormat) -> None:
+    """A traceback is text like any other: an error that quotes a token, logged with its
+    exception by our code or by a library's, shows no secret in JSON or at a terminal."""
+    stream = io.StringIO()
+    configure_logging("INFO", log_format, stream=stream, redact=Redactor.of(["s3cret"]))
+    try:
+        try:
+            raise RuntimeError("the API echoed Bearer s3cret from https://u:pw@h.example/")
+        except RuntimeError:
+            structlog.get_logger("test").exception("test.failed")
+            logging.getLogger("aiokafka").exception("aiokafka failed")
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers.clear()
+
+    text = stream.getvalue()
+    assert "RuntimeError" in text
+    assert "s3cret" not in text
+    assert ":pw@" not in text
