@@ -3,7 +3,6 @@ sent, dead-lettered or skipped, counted and committed past; nothing else changes
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -22,6 +21,7 @@ from pipeline.retry import Backoff
 from pipeline.sender import BatchLimits, OrderedSender
 from tests.fakes import FakeClock, Record
 from tests.plugins.broker import Topic, new_dlq
+from tests.plugins.environment import only_settings
 from tests.plugins.stage import running_stage
 from tests.plugins.waiting import eventually, eventually_async
 from tests.test_outcomes import dead_letters
@@ -335,14 +335,15 @@ async def test_expired_records_are_logged_once_then_summarised():
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch, tmp_path) -> pytest.MonkeyPatch:
     """Only the required settings, in a directory without a .env."""
-    for name in list(os.environ):
-        if name.startswith("PIPELINE_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("PIPELINE_KAFKA_BOOTSTRAP_SERVERS", "kafka:9092")
-    monkeypatch.setenv("PIPELINE_KAFKA_TOPICS", "telemetry")
-    monkeypatch.setenv("PIPELINE_SPACE_API_URL", "https://space.example/v1/records")
-    monkeypatch.chdir(tmp_path)
-    return monkeypatch
+    return only_settings(
+        monkeypatch,
+        tmp_path,
+        {
+            "PIPELINE_KAFKA_BOOTSTRAP_SERVERS": "kafka:9092",
+            "PIPELINE_KAFKA_TOPICS": "telemetry",
+            "PIPELINE_SPACE_API_URL": "https://space.example/v1/records",
+        },
+    )
 
 
 def test_the_age_limit_is_off_by_default_and_a_bad_one_is_named(env):

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from pipeline.config import Settings, describe, load_settings
 from pipeline.errors import ConfigError
+from tests.plugins.environment import only_settings
 
 REQUIRED = {
     "PIPELINE_KAFKA_BOOTSTRAP_SERVERS": "kafka-0:9092,kafka-1:9092",
@@ -23,13 +24,7 @@ REQUIRED = {
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
     """An environment holding only the required settings, in a directory without a .env."""
-    for name in list(os.environ):
-        if name.startswith("PIPELINE_"):
-            monkeypatch.delenv(name)
-    for name, value in REQUIRED.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.chdir(tmp_path)
-    return monkeypatch
+    return only_settings(monkeypatch, tmp_path, REQUIRED)
 
 
 def load() -> Settings:

@@ -10,7 +10,6 @@ group rebalancing, see bench/rolling.py: what a restart keeps is measured there,
 
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from pipeline.config import load_settings
 from pipeline.consumer import build_consumer
 from pipeline.errors import ConfigError
 from pipeline.wiring import kafka_options
-from tests.plugins.environment import VALID
+from tests.plugins.environment import VALID, only_settings
 from tests.plugins.stage import running_stage
 from tests.plugins.waiting import eventually
 
@@ -30,13 +29,7 @@ LEAVE_GROUP = 13
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
     """The fewest valid settings, in a directory without a .env."""
-    for name in list(os.environ):
-        if name.startswith("PIPELINE_"):
-            monkeypatch.delenv(name)
-    for name, value in VALID.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.chdir(tmp_path)
-    return monkeypatch
+    return only_settings(monkeypatch, tmp_path, VALID)
 
 
 def test_no_instance_id_means_a_dynamic_member(env: pytest.MonkeyPatch) -> None:

@@ -4,7 +4,11 @@ breaks here, once, rather than in every test that starts a stage."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from pipeline.config import ENV_PREFIX, Settings, env_name
 
@@ -31,3 +35,18 @@ VALID = environment(
 def clean_env() -> dict[str, str]:
     """This process's environment without any ``PIPELINE_*`` setting."""
     return {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+
+
+def only_settings(
+    monkeypatch: pytest.MonkeyPatch, directory: Path, settings: Mapping[str, str]
+) -> pytest.MonkeyPatch:
+    """This process's environment with exactly ``settings`` as its ``PIPELINE_*`` variables, in
+    ``directory`` (no ``.env`` there): what loading the settings then sees is all the test says.
+    """
+    for name in list(os.environ):
+        if name.startswith(ENV_PREFIX):
+            monkeypatch.delenv(name)
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(directory)
+    return monkeypatch
