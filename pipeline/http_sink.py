@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 from urllib.parse import quote, unquote, urlsplit
 
+import orjson
+
 from pipeline import metrics
 from pipeline.checks import (
     PLACEHOLDERS,
@@ -49,6 +51,7 @@ from pipeline.errors import (
     RetryableSendError,
     SendError,
 )
+from pipeline.formats import ValueFormat
 from pipeline.http_client import BODY_EXCERPT_BYTES, Answer, HttpClient, failure
 from pipeline.policy import Classification, Outcome
 from pipeline.records import KafkaRecord, idempotency_key
@@ -190,10 +193,17 @@ class HttpSink:
         config: What to send where.
         client: The HTTP client (see :mod:`pipeline.http_client`).
         auth: Where bearer tokens come from (OAuth2); a static ``config.token`` is used otherwise.
+        values: How values are decoded into JSON data, which is then sent as JSON; ``None``
+            sends each value's bytes as they are.
     """
 
     def __init__(
-        self, config: HttpSinkConfig, client: HttpClient, *, auth: BearerTokens | None = None
+        self,
+        config: HttpSinkConfig,
+        client: HttpClient,
+        *,
+        auth: BearerTokens | None = None,
+        values: ValueFormat | None = None,
     ) -> None:
         check_url_template(config.url)
         check_forward_headers(config.forward_headers)
@@ -205,6 +215,7 @@ class HttpSink:
         self._config = config
         self._client = client
         self._auth = auth
+        self._values = values
         self._templated = "{" in config.url
         self._whole_segments, self._shared_segment = _placeholder_segments(config.url)
         self._static = _merged({"User-Agent": "space-pipeline"}, config.headers)
@@ -230,11 +241,15 @@ class HttpSink:
 
     async def send(self, payload: KafkaRecord | Sequence[KafkaRecord]) -> None:
         """Deliver a record (or a batch); return on acceptance, raise a SendError otherwise."""
+        records: Sequence[KafkaRecord] = (
+            payload if self._config.batch_format is not None else (payload,)  # type: ignore[assignment]
+        )
+        bodies = await self._bodies(records)
         try:
             if self._config.batch_format is None:
-                method, url, headers, body = self._single(payload)  # type: ignore[arg-type]
+                method, url, headers, body = self._single(records[0], bodies)
             else:
-                method, url, headers, body = self._batch(payload)  # type: ignore[arg-type]
+                method, url, headers, body = self._batch(records, bodies)
                 metrics.BATCH_SIZES.observe(len(payload))  # type: ignore[arg-type]
         except (ValueError, TypeError) as error:  # UnicodeError is a ValueError
             raise failure(error) from error
@@ -275,6 +290,17 @@ class HttpSink:
         metrics.SEND_SECONDS.observe(time.perf_counter() - started)
 
     # Mapping records to requests
+
+    async def _bodies(self, records: Sequence[KafkaRecord]) -> list[bytes] | None:
+        """Each record's body when values are decoded; ``None`` when the bytes go as they are."""
+        values = self._values
+        if values is None:
+            return None
+        bodies = []
+        for record in records:
+            decoded = await values.decode(record)
+            bodies.append(orjson.dumps(decoded))
+        return bodies
 
     def _url(self, record: KafkaRecord) -> str:
         if not self._templated:
@@ -321,17 +347,20 @@ class HttpSink:
         headers["X-Kafka-Partition"] = str(record.partition)
         return headers
 
-    def _single(self, record: KafkaRecord) -> tuple[str, str, dict[str, str], bytes | None]:
+    def _single(
+        self, record: KafkaRecord, bodies: list[bytes] | None
+    ) -> tuple[str, str, dict[str, str], bytes | None]:
         headers = self._headers(record)
         headers["Idempotency-Key"] = idempotency_key(record)
         headers["X-Kafka-Offset"] = str(record.offset)
         if record.value is None and self._config.tombstones == "delete":
             del headers["Content-Type"]
             return "DELETE", self._url(record), headers, None
-        return self._config.method, self._url(record), headers, record.value or b""
+        body = bodies[0] if bodies is not None else record.value or b""
+        return self._config.method, self._url(record), headers, body
 
     def _batch(
-        self, records: Sequence[KafkaRecord]
+        self, records: Sequence[KafkaRecord], bodies: list[bytes] | None
     ) -> tuple[str, str, dict[str, str], bytes | None]:
         first, last = records[0], records[-1]
         fmt = self._config.batch_format
@@ -342,7 +371,7 @@ class HttpSink:
         headers["X-Kafka-Offset"] = str(first.offset)
         headers["X-Kafka-Last-Offset"] = str(last.offset)
         headers["X-Batch-Size"] = str(len(records))
-        values = [record.value or b"null" for record in records]
+        values = bodies if bodies is not None else [record.value or b"null" for record in records]
         if fmt == "json-array":
             body = b"[" + b",".join(values) + b"]"
         else:
