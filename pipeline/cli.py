@@ -139,7 +139,7 @@ def _broker(args: argparse.Namespace) -> int:
     from pipeline.dev import broker  # noqa: PLC0415
 
     configure_logging("WARNING")
-    return _until_interrupted(lambda: broker.serve(args.host, args.port))
+    return _until_interrupted(lambda: broker.serve(args.host, args.port, durable=args.durable))
 
 
 def _produce(args: argparse.Namespace) -> int:

