@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck unit tools bench chaos clean
+.PHONY: install demo test lint typecheck unit tools bench chaos soak clean
 
 install: $(STAMP)
 
@@ -43,9 +43,14 @@ test: install tools lint typecheck
 bench: install
 	$(BIN)/python bench/bench.py $(ARGS)
 
-# Soak under random faults (seeded): nothing lost, nothing reordered; about 3-4 minutes.
+# Soak under random faults (seeded), broker restarts among them: nothing lost, nothing
+# reordered; about 3-4 minutes.
 chaos: install
 	$(BIN)/python bench/chaos.py
+
+# The chaos menu for 30 minutes (not part of `make test`): also reports each member's RSS curve.
+soak: install
+	$(BIN)/python bench/chaos.py --minutes 30 $(ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis dist build
