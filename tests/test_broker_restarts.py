@@ -11,13 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer
 
+from pipeline.dev.broker import create_topic, produce_numbered
 from pipeline.dev.stub_api import StubConfig, StubServer
-from tests.plugins.broker import DurableKafka, Topic, new_dlq
+from tests.plugins.broker import DurableKafka, Topic, kafka_answers, new_dlq
 from tests.plugins.processes import StageProcess
 from tests.plugins.waiting import eventually, eventually_async
 
@@ -153,3 +159,62 @@ async def test_a_broker_down_longer_than_the_session_timeout_re_forms_the_group(
     assert all(a > b for a, b in zip(after, before, strict=True)), (before, after)
     assert 0 == stats.order_violations
     assert stats.accepted == stats.unique + stats.duplicates, "a redelivery kept its key"
+
+
+def tool_process(cwd: Path, *args: str) -> subprocess.Popen[str]:
+    """``space-pipeline ARGS`` in the foreground, its output a pipe to read line by line."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=cwd,
+    )
+
+
+async def test_broker_durable_starts_tansu_again_after_a_kill_with_its_records(tmp_path):
+    """``space-pipeline broker --durable`` names the tansu pid; ``kill -9`` of it is a broker
+    crash: the command starts tansu again on the same port, and the records written before are
+    there to read. Ctrl-C then stops it, exit 0."""
+    tool = tool_process(tmp_path, "broker", "--durable", "--port", "0")
+    assert tool.stdout is not None
+    readline = tool.stdout.readline
+    try:
+        first = await asyncio.to_thread(readline)
+        address = re.search(r"on (\S+:\d+) \(durable", first)
+        assert address is not None, first + tool.stdout.read(2000)
+        bootstrap = address.group(1)
+        pid = re.search(r"tansu pid (\d+)", await asyncio.to_thread(readline))
+        assert pid is not None
+        await kafka_answers(bootstrap)
+        await create_topic(bootstrap, "kept", 2)
+        await produce_numbered(bootstrap, "kept", 2, 30)
+
+        os.kill(int(pid.group(1)), signal.SIGKILL)
+
+        assert "starting it again" in await asyncio.to_thread(readline)
+        again = re.search(r"tansu pid (\d+)", await asyncio.to_thread(readline))
+        assert again is not None
+        assert again.group(1) != pid.group(1)
+        await kafka_answers(bootstrap)
+        consumer = AIOKafkaConsumer(
+            "kept", bootstrap_servers=bootstrap, auto_offset_reset="earliest"
+        )
+        await consumer.start()
+        try:
+            records = []
+            async with asyncio.timeout(30):
+                while len(records) < 30:
+                    for batch in (await consumer.getmany(timeout_ms=1000)).values():
+                        records.extend(batch)
+        finally:
+            await consumer.stop()
+        tool.send_signal(signal.SIGINT)
+        code = await asyncio.to_thread(tool.wait, 15)
+    finally:
+        if tool.poll() is None:
+            tool.kill()
+            tool.wait()
+        tool.stdout.close()
+    assert 0 == code
+    assert 30 == len(records)
