@@ -142,12 +142,14 @@ class Member:
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     starts: int = 0
+    started_at: float = 0.0
     crashes: int = 0
     stopping: bool = False
 
     def start(self) -> None:
         """Start a new incarnation (fresh metrics port, own log file)."""
         self.starts += 1
+        self.started_at = time.monotonic()
         self.stopping = False
         self.log_path = self.log_dir / f"{self.name}-{self.starts}.log"
         env = self.env | {
@@ -556,7 +558,8 @@ async def sample_rss(run: Run, members: dict[str, Member]) -> None:
     within one incarnation, which a restart would otherwise hide."""
     while True:
         for member in list(members.values()):
-            if member.running and member.process is not None:
+            settled = time.monotonic() - member.started_at >= RSS_EVERY_S / 2  # past its imports
+            if member.running and member.process is not None and settled:
                 mib = rss_mib(member.process.pid)
                 if mib is not None:
                     incarnation = f"{member.name}-{member.starts}"
