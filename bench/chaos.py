@@ -63,6 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.fau
 
 from pipeline.dev.broker import DurableBroker, create_topic, free_port, numbered_record
 from pipeline.dev.stub_api import FaultWindow, StubConfig, StubServer, StubStats
+from pipeline.errors import BrokerError
 from pipeline.logging import configure_logging
 from tests.faultproxy import FaultProxy
 
@@ -510,6 +511,20 @@ class Chaos:
             self.run.problem(f"{member.name} exited {code} after SIGTERM ({why})", member)
 
 
+async def watch_broker(run: Run, broker: DurableBroker) -> None:
+    """A broker that exits when nobody killed it is a broker failure, not the stage's: keep its
+    log tail as evidence and start it again, so the run can still show what the stage did."""
+    while True:
+        await asyncio.sleep(0.5)
+        if (code := broker.exited) is not None:
+            run.problem(f"the broker exited on its own with code {code}:\n{broker.tail()}")
+            broker.start()
+            try:
+                await broker.wait_ready()
+            except BrokerError as error:
+                run.problem(f"the broker does not start again: {error}")
+
+
 async def watch_members(run: Run, members: dict[str, Member]) -> None:
     """A member that exits when nobody asked it to is a stage failure: keep the evidence, then
     restart it so the run can still show whether anything was lost (a few times: a member that
@@ -643,11 +658,13 @@ async def log_holes(bootstrap: str, topic: str, gaps: dict[int, set[int]]) -> se
     then skips those offsets as it would compacted ones. Each gap is read back from the broker:
     a fetch from it that starts further on proves the offsets between empty."""
     holes: set[tuple[int, int]] = set()
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        for partition, offsets in gaps.items():
-            tp = TopicPartition(topic, partition)
+    for partition, offsets in gaps.items():
+        # One consumer per partition, assigned once: aiokafka's group-less consumer fails its
+        # stop() after a second assign().
+        tp = TopicPartition(topic, partition)
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        await consumer.start()
+        try:
             consumer.assign([tp])
             for offset in sorted(offsets):
                 if (partition, offset) in holes:
@@ -657,8 +674,8 @@ async def log_holes(bootstrap: str, topic: str, gaps: dict[int, set[int]]) -> se
                 records = batch.get(tp, [])
                 if records and records[0].offset > offset:
                     holes.update((partition, o) for o in range(offset, records[0].offset))
-    finally:
-        await consumer.stop()
+        finally:
+            await consumer.stop()
     return holes
 
 
@@ -754,6 +771,7 @@ async def chaos(args: argparse.Namespace, log_dir: Path) -> bool:
                 for member in members.values():
                     member.start()
                 watchdog = tasks.create_task(watch_members(run, members))
+                broker_watch = tasks.create_task(watch_broker(run, broker))
                 progress = tasks.create_task(report_progress(run, producer, stub))
                 sampler = tasks.create_task(sample_rss(run, members))
                 if not await wait_for(lambda: stub.stats().unique > 0, timeout=60):
@@ -796,6 +814,7 @@ async def chaos(args: argparse.Namespace, log_dir: Path) -> bool:
                     for member in members.values():
                         run.say(f"tail of {member.log_path}:\n{member.tail()}")
                 watchdog.cancel()
+                broker_watch.cancel()
                 progress.cancel()
                 sampler.cancel()
                 run.say("SIGTERM to every member")

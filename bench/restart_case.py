@@ -85,7 +85,8 @@ async def metadata(bootstrap: str, topic: str) -> str:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     await consumer.start()
     try:
-        return f"{len(await consumer.partitions_for_topic(topic) or ())} partitions"
+        await consumer.topics()  # a metadata request of its own, not the bootstrap's
+        return f"{len(consumer.partitions_for_topic(topic) or ())} partitions"
     finally:
         await consumer.stop()
 

@@ -133,6 +133,11 @@ class EmbeddedBroker:
         """Whether the broker process is alive."""
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def exited(self) -> int | None:
+        """The exit code of a broker that stopped though nobody killed or closed it."""
+        return None if self._process is None else self._process.poll()
+
     async def wait_ready(self, timeout: float = 20.0) -> None:
         """Wait until the broker accepts connections."""
         try:
