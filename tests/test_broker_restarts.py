@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from pipeline.dev.broker import create_topic, produce_numbered
+from pipeline.dev.broker import DurableBroker, create_topic, produce_numbered
 from pipeline.dev.stub_api import StubConfig, StubServer
+from pipeline.errors import BrokerError
 from tests.plugins.broker import DurableKafka, Topic, kafka_answers, new_dlq
 from tests.plugins.processes import StageProcess
 from tests.plugins.waiting import eventually, eventually_async
@@ -218,3 +219,16 @@ async def test_broker_durable_starts_tansu_again_after_a_kill_with_its_records(t
         tool.stdout.close()
     assert 0 == code
     assert 30 == len(records)
+
+
+async def test_a_restart_without_the_s3_server_fails_naming_it_not_a_silent_deaf_broker():
+    """tansu restarted without its S3 server listens but answers no Metadata (a client's
+    "Unable to bootstrap") and no OffsetFetch: the case of the broker that "stopped answering".
+    The restart says so at once, naming the S3 server and tansu's own log line."""
+    async with DurableBroker() as broker:
+        broker.s3.kill()
+
+        with pytest.raises(BrokerError) as raised:
+            await broker.restart()
+
+    assert "S3 server" in str(raised.value)

@@ -264,6 +264,17 @@ class S3Server:
             msg = f"moto did not create the bucket within {timeout}s: {self.tail()}"
             raise BrokerError(msg) from None
 
+    @property
+    def running(self) -> bool:
+        """Whether the server process is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the server (the bucket goes with it), as a crash would."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+
     def close(self) -> None:
         """Stop the server (the bucket goes with it); later calls do nothing."""
         process, self._process = self._process, None
@@ -316,11 +327,51 @@ class DurableBroker(EmbeddedBroker):
         self.s3.close()
 
     async def restart(self, down: float = 0.0) -> None:
-        """SIGKILL the broker, wait ``down`` seconds, start it again and wait until it listens."""
+        """SIGKILL the broker, wait ``down`` seconds, start it again, wait for a Metadata answer.
+
+        Listening is not enough: tansu without its S3 server listens and answers ApiVersions,
+        but no Metadata (a client's "Unable to bootstrap") and no OffsetFetch, for as long as
+        the bucket is out of reach; its log then holds ``ObjectStore(Generic { store: "S3",
+        source: RetryError ...``. That is the broker's state, not the client's, and it fails
+        here, named, rather than as a deaf broker later.
+        """
         self.kill()
         await asyncio.sleep(down)
+        if not self.s3.running:
+            msg = (
+                f"the S3 server at {self.s3.endpoint} is gone: a restarted tansu would listen but"
+                " answer no Metadata or OffsetFetch (it cannot read its log)"
+            )
+            raise BrokerError(msg)
         self.start()
         await self.wait_ready()
+        await self.wait_answering()
+
+    async def wait_answering(self, timeout: float = 20.0) -> None:
+        """Wait until the broker answers a Metadata request (a client bootstraps)."""
+        from aiokafka import AIOKafkaConsumer  # noqa: PLC0415
+
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    client = AIOKafkaConsumer(
+                        bootstrap_servers=self.bootstrap_servers, request_timeout_ms=5000
+                    )
+                    try:
+                        await client.start()
+                    except Exception:  # only "not yet" matters here
+                        await asyncio.sleep(0.2)
+                    else:
+                        return
+                    finally:
+                        await client.stop()
+        except TimeoutError:
+            state = "running" if self.s3.running else "gone"
+            msg = (
+                f"tansu answers no Metadata {timeout}s after its start (S3 server {state}):"
+                f" {self.tail()}"
+            )
+            raise BrokerError(msg) from None
 
 
 async def create_topic(bootstrap_servers: str, topic: str, partitions: int) -> None:
