@@ -514,8 +514,12 @@ class Chaos:
 async def watch_broker(run: Run, broker: DurableBroker) -> None:
     """A broker that exits when nobody killed it is a broker failure, not the stage's: keep its
     log tail as evidence and start it again, so the run can still show what the stage did."""
+    s3_reported = False
     while True:
         await asyncio.sleep(0.5)
+        if not broker.s3.running and not s3_reported:
+            s3_reported = True
+            run.problem(f"the S3 server exited: tansu cannot read its log:\n{broker.s3.tail()}")
         if (code := broker.exited) is not None:
             run.problem(f"the broker exited on its own with code {code}:\n{broker.tail()}")
             broker.start()
