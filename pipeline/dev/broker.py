@@ -349,22 +349,23 @@ class DurableBroker(EmbeddedBroker):
 
     async def wait_answering(self, timeout: float = 20.0) -> None:
         """Wait until the broker answers a Metadata request (a client bootstraps)."""
-        from aiokafka import AIOKafkaConsumer  # noqa: PLC0415
+        from aiokafka.client import AIOKafkaClient  # noqa: PLC0415
 
         try:
             async with asyncio.timeout(timeout):
                 while True:
-                    client = AIOKafkaConsumer(
+                    # The bare client: a consumer whose start() failed fails its stop() too.
+                    client = AIOKafkaClient(
                         bootstrap_servers=self.bootstrap_servers, request_timeout_ms=5000
                     )
                     try:
-                        await client.start()
+                        await client.bootstrap()  # a Metadata request
                     except Exception:  # only "not yet" matters here
                         await asyncio.sleep(0.2)
                     else:
                         return
                     finally:
-                        await client.stop()
+                        await client.close()
         except TimeoutError:
             state = "running" if self.s3.running else "gone"
             msg = (
