@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck unit tools bench chaos soak clean
+.PHONY: install demo test lint typecheck unit tools bench chaos clean
 
 install: $(STAMP)
 
@@ -51,6 +51,7 @@ chaos: install
 # The chaos menu for 30 minutes (not part of `make test`), reporting each member's RSS curve. On
 # 4 partitions with 2 s producer batches: tansu on S3 lists every batch object of a partition on
 # each fetch, and moto lists slower the more objects the bucket holds.
+.PHONY: soak
 soak: install
 	$(BIN)/python bench/chaos.py --minutes 30 --partitions 4 --linger-ms 2000 $(ARGS)
 
