@@ -141,7 +141,7 @@ async def test_a_broker_down_longer_than_the_session_timeout_re_forms_the_group(
 ):
     """The broker is down for 6 s, twice the 3 s session timeout: the coordinator that comes
     back has no live member, the two stages join again and are given partitions, and every
-    record is delivered once in order and committed."""
+    record is delivered (first deliveries in offset order) and committed."""
     topic = await durable_kafka.new_topic(PARTITIONS)
     await topic.produce(3000)
     async with StubServer(StubConfig(latency_ms=10)) as api:
