@@ -8,6 +8,7 @@
     │   ├── RetryableSendError     try again later: 408, 409, 425, 429, 5xx, timeouts, connections
     │   ├── AuthError              401/403/407 or no token: an outage of the whole API, retried
     │   ├── ConfigOutageError      a redirect or an untrusted certificate: the URL setting is wrong
+    │   ├── RegistryError          the schema registry is down, failing or refusing us: an outage
     │   ├── UnexpectedSendError    a failure nobody foresaw (a bug): retried a few times only
     │   └── RejectedError          the API refused the item for good: any other non-2xx
     │       ├── InvalidRecordError     the record cannot become a valid request
@@ -115,6 +116,19 @@ class ConfigOutageError(SendError):
     ) -> None:
         super().__init__(message, reason=reason, status=status)
         self.location = location
+
+
+class RegistryError(SendError):
+    """The schema registry could not say what a schema id means: down, 5xx, slow, or refusing us.
+
+    No record is at fault (its schema may be perfectly known to a registry that answers), so it
+    is an outage like :class:`AuthError`: everything waits, one probe at a time, until the
+    registry answers again. An id the registry does not know is the record's fault instead: an
+    :class:`InvalidRecordError`.
+    """
+
+    retryable = True
+    outage = "registry"
 
 
 class RejectedError(SendError):

@@ -190,6 +190,12 @@ TOKEN_REQUESTS = Counter(
     "OAuth2 client-credentials token requests, by result: ok or failed.",
     ("result",),
 )
+SCHEMA_REGISTRY_REQUESTS = Counter(
+    "space_pipeline_schema_registry_requests_total",
+    "Schema registry requests (once per schema id, never per record), by result: ok, not_found"
+    " (the record is rejected) or failed (an outage: everything waits).",
+    ("result",),
+)
 REBALANCES = Counter(
     "space_pipeline_rebalances_total",
     "Rebalance callbacks by event: assigned or revoked.",

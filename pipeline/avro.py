@@ -1,0 +1,170 @@
+"""Avro values in Confluent's wire format, decoded into the JSON an HTTP API expects.
+
+The wire format is a magic byte ``0``, the writer's schema id (4 bytes, big-endian), then the
+value in Avro's binary encoding. The schema comes from the registry (once per id, see
+:mod:`pipeline.schema_registry`); fastavro decodes the rest.
+
+Avro's own JSON encoding is made for Avro readers, not for web APIs: it wraps every union value
+as ``{"type": value}``, writes bytes and decimals as strings of latin-1 code points and leaves
+logical types as their raw numbers. An API wants the plain document, so the mapping is:
+
+===========================  ==================================================================
+Avro                         JSON
+===========================  ==================================================================
+record, map                  object (field names as the schema spells them)
+array                        array
+union                        the value alone, unwrapped: ``"a"``, never ``{"string": "a"}``
+string, enum                 string (UTF-8 throughout: non-ASCII text arrives as it was)
+int, long, float, double     number (NaN and infinities, which JSON has not, become ``null``)
+boolean, null                ``true``/``false``, ``null``
+bytes, fixed                 base64 string (RFC 4648, padded)
+decimal                      string of the exact number, scale kept: ``"12.30"``
+timestamp-millis/-micros     ISO-8601 in UTC: ``"2023-11-14T22:13:20.123Z"``
+local-timestamp-*            ISO-8601 without a zone: ``"2023-11-14T22:13:20.123"``
+date, time-millis/-micros    ``"2023-11-14"``, ``"22:13:20.123"``
+uuid                         string
+===========================  ==================================================================
+
+Why: a union's branch name is Avro's bookkeeping, which no API asks for; a decimal as a JSON number
+would be read as a double and lose cents; base64 is how JSON carries binary everywhere else.
+
+Failures are the record's (an :class:`~pipeline.errors.InvalidRecordError`): a value not in the
+wire format, an id the registry does not know, bytes the schema does not decode (bytes left over
+included: they mean the writer used another schema). The registry's own failures are an outage
+(:class:`~pipeline.errors.RegistryError`), raised by the registry.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import io
+import math
+import uuid
+from decimal import Decimal
+from typing import Any
+
+from fastavro import schemaless_reader
+
+from pipeline.errors import InvalidRecordError
+from pipeline.records import KafkaRecord
+from pipeline.schema_registry import Schema, Schemas
+
+MAGIC = 0
+HEADER_BYTES = 5  # the magic byte and the schema id
+
+# What fastavro may raise on bytes that do not fit the schema: a short read, a union index or an
+# enum symbol out of range, a length that is negative or absurd, invalid UTF-8, a date out of
+# range.
+_UNDECODABLE = (EOFError, StopIteration, ValueError, IndexError, KeyError, OverflowError, TypeError)
+
+
+class AvroValues:
+    """Values in Confluent's Avro wire format (:class:`~pipeline.formats.ValueFormat`).
+
+    Args:
+        schemas: Where schema ids are looked up: the :class:`~pipeline.schema_registry
+            .SchemaRegistry`.
+    """
+
+    def __init__(self, schemas: Schemas) -> None:
+        self._schemas = schemas
+        self._plain: dict[int, bool] = {}  # schema id: decodes to JSON data as it is
+
+    async def decode(self, record: KafkaRecord) -> object:
+        """The value as JSON data (see the module docstring); ``None`` for a tombstone."""
+        value = record.value
+        if value is None:
+            return None
+        if len(value) < HEADER_BYTES or value[0] != MAGIC:
+            first = f"a first byte of {value[0]}" if value else "no bytes"
+            raise InvalidRecordError(
+                f"the value is not in the schema registry's wire format ({first}, {len(value)}"
+                f" bytes; it must start with the magic byte 0 and a 4-byte schema id)"
+            )
+        schema_id = int.from_bytes(value[1:HEADER_BYTES], "big")
+        schema = await self._schemas.schema(schema_id)
+        return self.read(schema_id, schema, value)
+
+    def read(self, schema_id: int, schema: Schema, value: bytes) -> object:
+        """Decode a wire-format ``value`` whose schema is known (the CPU part, for the bench)."""
+        stream = io.BytesIO(value)
+        stream.seek(HEADER_BYTES)
+        try:
+            data = schemaless_reader(stream, schema, None)
+        except _UNDECODABLE as error:
+            raise InvalidRecordError(
+                f"the value does not decode with schema id {schema_id}: {error!r}"
+            ) from error
+        left = len(value) - stream.tell()
+        if left:
+            raise InvalidRecordError(
+                f"the value does not decode with schema id {schema_id}: {left} bytes left over"
+            )
+        plain = self._plain.get(schema_id)
+        if plain is None:
+            plain = self._plain[schema_id] = not _needs_mapping(schema)
+        return data if plain else as_json(data)
+
+
+def _needs_mapping(schema: Schema) -> bool:  # noqa: PLR0911 - one case per kind of schema
+    """Whether decoded values of ``schema`` may hold what JSON has not (bytes, logical types).
+
+    A schema without any skips the walk. (A NaN needs none: orjson writes it as ``null``.)
+    """
+    if isinstance(schema, list):
+        return any(_needs_mapping(branch) for branch in schema)
+    if isinstance(schema, str):
+        return schema == "bytes"
+    if isinstance(schema, dict):
+        if "logicalType" in schema:
+            return True
+        kind = schema.get("type")
+        if kind in ("fixed", "bytes"):
+            return True
+        if kind in ("record", "error"):
+            return any(_needs_mapping(field["type"]) for field in schema.get("fields", ()))
+        if kind == "array":
+            return _needs_mapping(schema["items"])
+        if kind == "map":
+            return _needs_mapping(schema["values"])
+        return _needs_mapping(kind)
+    return False
+
+
+def as_json(value: Any) -> Any:  # noqa: ANN401, PLR0911 - one case per Python type fastavro yields
+    """A value fastavro decoded, as JSON data (the mapping of the module docstring)."""
+    if isinstance(value, dict):
+        return {name: as_json(item) for name, item in value.items()}
+    if isinstance(value, list):
+        return [as_json(item) for item in value]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, str | int):  # bool is an int
+        return value
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, datetime.datetime):
+        return _instant(value)
+    if isinstance(value, datetime.time):
+        return value.isoformat(timespec=_precision(value.microsecond))
+    if isinstance(value, datetime.date):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return value  # nothing else comes out of fastavro
+
+
+def _instant(value: datetime.datetime) -> str:
+    """ISO-8601 to the millisecond (or microsecond, when it has one), UTC written ``Z``."""
+    spec = _precision(value.microsecond)
+    if value.tzinfo is None:
+        return value.isoformat(timespec=spec)
+    utc = value.astimezone(datetime.UTC).replace(tzinfo=None)
+    return utc.isoformat(timespec=spec) + "Z"
+
+
+def _precision(microsecond: int) -> str:
+    return "milliseconds" if microsecond % 1000 == 0 else "microseconds"
