@@ -13,6 +13,7 @@ import json
 import os
 import re
 import socket
+import ssl
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -139,6 +140,13 @@ class Settings(BaseSettings):
     sink_function: str | None = None
     sink_argument: Literal["record", "value", "json"] = "record"
     sink_reject_exceptions: Annotated[tuple[str, ...], NoDecode] = ()
+
+    # Value formats: what a value's bytes mean (a schema registry for Avro)
+    value_format: Literal["bytes", "json", "avro"] = "bytes"
+    schema_registry_url: str | None = None
+    schema_registry_username: str | None = None
+    schema_registry_password: SecretStr | None = None
+    schema_registry_ca_file: Path | None = None
 
     # Ordered batching: consecutive records of one lane per request
     batch_max_records: PositiveInt = 1
@@ -345,6 +353,7 @@ class Settings(BaseSettings):
             )
         yield from self._sink_conflicts()
         yield from self._header_conflicts()
+        yield from self._format_conflicts()
         if self.dead_letter_topic in self.kafka_topics:
             yield (
                 "PIPELINE_DEAD_LETTER_TOPIC must not be one of PIPELINE_KAFKA_TOPICS: rejected "
@@ -392,6 +401,55 @@ class Settings(BaseSettings):
                     "PIPELINE_BATCH_MAX_RECORDS must not exceed PIPELINE_PARTITION_BUFFER_RECORDS,"
                     " or no batch ever fills"
                 )
+
+    def _format_conflicts(self) -> Iterator[str]:
+        """A value format without what it needs, or registry settings nothing would use."""
+        registry = self.schema_registry_url
+        if self.value_format == "avro" and registry is None:
+            yield "PIPELINE_VALUE_FORMAT=avro needs PIPELINE_SCHEMA_REGISTRY_URL"
+        if self.value_format != "avro":
+            given = [
+                env_name(name)
+                for name in (
+                    "schema_registry_url",
+                    "schema_registry_username",
+                    "schema_registry_password",
+                    "schema_registry_ca_file",
+                )
+                if getattr(self, name) is not None
+            ]
+            if given:
+                yield ", ".join(given) + " only serve PIPELINE_VALUE_FORMAT=avro"
+        if registry is not None:
+            parts = urlsplit(registry)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                yield (
+                    "PIPELINE_SCHEMA_REGISTRY_URL: must be an http(s) URL such as"
+                    " https://registry.example:8081"
+                )
+        if (self.schema_registry_username is None) != (self.schema_registry_password is None):
+            yield (
+                "PIPELINE_SCHEMA_REGISTRY_USERNAME and PIPELINE_SCHEMA_REGISTRY_PASSWORD go"
+                " together (basic auth)"
+            )
+        ca_file = self.schema_registry_ca_file
+        if ca_file is not None:
+            if not ca_file.is_file():
+                yield f"PIPELINE_SCHEMA_REGISTRY_CA_FILE: no such file: {ca_file}"
+            else:
+                try:
+                    tls.ssl_context(ca_file)
+                except (OSError, ssl.SSLError) as error:
+                    yield (
+                        "PIPELINE_SCHEMA_REGISTRY_CA_FILE: cannot be loaded as PEM certificates"
+                        f" ({error})"
+                    )
+        function = self.sink_function is not None
+        if function and self.value_format != "bytes" and self.sink_argument != "json":
+            yield (
+                f"PIPELINE_VALUE_FORMAT={self.value_format} with PIPELINE_SINK_FUNCTION needs"
+                " PIPELINE_SINK_ARGUMENT=json: the function gets the decoded value"
+            )
 
     def _header_conflicts(self) -> Iterator[str]:
         static_authorization = any(
@@ -554,6 +612,7 @@ def redactor(settings: Settings) -> Redactor:
             s.kafka_sasl_password,
             s.kafka_ssl_keyfile_password,
             s.admin_token,
+            s.schema_registry_password,
         )
         if secret is not None
     ]
@@ -564,7 +623,7 @@ def redactor(settings: Settings) -> Redactor:
         for name, value in s.oauth2_extra_params.items()
         if secret_name(name) or len(value) >= EXTRA_PARAM_SECRET_CHARS
     ]
-    for url in (s.space_api_url, s.oauth2_token_url, s.http_proxy):
+    for url in (s.space_api_url, s.oauth2_token_url, s.http_proxy, s.schema_registry_url):
         secrets += url_secrets(url) if url else []
     return Redactor.of(secrets)
 

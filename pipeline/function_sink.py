@@ -8,6 +8,8 @@ function is awaited.
 
 It gets the record as a frozen :class:`~pipeline.records.Record`, its value bytes, or the value
 parsed as JSON (a value that is not JSON is a rejection of that record); with batching, a list.
+With a value format (``PIPELINE_VALUE_FORMAT=avro``), the ``json`` argument is the value decoded
+by it, as the HTTP sink would send it.
 Returning is acceptance. An exception whose ``retryable`` attribute is false, or of a type named in
 ``PIPELINE_SINK_REJECT_EXCEPTIONS``, rejects the record; any other is retried under the policy
 (``retry_after`` and ``outage = "auth"`` attributes are honoured, as for HTTP answers).
@@ -23,6 +25,7 @@ import orjson
 
 from pipeline import metrics
 from pipeline.errors import AuthError, InvalidRecordError, RejectedError, RetryableSendError
+from pipeline.formats import ValueFormat
 from pipeline.records import KafkaRecord, Record
 from pipeline.sender import call_blocking, is_async_callable
 
@@ -37,6 +40,7 @@ class FunctionSink:
         argument: What the function gets of a record: ``record``, ``value`` or ``json``.
         reject: Exception types that reject the record rather than retry it.
         batched: Whether payloads are lists of records.
+        values: Decodes values for the ``json`` argument (Avro, say) instead of JSON parsing.
     """
 
     def __init__(
@@ -46,8 +50,10 @@ class FunctionSink:
         *,
         reject: tuple[type[BaseException], ...] = (),
         batched: bool = False,
+        values: ValueFormat | None = None,
     ) -> None:
         self._function = function
+        self._decode = values.decode if values is not None and argument == "json" else None
         self._is_async = is_async_callable(function)
         self._convert = {"record": Record.of, "value": _value, "json": _json}[argument]
         self._reject = reject
@@ -63,11 +69,16 @@ class FunctionSink:
 
     async def send(self, payload: KafkaRecord | Sequence[KafkaRecord]) -> None:
         """Call the function; classify what it raises."""
-        convert = self._convert
+        convert, decode = self._convert, self._decode
         if self._batched:
             records: Sequence[KafkaRecord] = payload  # type: ignore[assignment]
-            argument: object = [convert(record) for record in records]
+            if decode is not None:
+                argument: object = [await decode(record) for record in records]
+            else:
+                argument = [convert(record) for record in records]
             metrics.BATCH_SIZES.observe(len(records))
+        elif decode is not None:
+            argument = await decode(payload)  # type: ignore[arg-type]
         else:
             argument = convert(payload)  # type: ignore[arg-type]
         started = time.perf_counter()

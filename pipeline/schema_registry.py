@@ -34,7 +34,7 @@ from fastavro.schema import SchemaParseException, UnknownType
 
 from pipeline import metrics
 from pipeline.errors import ConfigOutageError, InvalidRecordError, RegistryError, SendError
-from pipeline.http_client import HttpClient
+from pipeline.http_client import HttpClient, Timeouts
 from pipeline.redaction import Redactor, mask_url
 
 log = structlog.get_logger("pipeline.schema_registry")
@@ -43,6 +43,8 @@ log = structlog.get_logger("pipeline.schema_registry")
 MAX_SCHEMA_BYTES = 8 * 1024 * 1024
 # References may refer on: a cycle, or an absurd depth, is a schema that cannot be used.
 MAX_REFERENCE_DEPTH = 32
+# A registry answers from memory: one that takes longer is failing, and everything waits anyway.
+REGISTRY_TIMEOUTS = Timeouts(connect=5.0, read=10.0)
 ACCEPT = "application/vnd.schemaregistry.v1+json, application/json"
 
 Schema = Any  # fastavro's parsed schema: a dict, a list (a union) or a name

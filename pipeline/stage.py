@@ -126,6 +126,8 @@ class Stage:
             stack.push_async_exit(parts.source)  # closed even when a part before it fails
             if parts.dead_letters is not None:
                 stack.push_async_exit(parts.dead_letters)  # closed even when never started
+            if parts.registry is not None:
+                await stack.enter_async_context(parts.registry)
             await stack.enter_async_context(parts.sink)
             await stack.enter_async_context(parts.sender)
             await stack.enter_async_context(parts.ops)

@@ -23,6 +23,7 @@ import structlog
 from pydantic import SecretStr
 
 from pipeline.admin import AdminApi, AdminPort
+from pipeline.avro import AvroValues
 from pipeline.checks import import_exceptions, import_function
 from pipeline.clock import Clock, SystemClock
 from pipeline.commit import Commits
@@ -36,6 +37,7 @@ from pipeline.consumer import (
     build_consumer,
 )
 from pipeline.dead_letter import DeadLetterOptions, DeadLetters
+from pipeline.formats import JsonValues, ValueFormat
 from pipeline.function_sink import FunctionSink
 from pipeline.gate import ApiGate, GateLimits
 from pipeline.health import OpsServer, Verdict
@@ -47,6 +49,7 @@ from pipeline.partition import FlowLimits, Partitions
 from pipeline.policy import Classification, Expiry, RejectRules, Rules, Skips
 from pipeline.records import KafkaRecord
 from pipeline.retry import Backoff
+from pipeline.schema_registry import REGISTRY_TIMEOUTS, SchemaRegistry
 from pipeline.sender import BatchLimits, Lane, OrderedSender, Receipt
 from pipeline.tls import ssl_context
 
@@ -218,8 +221,39 @@ def client_credentials(settings: Settings) -> ClientCredentials | None:
 # Building
 
 
-def build_sink(settings: Settings, clock: Clock | None = None) -> HttpSink | FunctionSink:
-    """The sink the settings ask for, to be entered as an async context manager."""
+def build_registry(settings: Settings) -> SchemaRegistry | None:
+    """The schema registry Avro values are decoded with; ``None`` unless they are Avro."""
+    s = settings
+    if s.value_format != "avro":
+        return None
+    assert s.schema_registry_url is not None  # noqa: S101 - checked by the settings
+    context = ssl_context(s.schema_registry_ca_file)
+    return SchemaRegistry(
+        s.schema_registry_url,
+        LeanClient(REGISTRY_TIMEOUTS, max_connections=2, ssl_context=context),
+        username=s.schema_registry_username,
+        password=_revealed(s.schema_registry_password),
+    )
+
+
+def value_format(settings: Settings, registry: SchemaRegistry | None) -> ValueFormat | None:
+    """How values are decoded before they are sent; ``None`` sends their bytes as they are."""
+    if settings.value_format == "json":
+        return JsonValues()
+    if settings.value_format == "avro":
+        assert registry is not None  # noqa: S101 - built for this format
+        return AvroValues(registry)
+    return None
+
+
+def build_sink(
+    settings: Settings, clock: Clock | None = None, values: ValueFormat | None = None
+) -> HttpSink | FunctionSink:
+    """The sink the settings ask for, to be entered as an async context manager.
+
+    ``values`` decodes each value first: the HTTP sink sends it as JSON, a function gets it as
+    its ``json`` argument.
+    """
     s = settings
     if s.sink_function is not None:
         return FunctionSink(
@@ -227,6 +261,7 @@ def build_sink(settings: Settings, clock: Clock | None = None) -> HttpSink | Fun
             s.sink_argument,
             reject=import_exceptions(s.sink_reject_exceptions),
             batched=batched(s),
+            values=values,
         )
     timeouts = http_timeouts(s)
     context = ssl_context(
@@ -242,7 +277,7 @@ def build_sink(settings: Settings, clock: Clock | None = None) -> HttpSink | Fun
         )
     credentials = client_credentials(s)
     auth = TokenSource(credentials, client, clock=clock) if credentials is not None else None
-    return HttpSink(http_sink_config(s), client, auth=auth)
+    return HttpSink(http_sink_config(s), client, auth=auth, values=values)
 
 
 def _warn_if_proxied(url: str) -> None:
@@ -286,11 +321,12 @@ class StageHooks(RebalanceListener, AdminPort, Protocol):
 class Parts:
     """Every part of a stage, built and connected; what must be entered is not entered yet.
 
-    ``dead_letters`` is ``None`` when no dead-letter topic is configured: that is a setting, not
-    a part missing.
+    ``dead_letters`` is ``None`` when no dead-letter topic is configured, ``registry`` when values
+    are not Avro: that is a setting, not a part missing.
     """
 
     dead_letters: DeadLetters | None
+    registry: SchemaRegistry | None
     sink: HttpSink | FunctionSink
     gate: ApiGate
     source: KafkaSource
@@ -318,7 +354,8 @@ def wire(
     """
     s = settings
     clock = clock or SystemClock()
-    sink = build_sink(s, clock)
+    registry = build_registry(s)
+    sink = build_sink(s, clock, value_format(s, registry))
     gate = ApiGate(gate_limits(s), clock=clock)
     kafka = KafkaSource(kafka_options(s), stage, consumer=source)
     options = dead_letter_options(s)
@@ -361,6 +398,7 @@ def wire(
     admin_token = _revealed(s.admin_token)
     return Parts(
         dead_letters=dead_letters,
+        registry=registry,
         sink=sink,
         gate=gate,
         source=kafka,

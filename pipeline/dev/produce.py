@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 
@@ -29,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="write one record per line of standard input instead of samples",
     )
+    add("--avro", metavar="SCHEMA.avsc", help="encode each JSON value as Avro with this schema")
+    add("--registry", default="http://127.0.0.1:8081", help="for --avro (%(default)s)")
+    add("--subject", help="for --avro: the subject to register under (TOPIC-value)")
 
 
 def sample_records(count: int) -> Iterator[tuple[bytes, bytes]]:
@@ -50,6 +54,9 @@ async def produce(args: argparse.Namespace) -> int:
     # An existing topic is kept as it is: the broker answers with an error code, not an exception.
     await create_topic(args.bootstrap, args.topic, args.partitions)
     records = stdin_records(sys.stdin.buffer) if args.stdin else sample_records(args.count)
+    if args.avro:
+        schema = Path(args.avro).read_text(encoding="utf-8")  # noqa: ASYNC240 - once, at start
+        records = await _as_avro(args, schema, records)
     producer = AIOKafkaProducer(bootstrap_servers=args.bootstrap, linger_ms=5)
     await producer.start()
     written = 0
@@ -61,6 +68,17 @@ async def produce(args: argparse.Namespace) -> int:
     finally:
         await producer.stop()
     return written
+
+
+async def _as_avro(
+    args: argparse.Namespace, schema: str, records: Iterable[tuple[bytes | None, bytes]]
+) -> Iterator[tuple[bytes | None, bytes]]:
+    """The records with JSON values encoded as Avro, the schema registered first."""
+    from pipeline.dev.schema_registry import encoder, register  # noqa: PLC0415
+
+    schema_id = await register(args.registry, args.subject or f"{args.topic}-value", schema)
+    encode = encoder(schema_id, schema)
+    return ((key, encode(value)) for key, value in records)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -22,14 +22,19 @@ import argparse
 import asyncio
 import base64
 import hmac
+import io
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
+from urllib.parse import quote
 
+import aiohttp
 import orjson
 from aiohttp import web
-from fastavro import parse_schema
+from fastavro import parse_schema, schemaless_writer
 from fastavro.schema import SchemaParseException, UnknownType
 
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
@@ -174,6 +179,39 @@ async def serve(host: str, port: int, username: str | None, password: str | None
     async with running(None, host, port, username=username, password=password) as url:
         print(f"schema registry on {url} (in memory; Ctrl-C stops it)", flush=True)
         await asyncio.Event().wait()
+
+
+async def register(url: str, subject: str, schema: str) -> int:
+    """Register ``schema`` under ``subject`` at the registry at ``url``; its id."""
+    async with aiohttp.ClientSession() as session:
+        response = await session.post(
+            f"{url.rstrip('/')}/subjects/{quote(subject, safe='')}/versions",
+            data=orjson.dumps({"schema": schema}),
+            headers={"Content-Type": CONTENT_TYPE},
+        )
+        async with response:
+            answer = orjson.loads(await response.read())
+            if response.status != 200:
+                raise ValueError(f"the registry refused the schema: {answer.get('message')}")
+            return int(answer["id"])
+
+
+def encoder(schema_id: int, schema: str) -> Callable[[bytes], bytes]:
+    """Turns a JSON text into an Avro value in the wire format, for ``produce --avro``.
+
+    Numbers with a fraction are read as exact decimals (a ``decimal`` field takes them as they
+    are; fastavro writes a double from them too); timestamps are epoch milliseconds.
+    """
+    parsed = parse_schema(orjson.loads(schema))
+    header = bytes([0]) + schema_id.to_bytes(4, "big")
+
+    def encode(text: bytes) -> bytes:
+        out = io.BytesIO()
+        out.write(header)
+        schemaless_writer(out, parsed, json.loads(text, parse_float=Decimal))
+        return out.getvalue()
+
+    return encode
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
