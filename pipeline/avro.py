@@ -38,9 +38,11 @@ from __future__ import annotations
 
 import base64
 import datetime
+import functools
 import io
 import math
 import uuid
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -56,6 +58,8 @@ HEADER_BYTES = 5  # the magic byte and the schema id
 # What fastavro may raise on bytes that do not fit the schema: a short read, a union index or an
 # enum symbol out of range, a length that is negative or absurd, invalid UTF-8, a date out of
 # range.
+Converter = Callable[[Any], Any]
+
 _UNDECODABLE = (EOFError, StopIteration, ValueError, IndexError, KeyError, OverflowError, TypeError)
 
 
@@ -69,7 +73,7 @@ class AvroValues:
 
     def __init__(self, schemas: Schemas) -> None:
         self._schemas = schemas
-        self._plain: dict[int, bool] = {}  # schema id: decodes to JSON data as it is
+        self._converters: dict[int, Converter | None] = {}  # by schema id
 
     async def decode(self, record: KafkaRecord) -> object:
         """The value as JSON data (see the module docstring); ``None`` for a tombstone."""
@@ -101,35 +105,72 @@ class AvroValues:
             raise InvalidRecordError(
                 f"the value does not decode with schema id {schema_id}: {left} bytes left over"
             )
-        plain = self._plain.get(schema_id)
-        if plain is None:
-            plain = self._plain[schema_id] = not _needs_mapping(schema)
-        return data if plain else as_json(data)
+        try:
+            convert = self._converters[schema_id]
+        except KeyError:
+            convert = self._converters[schema_id] = converter(schema)
+        return data if convert is None else convert(data)
 
 
-def _needs_mapping(schema: Schema) -> bool:  # noqa: PLR0911 - one case per kind of schema
-    """Whether decoded values of ``schema`` may hold what JSON has not (bytes, logical types).
+PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "string"})
 
-    A schema without any skips the walk. (A NaN needs none: orjson writes it as ``null``.)
+
+def converter(schema: Schema) -> Converter | None:  # noqa: PLR0911 - one case per kind
+    """What turns a decoded value of ``schema`` into JSON data; ``None`` when it already is.
+
+    Built once per schema id, so a record pays only for the fields that need mapping (bytes,
+    decimals, logical types): the rest, most of a typical record, is left as fastavro made it.
+    A named type used again by name (a recursive one, one from a reference) and a union whose
+    branches need mapping are mapped by the value's Python type instead (:func:`as_json`).
+    (A NaN needs nothing: orjson writes it as ``null``.)
     """
     if isinstance(schema, list):
-        return any(_needs_mapping(branch) for branch in schema)
+        return as_json if any(converter(branch) is not None for branch in schema) else None
     if isinstance(schema, str):
-        return schema == "bytes"
-    if isinstance(schema, dict):
-        if "logicalType" in schema:
-            return True
-        kind = schema.get("type")
-        if kind in ("fixed", "bytes"):
-            return True
-        if kind in ("record", "error"):
-            return any(_needs_mapping(field["type"]) for field in schema.get("fields", ()))
-        if kind == "array":
-            return _needs_mapping(schema["items"])
-        if kind == "map":
-            return _needs_mapping(schema["values"])
-        return _needs_mapping(kind)
-    return False
+        if schema == "bytes":
+            return _base64
+        return None if schema in PRIMITIVES else as_json
+    if not isinstance(schema, dict):
+        return as_json
+    if "logicalType" in schema:
+        return as_json
+    kind = schema.get("type")
+    if kind in ("record", "error"):
+        fields = [
+            (field["name"], convert)
+            for field in schema.get("fields", ())
+            if (convert := converter(field["type"])) is not None
+        ]
+        return functools.partial(_record, fields) if fields else None
+    if kind == "array":
+        items = converter(schema["items"])
+        return None if items is None else functools.partial(_array, items)
+    if kind == "map":
+        values = converter(schema["values"])
+        return None if values is None else functools.partial(_map, values)
+    if kind == "fixed":
+        return _base64
+    if kind == "enum":
+        return None
+    return converter(kind)
+
+
+def _record(fields: list[tuple[str, Converter]], value: dict[str, Any]) -> dict[str, Any]:
+    for name, convert in fields:  # fastavro's fresh dict: changed in place
+        value[name] = convert(value[name])
+    return value
+
+
+def _array(convert: Converter, value: list[Any]) -> list[Any]:
+    return [convert(item) for item in value]
+
+
+def _map(convert: Converter, value: dict[str, Any]) -> dict[str, Any]:
+    return {name: convert(item) for name, item in value.items()}
+
+
+def _base64(value: bytes) -> str:
+    return base64.b64encode(value).decode("ascii")
 
 
 def as_json(value: Any) -> Any:  # noqa: ANN401, PLR0911 - one case per Python type fastavro yields
