@@ -649,6 +649,26 @@ def test_admin_token_reference(chart: helm.Chart) -> None:
     }
 
 
+def test_schema_registry_password_reference(chart: helm.Chart) -> None:
+    """secrets.schemaRegistryPassword: PIPELINE_SCHEMA_REGISTRY_PASSWORD from the named Secret,
+    the registry's URL and username in the ConfigMap."""
+    values = {
+        "config": {
+            "valueFormat": "avro",
+            "schemaRegistryUrl": "https://sr.example.com:8081",
+            "schemaRegistryUsername": "stage",
+        },
+        "secrets": {"schemaRegistryPassword": {"existingSecret": "sr-user"}},
+    }
+    docs = render(chart, values)
+    env = {e["name"]: e for e in container(docs)["env"]}
+    assert env["PIPELINE_SCHEMA_REGISTRY_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "sr-user",
+        "key": "password",
+    }
+    assert configmap_env(docs)["PIPELINE_SCHEMA_REGISTRY_USERNAME"] == "stage"
+
+
 OAUTH2_CONFIG = {
     "oauth2TokenUrl": "https://auth.example.com/token",
     "oauth2ClientId": "space-pipeline",
@@ -1144,9 +1164,12 @@ NOT_IN_CONFIG = {
     "space_api_token": "secret: secrets.spaceApiToken",
     "oauth2_client_secret": "secret: secrets.oauth2ClientSecret",
     "admin_token": "secret: secrets.adminToken",
+    "schema_registry_password": "secret: secrets.schemaRegistryPassword",
     # A path in the pod, alternative to secrets.oauth2ClientSecret: mount the Secret yourself
     # (extraVolumes, extraVolumeMounts) and set the variable with extraEnv (chart README).
     "oauth2_client_secret_file": "a mounted secret file: extraVolumes + extraEnv",
+    # The registry's CA, the same way: mounted with extraVolumes, named with extraEnv.
+    "schema_registry_ca_file": "a mounted file: extraVolumes + extraEnv",
     # Files the chart mounts from kafkaTls.existingSecret and points at itself.
     "kafka_ssl_cafile": "set by the chart from kafkaTls.caKey",
     "kafka_ssl_certfile": "set by the chart from kafkaTls.certKey",
@@ -1302,7 +1325,10 @@ def test_all_features_configmap_is_accepted_by_settings(
     in_the_pod += ("SPACE_API_CA_FILE", "SPACE_API_CLIENT_CERT_FILE", "SPACE_API_CLIENT_KEY_FILE")
     for name in (*in_the_pod, "FUTURE_SETTING"):
         del env[ENV_PREFIX + name]
-    secrets = {name: "from-a-secret" for name in ("KAFKA_SASL_PASSWORD", "OAUTH2_CLIENT_SECRET")}
+    secrets = {
+        name: "from-a-secret"
+        for name in ("KAFKA_SASL_PASSWORD", "OAUTH2_CLIENT_SECRET", "SCHEMA_REGISTRY_PASSWORD")
+    }
     pod_environment(monkeypatch, {**env, **{ENV_PREFIX + k: v for k, v in secrets.items()}})
     settings = Settings(_env_file=None)
     config = values["config"]
