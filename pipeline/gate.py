@@ -188,6 +188,7 @@ class ApiGate:
         metrics.CIRCUIT_STATE_SECONDS.set(self._clock.monotonic() - self._state_since)
         metrics.AUTH_OUTAGE.set(int(self.auth_failing))
         metrics.ENDPOINT_OUTAGE.set(int(self._outage is not None and self._outage.kind == "config"))
+        metrics.SCHEMA_REGISTRY_OUTAGE.set(self.outage == "registry")
 
     # Admission
 

@@ -196,6 +196,10 @@ SCHEMA_REGISTRY_REQUESTS = Counter(
     " (the record is rejected) or failed (an outage: everything waits).",
     ("result",),
 )
+SCHEMA_REGISTRY_OUTAGE = Gauge(
+    "space_pipeline_schema_registry_outage",
+    "1 while the schema registry is down or refuses us; nothing is sent but a probe at a time.",
+)
 REBALANCES = Counter(
     "space_pipeline_rebalances_total",
     "Rebalance callbacks by event: assigned or revoked.",

@@ -19,10 +19,13 @@ from aiohttp import web
 
 from pipeline.dev.schema_registry import Registry, running
 from pipeline.errors import InvalidRecordError, RegistryError
+from pipeline.gate import ApiGate, GateLimits
 from pipeline.http11 import LeanClient
 from pipeline.http_client import Timeouts
 from pipeline.schema_registry import SchemaRegistry
+from tests.fakes import FakeClock
 from tests.faultproxy import FaultProxy
+from tests.test_gate import attempt, sample
 
 PLAIN = {"type": "record", "name": "Plain", "fields": [{"name": "n", "type": "int"}]}
 PASSWORD = "sr-pa55word-1234"
@@ -248,3 +251,36 @@ MONEY = {
     "namespace": "shop",
     "fields": [{"name": "cents", "type": "long"}],
 }
+
+
+async def test_a_registry_failure_holds_the_gate_from_the_first_one_and_names_the_registry() -> (
+    None
+):
+    """What /readyz, the log and the alert read: the registry, not the Space API, is down."""
+    clock = FakeClock()
+    gate = ApiGate(GateLimits(circuit_failures=5, open_initial=0.1), clock=clock)
+    down = RegistryError("the schema registry failed for schema id 1: refused", reason="connection")
+
+    await attempt(gate, down, clock)
+    gate.refresh_metrics()
+    held = (
+        gate.blocked,
+        gate.outage,
+        gate.refusal,
+        sample("space_pipeline_schema_registry_outage"),
+    )
+    admitted = await attempt(gate, clock=clock)  # the probe gets its schema
+    gate.refresh_metrics()
+
+    assert (
+        True,
+        "registry",
+        "the schema registry does not answer: the schema registry failed for schema id 1: refused",
+        1.0,
+    ) == held
+    assert pytest.approx(0.1) == admitted
+    assert (False, None, 0.0) == (
+        gate.blocked,
+        gate.outage,
+        sample("space_pipeline_schema_registry_outage"),
+    )
