@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 from urllib.request import proxy_bypass_environment  # type: ignore[attr-defined]
 
@@ -23,7 +23,6 @@ import structlog
 from pydantic import SecretStr
 
 from pipeline.admin import AdminApi, AdminPort
-from pipeline.avro import AvroValues
 from pipeline.checks import import_exceptions, import_function
 from pipeline.clock import Clock, SystemClock
 from pipeline.commit import Commits
@@ -49,9 +48,11 @@ from pipeline.partition import FlowLimits, Partitions
 from pipeline.policy import Classification, Expiry, RejectRules, Rules, Skips
 from pipeline.records import KafkaRecord
 from pipeline.retry import Backoff
-from pipeline.schema_registry import REGISTRY_TIMEOUTS, SchemaRegistry
 from pipeline.sender import BatchLimits, Lane, OrderedSender, Receipt
 from pipeline.tls import ssl_context
+
+if TYPE_CHECKING:  # imported only for Avro values: fastavro adds ~40 ms to every start
+    from pipeline.schema_registry import SchemaRegistry
 
 log = structlog.get_logger("pipeline.wiring")
 
@@ -226,6 +227,8 @@ def build_registry(settings: Settings) -> SchemaRegistry | None:
     s = settings
     if s.value_format != "avro":
         return None
+    from pipeline.schema_registry import REGISTRY_TIMEOUTS, SchemaRegistry  # noqa: PLC0415
+
     assert s.schema_registry_url is not None  # noqa: S101 - checked by the settings
     context = ssl_context(s.schema_registry_ca_file)
     return SchemaRegistry(
@@ -241,6 +244,8 @@ def value_format(settings: Settings, registry: SchemaRegistry | None) -> ValueFo
     if settings.value_format == "json":
         return JsonValues()
     if settings.value_format == "avro":
+        from pipeline.avro import AvroValues  # noqa: PLC0415 - only for Avro values
+
         assert registry is not None  # noqa: S101 - built for this format
         return AvroValues(registry)
     return None

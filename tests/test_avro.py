@@ -15,6 +15,7 @@ import pytest
 
 from pipeline.avro import AvroValues, as_json
 from pipeline.errors import InvalidRecordError, RegistryError
+from pipeline.function_sink import FunctionSink
 from tests.fakes import Record
 
 ORDER = {
@@ -193,3 +194,28 @@ async def test_a_registry_outage_is_raised_as_it_is_not_as_a_rejection() -> None
         await decode(wire(3, ORDER, order()), FakeRegistry({3: ORDER}, error=down))
 
     assert (True, "registry") == (raised.value.retryable, raised.value.outage)
+
+
+async def test_a_sink_function_gets_the_decoded_value_as_its_json_argument() -> None:
+    got: list[Any] = []
+
+    async def send(value: Any) -> None:
+        got.append(value)
+
+    values = AvroValues(FakeRegistry({1: PLAIN}))
+    async with FunctionSink(send, "json", values=values) as sink:
+        await sink.send(Record(value=wire(1, PLAIN, {"n": 1, "s": "ü"})))
+    async with FunctionSink(send, "json", batched=True, values=values) as sink:
+        await sink.send([Record(value=wire(1, PLAIN, {"n": 2, "s": None})), Record(value=None)])
+
+    assert [{"n": 1, "s": "ü"}, [{"n": 2, "s": None}, None]] == got
+
+
+async def test_a_sink_function_with_a_value_format_rejects_what_does_not_decode() -> None:
+    async def send(value: Any) -> None:
+        raise AssertionError("never called")
+
+    values = AvroValues(FakeRegistry({1: PLAIN}))
+    async with FunctionSink(send, "json", values=values) as sink:
+        with pytest.raises(InvalidRecordError, match="wire format"):
+            await sink.send(Record(value=b'{"n": 1}'))
