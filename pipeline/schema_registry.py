@@ -35,7 +35,7 @@ from fastavro.schema import SchemaParseException, UnknownType
 from pipeline import metrics
 from pipeline.errors import ConfigOutageError, InvalidRecordError, RegistryError, SendError
 from pipeline.http_client import HttpClient, Timeouts
-from pipeline.redaction import Redactor, mask_url
+from pipeline.redaction import Redactor, url_secrets
 
 log = structlog.get_logger("pipeline.schema_registry")
 
@@ -83,7 +83,7 @@ class SchemaRegistry:
         self._url = url.rstrip("/")
         self._client = client
         self._headers = {"Accept": ACCEPT, "User-Agent": "space-pipeline"}
-        secrets: list[str | None] = [password]
+        secrets: list[str | None] = [password, *url_secrets(url)]
         if username is not None or password is not None:
             basic = base64.b64encode(f"{username or ''}:{password or ''}".encode()).decode()
             self._headers["Authorization"] = f"Basic {basic}"
@@ -216,8 +216,7 @@ class SchemaRegistry:
 
     def _down(self, message: str, reason: str, status: int | None = None) -> RegistryError:
         metrics.SCHEMA_REGISTRY_REQUESTS.labels("failed").inc()
-        text = mask_url(self._redact(message.replace(self._url, mask_url(self._url))))
-        return RegistryError(text, reason=reason, status=status)
+        return RegistryError(self._redact(message), reason=reason, status=status)
 
 
 def _parsed(answer: Mapping[str, Any], named: dict[str, Any], what: str) -> Schema:
