@@ -183,13 +183,10 @@ class SchemaRegistry:
             raise self._down(
                 f"the schema registry's TLS certificate failed verification ({error}); fix"
                 " PIPELINE_SCHEMA_REGISTRY_URL, or trust its CA with"
-                " PIPELINE_SCHEMA_REGISTRY_CA_FILE",
-                error.reason,
+                " PIPELINE_SCHEMA_REGISTRY_CA_FILE"
             ) from error
         except SendError as error:  # refused, cut, timed out, too large
-            raise self._down(
-                f"the schema registry failed for {what}: {error}", error.reason
-            ) from error
+            raise self._down(f"the schema registry failed for {what}: {error}") from error
         status = answer.status
         if status == 404:
             return None
@@ -197,26 +194,25 @@ class SchemaRegistry:
             excerpt = answer.body[:200].decode("utf-8", "replace")
             where = f" to {answer.location}" if answer.location else ""
             raise self._down(
-                f"the schema registry answered {status}{where} for {what}: {excerpt}",
-                "5xx" if status >= 500 else str(status),
-                status,
+                f"the schema registry answered {status}{where} for {what}: {excerpt}", status
             )
         try:
             payload = orjson.loads(answer.body)
         except orjson.JSONDecodeError:
-            raise self._down(
-                f"the schema registry's answer for {what} is not JSON", "invalid_answer"
-            ) from None
+            raise self._down(f"the schema registry's answer for {what} is not JSON") from None
         if not isinstance(payload, dict) or not isinstance(payload.get("schema"), str):
-            raise self._down(
-                f"the schema registry's answer for {what} holds no schema", "invalid_answer"
-            )
+            raise self._down(f"the schema registry's answer for {what} holds no schema")
         metrics.SCHEMA_REGISTRY_REQUESTS.labels("ok").inc()
         return payload
 
-    def _down(self, message: str, reason: str, status: int | None = None) -> RegistryError:
+    def _down(self, message: str, status: int | None = None) -> RegistryError:
+        """An outage, with ``registry`` as its reason whatever failed.
+
+        Retries and log lines then say where it failed; the client's own error (a
+        ``connection``, a ``timeout``) is its cause.
+        """
         metrics.SCHEMA_REGISTRY_REQUESTS.labels("failed").inc()
-        return RegistryError(self._redact(message), reason=reason, status=status)
+        return RegistryError(self._redact(message), reason="registry", status=status)
 
 
 def _parsed(answer: Mapping[str, Any], named: dict[str, Any], what: str) -> Schema:

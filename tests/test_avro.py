@@ -189,7 +189,7 @@ async def test_bytes_that_do_not_decode_are_a_rejection(damage: Any) -> None:
 
 
 async def test_a_registry_outage_is_raised_as_it_is_not_as_a_rejection() -> None:
-    down = RegistryError("the schema registry failed", reason="connection")
+    down = RegistryError("the schema registry failed", reason="registry")
     with pytest.raises(RegistryError) as raised:
         await decode(wire(3, ORDER, order()), FakeRegistry({3: ORDER}, error=down))
 

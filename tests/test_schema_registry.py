@@ -134,7 +134,9 @@ async def test_a_registry_that_is_down_is_an_outage_then_recovers() -> None:
             proxy.cut()
             with pytest.raises(RegistryError) as raised:
                 await schemas.schema(1)
-            assert ("registry", "connection") == (raised.value.outage, raised.value.reason)
+            cause = raised.value.__cause__
+            assert ("registry", "registry") == (raised.value.outage, raised.value.reason)
+            assert "connection" == getattr(cause, "reason", None)
             await proxy.restore()
             assert "Plain" == (await schemas.schema(1))["name"]
 
@@ -148,7 +150,8 @@ async def test_a_registry_that_does_not_answer_in_time_is_an_outage() -> None:
             async with SchemaRegistry(f"http://{proxy.address}", client(read=0.2)) as schemas:
                 with pytest.raises(RegistryError) as raised:
                     await schemas.schema(1)
-    assert ("registry", "timeout") == (raised.value.outage, raised.value.reason)
+    assert ("registry", "registry") == (raised.value.outage, raised.value.reason)
+    assert "timeout" == getattr(raised.value.__cause__, "reason", None)
 
 
 async def test_a_lookup_whose_asker_is_cancelled_is_made_by_the_next_waiter() -> None:
@@ -259,7 +262,7 @@ async def test_a_registry_failure_holds_the_gate_from_the_first_one_and_names_th
     """What /readyz, the log and the alert read: the registry, not the Space API, is down."""
     clock = FakeClock()
     gate = ApiGate(GateLimits(circuit_failures=5, open_initial=0.1), clock=clock)
-    down = RegistryError("the schema registry failed for schema id 1: refused", reason="connection")
+    down = RegistryError("the schema registry failed for schema id 1: refused", reason="registry")
 
     await attempt(gate, down, clock)
     gate.refresh_metrics()
