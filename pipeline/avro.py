@@ -49,11 +49,9 @@ from typing import Any
 from fastavro import schemaless_reader
 
 from pipeline.errors import InvalidRecordError
+from pipeline.formats import WIRE_HEADER_BYTES, wire_schema_id
 from pipeline.records import KafkaRecord
 from pipeline.schema_registry import Schema, Schemas
-
-MAGIC = 0
-HEADER_BYTES = 5  # the magic byte and the schema id
 
 # What fastavro may raise on bytes that do not fit the schema: a short read, a union index or an
 # enum symbol out of range, a length that is negative or absurd, invalid UTF-8, a date out of
@@ -80,20 +78,14 @@ class AvroValues:
         value = record.value
         if value is None:
             return None
-        if len(value) < HEADER_BYTES or value[0] != MAGIC:
-            first = f"a first byte of {value[0]}" if value else "no bytes"
-            raise InvalidRecordError(
-                f"the value is not in the schema registry's wire format ({first}, {len(value)}"
-                f" bytes; it must start with the magic byte 0 and a 4-byte schema id)"
-            )
-        schema_id = int.from_bytes(value[1:HEADER_BYTES], "big")
+        schema_id = wire_schema_id(value)
         schema = await self._schemas.schema(schema_id)
         return self.read(schema_id, schema, value)
 
     def read(self, schema_id: int, schema: Schema, value: bytes) -> object:
         """Decode a wire-format ``value`` whose schema is known (the CPU part, for the bench)."""
         stream = io.BytesIO(value)
-        stream.seek(HEADER_BYTES)
+        stream.seek(WIRE_HEADER_BYTES)
         try:
             data = schemaless_reader(stream, schema, None)
         except _UNDECODABLE as error:

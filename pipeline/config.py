@@ -142,7 +142,7 @@ class Settings(BaseSettings):
     sink_reject_exceptions: Annotated[tuple[str, ...], NoDecode] = ()
 
     # Value formats: what a value's bytes mean (a schema registry for Avro)
-    value_format: Literal["bytes", "json", "avro"] = "bytes"
+    value_format: Literal["bytes", "json", "avro", "json-schema"] = "bytes"
     schema_registry_url: str | None = None
     schema_registry_username: str | None = None
     schema_registry_password: SecretStr | None = None

@@ -36,7 +36,7 @@ from pipeline.consumer import (
     build_consumer,
 )
 from pipeline.dead_letter import DeadLetterOptions, DeadLetters
-from pipeline.formats import JsonValues, ValueFormat
+from pipeline.formats import JsonValues, SchemaJsonValues, ValueFormat
 from pipeline.function_sink import FunctionSink
 from pipeline.gate import ApiGate, GateLimits
 from pipeline.health import OpsServer, Verdict
@@ -243,6 +243,8 @@ def value_format(settings: Settings, registry: SchemaRegistry | None) -> ValueFo
     """How values are decoded before they are sent; ``None`` sends their bytes as they are."""
     if settings.value_format == "json":
         return JsonValues()
+    if settings.value_format == "json-schema":
+        return SchemaJsonValues()
     if settings.value_format == "avro":
         from pipeline.avro import AvroValues  # noqa: PLC0415 - only for Avro values
 
