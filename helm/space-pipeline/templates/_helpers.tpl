@@ -254,3 +254,56 @@ The kind of the pods' controller: Deployment, or StatefulSet with workload: stat
 {{- define "space-pipeline.workloadKind" -}}
 {{- if eq .Values.workload "statefulset" -}}StatefulSet{{- else -}}Deployment{{- end -}}
 {{- end -}}
+
+{{/*
+The pod template's labels: the chart's labels and podLabels, less what changes with the chart's
+version alone (helm.sh/chart). A release that changes no pod, only alerts or the dashboard,
+then restarts no consumer and costs the group no rebalance.
+*/}}
+{{- define "space-pipeline.podLabels" -}}
+{{- $labels := include "space-pipeline.labelsWith" (dict "ctx" . "extra" .Values.podLabels) | fromYaml -}}
+{{- toYaml (omit $labels "helm.sh/chart") -}}
+{{- end -}}
+
+{{/*
+topologySpread.preset's constraints (maxSkew 1 over zones, nodes or both, selecting this
+release's pods), then topologySpreadConstraints; empty when there are none. Kubernetes refuses
+two constraints on one key, so an own constraint on a preset's key fails the render.
+*/}}
+{{- define "space-pipeline.topologySpreadConstraints" -}}
+{{- $presets := dict "none" (list) "zone" (list "topology.kubernetes.io/zone") "node" (list "kubernetes.io/hostname") "zoneAndNode" (list "topology.kubernetes.io/zone" "kubernetes.io/hostname") -}}
+{{- $spread := .Values.topologySpread | default dict -}}
+{{- $keys := get $presets ($spread.preset | default "none") -}}
+{{- $selector := dict "matchLabels" (include "space-pipeline.selectorLabels" . | fromYaml) -}}
+{{- $constraints := list -}}
+{{- range $key := $keys -}}
+{{- $constraints = append $constraints (dict "maxSkew" 1 "topologyKey" $key "whenUnsatisfiable" ($spread.whenUnsatisfiable | default "ScheduleAnyway") "labelSelector" $selector) -}}
+{{- end -}}
+{{- range .Values.topologySpreadConstraints -}}
+{{- if has .topologyKey $keys -}}
+{{- fail (printf "topologySpreadConstraints has one on %s, which topologySpread.preset %s already spreads over: drop one of them" .topologyKey $spread.preset) -}}
+{{- end -}}
+{{- $constraints = append $constraints . -}}
+{{- end -}}
+{{- with $constraints -}}
+{{- toYaml . -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+What selects the `helm test` pod: the release, and a component of its own. It has no
+app.kubernetes.io/name, so no selector of the consumer pods (PDB, Services, monitors) takes it.
+*/}}
+{{- define "space-pipeline.testSelectorLabels" -}}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: helm-test
+{{- end -}}
+
+{{/* The Service `helm test` reaches the pods through; empty when there is none. */}}
+{{- define "space-pipeline.testService" -}}
+{{- if or .Values.metricsService.enabled .Values.serviceMonitor.enabled -}}
+{{- include "space-pipeline.fullname" . }}-metrics
+{{- else if eq .Values.workload "statefulset" -}}
+{{- include "space-pipeline.fullname" . }}-pods
+{{- end -}}
+{{- end -}}
