@@ -117,7 +117,9 @@ async def test_a_decoded_value_from_any_value_format_is_what_the_expression_read
 async def test_a_batch_is_an_array_or_ndjson_of_each_records_result(batch_format: str) -> None:
     server = FakeServer()
     records = [Record(offset=offset, value=b'{"id": %d}' % offset) for offset in (5, 6, 7)]
-    async with shaping_sink(server, "{id: value.id, at: offset}", batch_format=batch_format) as sink:
+    async with shaping_sink(
+        server, "{id: value.id, at: offset}", batch_format=batch_format
+    ) as sink:
         await sink.send(records)
 
     content = server.request.content
@@ -188,7 +190,7 @@ async def test_a_tombstone_deleted_never_evaluates_the_expression() -> None:
 
 @pytest.mark.parametrize("source", ["{item: value", "value.[", "", "unknown_fn(value)"])
 def test_a_malformed_expression_is_a_value_error_saying_so(source: str) -> None:
-    with pytest.raises(ValueError, match="not a JMESPath expression|unknown function"):
+    with pytest.raises(ValueError, match=r"not a JMESPath expression|unknown function"):
         BodyExpression(source)
 
 
@@ -318,7 +320,7 @@ def test_a_wrong_url_template_is_refused_at_start(url: str, why: str) -> None:
 
 
 def test_a_wrong_header_template_is_refused_at_start() -> None:
-    with pytest.raises(ValueError, match="X-Space.*unknown placeholder"):
+    with pytest.raises(ValueError, match=r"X-Space.*unknown placeholder"):
         shaping_sink(FakeServer(), None, headers={"X-Space": "{space}"})
 
 
@@ -365,3 +367,72 @@ def test_a_valid_body_expression_is_shown_by_config(tmp_path: Path) -> None:
 
     assert 0 == code, output
     assert f"PIPELINE_SPACE_API_BODY={EXAMPLE}" in output
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    from tests.plugins.environment import only_settings  # noqa: PLC0415
+    from tests.test_config import REQUIRED  # noqa: PLC0415
+
+    return only_settings(monkeypatch, tmp_path, REQUIRED)
+
+
+def _problems() -> list[str]:
+    from pipeline.config import load_settings  # noqa: PLC0415
+    from pipeline.errors import ConfigError  # noqa: PLC0415
+
+    with pytest.raises(ConfigError) as raised:
+        load_settings(env_file=None)
+    return raised.value.problems
+
+
+def test_value_paths_in_the_url_and_a_header_are_valid_settings(env: pytest.MonkeyPatch) -> None:
+    from pipeline.config import load_settings  # noqa: PLC0415
+
+    env.setenv("PIPELINE_SPACE_API_URL", "https://space.example/v1/{value.space.id}?at={offset}")
+    env.setenv("PIPELINE_SPACE_API_HEADERS", '{"X-Tenant": "{headers.\\"x-tenant\\"}"}')
+
+    settings = load_settings(env_file=None)
+
+    assert "https://space.example/v1/{value.space.id}?at={offset}" == settings.space_api_url
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "why"),
+    [
+        ("PIPELINE_SPACE_API_URL", "https://space.example/{valeu.id}", "unknown placeholder"),
+        ("PIPELINE_SPACE_API_URL", "https://{value.host}/x", "host"),
+        ("PIPELINE_SPACE_API_HEADERS", '{"X-Space": "s3cret-{space"}', "X-Space"),
+    ],
+)
+def test_a_wrong_template_in_a_setting_is_one_line_naming_it(
+    env: pytest.MonkeyPatch, variable: str, value: str, why: str
+) -> None:
+    env.setenv(variable, value)
+
+    [line] = _problems()
+
+    assert line.startswith(f"{variable}: ")
+    assert why in line
+    assert "s3cret" not in line  # a header value may be a secret: never echoed
+
+
+def test_a_placeholder_of_one_record_cannot_name_a_batch(env: pytest.MonkeyPatch) -> None:
+    env.setenv("PIPELINE_SPACE_API_URL", "https://space.example/{topic}/{value.id}")
+    env.setenv("PIPELINE_SPACE_API_HEADERS", '{"X-At": "{offset}"}')
+    env.setenv("PIPELINE_BATCH_MAX_RECORDS", "10")
+
+    [line] = _problems()
+
+    assert "{offset}, {value.id} in PIPELINE_SPACE_API_URL or _HEADERS" in line
+    assert "PIPELINE_BATCH_MAX_RECORDS" in line
+
+
+def test_a_body_expression_with_a_sink_function_is_refused(env: pytest.MonkeyPatch) -> None:
+    env.delenv("PIPELINE_SPACE_API_URL")
+    env.setenv("PIPELINE_SINK_FUNCTION", "builtins:print")
+    env.setenv("PIPELINE_SPACE_API_BODY", "value")
+
+    [line] = _problems()
+
+    assert line.startswith("PIPELINE_SPACE_API_BODY shapes requests to the API")
