@@ -35,6 +35,7 @@ import orjson
 from jmespath.exceptions import JMESPathError
 from jmespath.functions import Functions
 from jmespath.parser import ParsedResult
+from jmespath.visitor import TreeInterpreter
 
 from pipeline.errors import InvalidRecordError
 from pipeline.records import KafkaRecord
@@ -44,6 +45,10 @@ CONTEXT_NAMES = ("value", "key", "headers", "topic", "partition", "offset", "tim
 OPERATOR_NAMES = frozenset({"topic", "partition"})
 _PATH_NODES = frozenset({"field", "subexpression", "index_expression", "index"})
 _FUNCTIONS: Mapping[str, Any] = Functions.FUNCTION_TABLE
+# One interpreter for every evaluation: ``ParsedResult.search`` builds a new one per call, whose
+# cache of node handlers starts empty, a fifth of a simple expression's time. It keeps no
+# state between calls, and a call never awaits, so sharing it is safe.
+_INTERPRETER = TreeInterpreter()
 
 
 def text_or_base64(data: bytes | None) -> str | dict[str, str] | None:
@@ -125,7 +130,7 @@ class BodyExpression:
     def body(self, shaped: Mapping[str, object]) -> bytes:
         """The expression's result over ``shaped`` (a :func:`context`) as JSON."""
         try:
-            result = self._compiled.search(shaped)
+            result = _INTERPRETER.visit(self._compiled.parsed, shaped)
         except (JMESPathError, TypeError, ValueError, RecursionError) as error:
             raise InvalidRecordError(f"the body expression failed: {_one_line(error)}") from None
         if result is None:
@@ -146,7 +151,7 @@ class Placeholder:
 
     def text(self, shaped: Mapping[str, object]) -> str:
         """The value the path names, spelt as in JSON; a missing one or a non-scalar refuses."""
-        found = self.compiled.search(shaped)
+        found = _INTERPRETER.visit(self.compiled.parsed, shaped)
         if isinstance(found, str):
             return found
         if isinstance(found, bool):
