@@ -89,6 +89,17 @@ async def test_the_issues_example_shapes_the_body_from_value_and_coordinates() -
     assert "application/json" == server.request.headers["content-type"]
 
 
+async def test_an_expression_can_tell_text_from_bytes_and_reach_the_bytes() -> None:
+    server = FakeServer()
+    expression = "{binary: type(key) == 'object', key: key.base64 || key}"
+    async with shaping_sink(server, expression) as sink:
+        await sink.send(Record(key=b"\xff"))
+        await sink.send(Record(key=b"text"))
+
+    bodies = [orjson.loads(request.content) for request in server.requests]
+    assert [{"binary": True, "key": "/w=="}, {"binary": False, "key": "text"}] == bodies
+
+
 async def test_headers_and_key_can_be_read_by_the_expression() -> None:
     server = FakeServer()
     async with shaping_sink(server, '{tenant: headers."x-tenant", customer: key}') as sink:
@@ -188,9 +199,14 @@ async def test_a_tombstone_deleted_never_evaluates_the_expression() -> None:
     assert b"" == server.request.content
 
 
-@pytest.mark.parametrize("source", ["{item: value", "value.[", "", "unknown_fn(value)"])
+@pytest.mark.parametrize(
+    "source",
+    ["{item: value", "value.[", "", "unknown_fn(value)", "abs(value, offset)", "join(',')"],
+)
 def test_a_malformed_expression_is_a_value_error_saying_so(source: str) -> None:
-    with pytest.raises(ValueError, match=r"not a JMESPath expression|unknown function"):
+    """Functions too: jmespath would find a misspelt one, or a wrong count of arguments, only
+    when the first record calls it."""
+    with pytest.raises(ValueError, match=r"not a JMESPath expression|unknown function|arguments"):
         BodyExpression(source)
 
 
