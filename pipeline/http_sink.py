@@ -240,7 +240,9 @@ class HttpSink:
         self._header_templates = {n: t for n, t in templates.items() if t.placeholders}
         fixed = {n: t.literal() for n, t in templates.items() if not t.placeholders}
         static = {n: v for n, v in config.headers.items() if n not in self._header_templates}
-        self._static = _merged({"User-Agent": "space-pipeline"}, static | fixed)
+        templated = {name.lower() for name in self._header_templates}
+        merged = _merged({"User-Agent": "space-pipeline"}, static | fixed)
+        self._static = {n: v for n, v in merged.items() if n.lower() not in templated}
         if config.token and auth is None:
             self._static["Authorization"] = f"Bearer {config.token}"
         self._static_names = {name.lower(): name for name in (*self._static, *templates)}
@@ -341,7 +343,8 @@ class HttpSink:
             shaped = None
             if expression is not None or (first is None and self._needs_context):
                 shaped = context(record, value)
-                first = first or shaped
+                if first is None:
+                    first = shaped
             if bodies is None:
                 break  # only the first record's context was wanted
             if deleted:

@@ -39,6 +39,7 @@ from jmespath.visitor import TreeInterpreter
 
 from pipeline.errors import InvalidRecordError
 from pipeline.records import KafkaRecord
+from pipeline.redaction import secret_name
 
 CONTEXT_NAMES = ("value", "key", "headers", "topic", "partition", "offset", "timestamp")
 # What the operator, not the record, chooses: the only names a URL's host may hold.
@@ -231,8 +232,8 @@ def url_template(url: str) -> Template:
 def header_templates(headers: Mapping[str, str]) -> dict[str, Template]:
     """The static headers whose values hold placeholders, as templates, by name.
 
-    ``ValueError`` names the header and the placeholder, never the rest of the value (it may
-    hold a secret).
+    ``ValueError`` names the header and the placeholder, never the rest of the value; for a
+    header named like a credential (``Authorization``, ``X-Api-Key``) not even the placeholder.
     """
     templates = {}
     for name, value in headers.items():
@@ -241,5 +242,11 @@ def header_templates(headers: Mapping[str, str]) -> dict[str, Template]:
         try:
             templates[name] = Template(value)
         except ValueError as error:
+            if secret_name(name):
+                msg = (
+                    f"the value of header {name!r} is not a valid template (not shown: a"
+                    " credential); a literal brace is written {{ or }}"
+                )
+                raise ValueError(msg) from None
             raise ValueError(f"the value of header {name!r}: {error}") from None
     return templates

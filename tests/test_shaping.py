@@ -287,6 +287,14 @@ async def test_a_header_value_may_be_a_template_rendered_per_record() -> None:
     assert {"{literal}"} == {r.headers["x-braces"] for r in server.requests}
 
 
+async def test_a_templated_header_replaces_a_default_of_any_case() -> None:
+    server = FakeServer()
+    async with shaping_sink(server, None, headers={"user-agent": "feeder/{value.v}"}) as sink:
+        await sink.send(Record(value=b'{"v": 2}'))
+
+    assert ["feeder/2"] == server.request.headers.get_list("user-agent")
+
+
 @pytest.mark.parametrize(
     "value", [b'{"space": "a\\r\\nX-Evil: 1"}', b'{"space": "a\\nb"}', b"{}"], ids=str
 )
@@ -419,6 +427,7 @@ def test_value_paths_in_the_url_and_a_header_are_valid_settings(env: pytest.Monk
         ("PIPELINE_SPACE_API_URL", "https://space.example/{valeu.id}", "unknown placeholder"),
         ("PIPELINE_SPACE_API_URL", "https://{value.host}/x", "host"),
         ("PIPELINE_SPACE_API_HEADERS", '{"X-Space": "s3cret-{space"}', "X-Space"),
+        ("PIPELINE_SPACE_API_HEADERS", '{"X-Api-Key": "{s3cret}"}', "X-Api-Key"),
     ],
 )
 def test_a_wrong_template_in_a_setting_is_one_line_naming_it(
