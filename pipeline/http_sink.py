@@ -3,8 +3,9 @@
 One record is one request: its value bytes unchanged as the body, ``Idempotency-Key:
 topic/partition/offset`` (the same on every redelivery, so the API can drop the duplicates that
 at-least-once delivery produces), ``X-Kafka-*`` headers naming it, the chosen Kafka headers
-forwarded (W3C trace context by default). The URL may name the record (``{topic}``,
-``{partition}``, ``{key}``); a tombstone is sent with an empty body or as a DELETE.
+forwarded (W3C trace context by default). The URL and header values may name the record
+(``{topic}``, ``{key}``, ``{value.space.id}``: see :mod:`pipeline.shaping`, which also shapes a
+body by an expression); a tombstone is sent with an empty body or as a DELETE.
 
 A batch is one request for consecutive records of a lane: a JSON array of the values (embedded as
 they are) or newline-delimited values, with ``Idempotency-Key: topic/partition/first-last``.
