@@ -209,7 +209,15 @@ async def test_a_tombstone_deleted_never_evaluates_the_expression() -> None:
 
 @pytest.mark.parametrize(
     "source",
-    ["{item: value", "value.[", "", "unknown_fn(value)", "abs(value, offset)", "join(',')"],
+    [
+        "{item: value",
+        "value.[",
+        "",
+        "value + `1`",
+        "unknown_fn(value)",
+        "abs(value, offset)",
+        "join(',')",
+    ],
 )
 def test_a_malformed_expression_is_a_value_error_saying_so(source: str) -> None:
     """Functions too: jmespath would find a misspelt one, or a wrong count of arguments, only
