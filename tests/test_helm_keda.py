@@ -433,6 +433,13 @@ def test_notes_name_the_secret_instead_of_printing_its_url(chart: helm.Chart) ->
     assert "://" not in text.split("Health and metrics")[0]
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_notes_never_print_a_credential(chart: helm.Chart, variant: str) -> None:
+    text = notes(chart, VARIANTS[variant])
+    assert not re.search(r"://[^/\s]*@", text)
+    assert not re.search(r"[?&][^=\s]*(key|token|secret|sig)[^=\s]*=", text, re.IGNORECASE)
+
+
 def test_notes_print_a_plain_url_as_it_is(chart: helm.Chart) -> None:
     assert f"delivers to {REQUIRED['config']['spaceApiUrl']}" in notes(chart)
 
