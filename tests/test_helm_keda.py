@@ -517,6 +517,19 @@ def test_egress_rules_that_cannot_reach_kafka_or_the_api_fail(
     assert re.search(message, str(failure.value)), str(failure.value)
 
 
+def test_addresses_without_names_need_no_dns(chart: helm.Chart) -> None:
+    layer = merged(
+        egress({"ports": [{"port": 9092}, {"port": 8080}]}, allowDns=False),
+        {
+            "config": {
+                "kafkaBootstrapServers": "10.0.0.1:9092,[fd00::2]:9092",
+                "spaceApiUrl": "http://10.0.0.9:8080/records",
+            }
+        },
+    )
+    assert only(render(chart, layer), "NetworkPolicy")
+
+
 def test_a_function_sink_needs_only_kafka(chart: helm.Chart) -> None:
     layer = merged(
         egress(KAFKA_RULE),

@@ -156,8 +156,8 @@ valueFrom for the variables without one). A Secret and a plain value for one set
 
 {{/*
 networkPolicy.egress.allowAll false: some rule must let the pods out to every bootstrap server's
-port, to the Space API's (or the HTTP proxy's) and the OAuth2 token URL's port, and to DNS when
-allowDns is off. Only ports and protocols are checked: a render cannot tell which addresses a
+port, to the Space API's (or the HTTP proxy's) and the OAuth2 token URL's port, and to DNS (UDP 53)
+when allowDns is off and one of them is a host name. Only ports and protocols are checked: a render cannot tell which addresses a
 host name resolves to, so the rules' `to` peers are taken on trust.
 */}}
 {{- define "space-pipeline.validateEgress" -}}
@@ -169,19 +169,20 @@ host name resolves to, so the rules' `to` peers are taken on trust.
 {{- $server = trim $server -}}
 {{- if $server -}}
 {{- $port := regexFind ":[0-9]+$" $server | trimPrefix ":" | default "9092" -}}
-{{- $needs = append $needs (list $port (printf "Kafka, %s" $server)) -}}
+{{- $needs = append $needs (list $port (printf "Kafka, %s" $server) (regexReplaceAll ":[0-9]+$" $server "")) -}}
 {{- end -}}
 {{- end -}}
 {{- if not (get $c "sinkFunction") -}}
 {{- $proxy := and (eq (get $c "httpClient" | default "lean") "aiohttp") (get $c "httpProxy") -}}
 {{- if $proxy -}}
-{{- $needs = append $needs (list (include "space-pipeline.urlPort" $proxy) (printf "the HTTP proxy, %s" (regexReplaceAll "^[a-zA-Z][a-zA-Z0-9+.-]*://([^/?#]*).*$" $proxy "${1}"))) -}}
+{{- $authority := regexReplaceAll "^[a-zA-Z][a-zA-Z0-9+.-]*://([^/?#]*).*$" $proxy "${1}" -}}
+{{- $needs = append $needs (list (include "space-pipeline.urlPort" $proxy) (printf "the HTTP proxy, %s" $authority) (regexReplaceAll ":[0-9]+$" $authority "")) -}}
 {{- else -}}
 {{- range $pair := list (list "spaceApiUrl" "the Space API") (list "oauth2TokenUrl" "the OAuth2 token endpoint") -}}
 {{- with get $c (index $pair 0) -}}
 {{- $port := include "space-pipeline.urlPort" . -}}
 {{- $host := regexReplaceAll "^[a-zA-Z][a-zA-Z0-9+.-]*://([^/?#:]*).*$" . "${1}" -}}
-{{- $needs = append $needs (list $port (printf "%s, %s:%s" (index $pair 1) $host $port)) -}}
+{{- $needs = append $needs (list $port (printf "%s, %s:%s" (index $pair 1) $host $port) $host) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
@@ -192,7 +193,11 @@ host name resolves to, so the rules' `to` peers are taken on trust.
 {{- fail (printf "networkPolicy.egress.allowAll is false, but no rule in networkPolicy.egress.rules allows TCP port %s (%s)" (index $need 0) (index $need 1)) -}}
 {{- end -}}
 {{- end -}}
-{{- if and (not .egress.allowDns) (not (include "space-pipeline.egressAllows" (dict "rules" $rules "port" 53 "protocol" "UDP"))) -}}
+{{- $named := false -}}
+{{- range $need := $needs -}}
+{{- if not (regexMatch "^([0-9]{1,3}[.]){3}[0-9]{1,3}$|^\\[" (index $need 2)) }}{{ $named = true }}{{ end -}}
+{{- end -}}
+{{- if and $named (not .egress.allowDns) (not (include "space-pipeline.egressAllows" (dict "rules" $rules "port" 53 "protocol" "UDP"))) -}}
 {{- fail "networkPolicy.egress.allowAll is false, but no rule allows UDP port 53 (DNS): set networkPolicy.egress.allowDns, or add a rule for your resolver" -}}
 {{- end -}}
 {{- end -}}
