@@ -3,7 +3,7 @@
 Built-in kinds are validated (strictly: unknown fields fail) against the Kubernetes OpenAPI
 schemas shipped by kubernetes-validate. The CRD kinds (PodMonitor, ServiceMonitor, PrometheusRule,
 ScaledObject) have no schema there: they get a minimal hand-written schema of the fields their
-operators need (see CRD_SCHEMAS).
+operators need (see CRD_SCHEMAS); a TriggerAuthentication gets KEDA's published CRD (tests/crds).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from pydantic import AnyHttpUrl
 from pipeline.config import ENV_PREFIX, Settings, load_settings
 from pipeline.errors import ConfigError
 from pipeline.policy import format_statuses, parse_statuses
+from tests.crds import crd_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART_DIR = ROOT / "helm" / "space-pipeline"
@@ -39,6 +40,8 @@ ALL_FEATURES = HELM_VALUES / "all-features.yaml"
 FUNCTION_SINK = HELM_VALUES / "function-sink.yaml"
 # The pods as a StatefulSet, each a static group member under its pod's name.
 STATEFULSET = HELM_VALUES / "statefulset.yaml"
+# KEDA and the pods on a SASL_SSL Kafka; the API's URL and headers from Secrets (test_helm_keda.py).
+SECURED_KAFKA = HELM_VALUES / "secured-kafka.yaml"
 K8S_VERSION = "1.33.0"
 RELEASE = "demo"
 NAMESPACE = "streams"
@@ -180,6 +183,10 @@ CRD_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
             },
         }
     ),
+    # KEDA's own published CRD (tests/crds), strict.
+    ("keda.sh/v1alpha1", "TriggerAuthentication"): crd_schema(
+        "keda.sh_triggerauthentications.yaml"
+    ),
 }
 
 
@@ -261,6 +268,7 @@ VARIANTS = {
     "all-features": load_values(ALL_FEATURES),
     "function-sink": load_values(FUNCTION_SINK),
     "statefulset": load_values(STATEFULSET),
+    "secured-kafka": load_values(SECURED_KAFKA),
 }
 
 

@@ -93,6 +93,8 @@ Lists are joined with ",", maps JSON-encoded.
 {{- end -}}
 {{- include "space-pipeline.validateSink" . -}}
 {{- include "space-pipeline.validateRateLimit" . -}}
+{{- include "space-pipeline.validateCredentials" . -}}
+{{- include "space-pipeline.validateEgress" . -}}
 {{- /* Variables the chart derives itself, and the value to set instead. */ -}}
 {{- $reserved := dict "PIPELINE_SHUTDOWN_TIMEOUT_S" "config.shutdownTimeoutS" "PIPELINE_METRICS_PORT" "config.metricsPort" -}}
 {{- if .Values.rateLimit.globalPerS -}}
@@ -128,13 +130,13 @@ OAuth2 client credentials, not both.
 */}}
 {{- define "space-pipeline.validateSink" -}}
 {{- $c := .Values.config -}}
-{{- $url := get $c "spaceApiUrl" -}}
+{{- $url := or (get $c "spaceApiUrl") .Values.secrets.spaceApiUrl.existingSecret -}}
 {{- $function := get $c "sinkFunction" -}}
 {{- if and $url $function -}}
 {{- fail "config.spaceApiUrl and config.sinkFunction are both set: set one (records go to the Space API over HTTP, or through your own function)" -}}
 {{- end -}}
 {{- if not (or $url $function) -}}
-{{- fail "config.spaceApiUrl or config.sinkFunction is required: the Space API's URL, or your own function as package.module:function" -}}
+{{- fail "config.spaceApiUrl or config.sinkFunction is required: the Space API's URL (or secrets.spaceApiUrl, for a URL holding credentials), or your own function as package.module:function" -}}
 {{- end -}}
 {{- $secrets := .Values.secrets -}}
 {{- $oauth2Secret := $secrets.oauth2ClientSecret.existingSecret -}}
