@@ -844,8 +844,12 @@ def test_pod_monitor_settings(chart: helm.Chart) -> None:
 
 
 def test_prometheus_rule_embeds_alerts_file(chart: helm.Chart) -> None:
-    """The PrometheusRule holds files/alerts.yaml's groups verbatim, then additionalGroups."""
-    rules_file = yaml.safe_load((CHART_DIR / "files" / "alerts.yaml").read_text())
+    """The PrometheusRule holds files/alerts.yaml's groups, their selectors scoped to the release's
+    namespace and the PodMonitor's job (tests/test_alerts.py checks the rest), then
+    additionalGroups."""
+    text = (CHART_DIR / "files" / "alerts.yaml").read_text()
+    scoped = f'namespace="{NAMESPACE}", job="monitoring/{RELEASE}-space-pipeline"'
+    rules_file = yaml.safe_load(text.replace('job="space-pipeline"', scoped))
     rule = only(render(chart, load_values(ALL_FEATURES)), "PrometheusRule")
     assert rule["metadata"]["namespace"] == "monitoring"
     assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"

@@ -256,3 +256,32 @@ The kind of the pods' controller: Deployment, or StatefulSet with workload: stat
 {{- define "space-pipeline.workloadKind" -}}
 {{- if eq .Values.workload "statefulset" -}}StatefulSet{{- else -}}Deployment{{- end -}}
 {{- end -}}
+
+{{/*
+The scrape job of this release's targets, which the alert rules and the dashboard select:
+prometheusRule.job, else the one the chart's monitor gives (prometheus-operator names a
+PodMonitor's job <monitor namespace>/<monitor name>, a ServiceMonitor's after the Service).
+*/}}
+{{- define "space-pipeline.scrapeJob" -}}
+{{- if .Values.prometheusRule.job -}}
+{{- .Values.prometheusRule.job -}}
+{{- else if .Values.podMonitor.enabled -}}
+{{- printf "%s/%s" (.Values.podMonitor.namespace | default .Release.Namespace) (include "space-pipeline.fullname" .) -}}
+{{- else if .Values.serviceMonitor.enabled -}}
+{{- printf "%s-metrics" (include "space-pipeline.fullname" .) -}}
+{{- else -}}
+{{- fail "prometheusRule needs the scrape job of the pods: enable podMonitor or serviceMonitor, or set prometheusRule.job to the job your Prometheus scrapes them as" -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Where each alert's threshold is written in files/alerts.yaml (the only occurrence in its expr):
+prometheusRule.rules.<alert>.threshold replaces its number.
+*/}}
+{{- define "space-pipeline.alertThresholds" -}}
+SpacePipelineLagAboveSLO: ") > 300"
+SpacePipelinePartitionStalled: ") > 600"
+SpacePipelineApiErrorRatioHigh: "> 0.2"
+SpacePipelineDeadLetterRate: ") > 15"
+SpacePipelineRebalanceStorm: ") > 6"
+{{- end -}}
