@@ -1567,3 +1567,47 @@ def test_a_static_member_id_under_a_deployment_or_a_strategy_under_a_statefulset
     StatefulSet has no Deployment strategy."""
     with pytest.raises(helm.HelmRenderError, match=message):
         render(chart, values)
+
+
+# --- Labels: one key once ------------------------------------------------------------------------
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a mapping with a key twice (PyYAML keeps the last silently)."""
+
+
+def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    keys = [loader.construct_object(key) for key, _ in node.value]
+    duplicates = {key for key in keys if keys.count(key) > 1}
+    if duplicates:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"duplicate keys {sorted(duplicates)}", node.start_mark
+        )
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping
+)
+
+
+def test_common_labels_never_write_a_chart_label_twice(chart: helm.Chart) -> None:
+    """commonLabels may set app.kubernetes.io/component (it wins, once) but never a selector label:
+    every rendered mapping has each key once."""
+    common = {
+        "app.kubernetes.io/component": "orders-sink",
+        "app.kubernetes.io/name": "elsewhere",
+        "team": "space",
+    }
+    values = merged(REQUIRED, load_values(ALL_FEATURES), {"commonLabels": common})
+    files = chart.render(values, name=RELEASE, namespace=NAMESPACE)
+    for path, text in sorted(files.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        for doc in yaml.load_all(text, Loader=_UniqueKeyLoader):  # noqa: S506 - a SafeLoader
+            if not doc:
+                continue
+            labels = doc["metadata"].get("labels", {})
+            if "app.kubernetes.io/component" in labels:
+                assert labels["app.kubernetes.io/component"] == "orders-sink", path
+            assert labels.get("app.kubernetes.io/name", "space-pipeline") == "space-pipeline", path

@@ -26,15 +26,18 @@ app.kubernetes.io/name: {{ include "space-pipeline.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/*
+The chart's labels and commonLabels as one map, so no key is written twice: commonLabels may
+replace app.kubernetes.io/component and the like, never a selector label.
+*/}}
 {{- define "space-pipeline.labels" -}}
-helm.sh/chart: {{ include "space-pipeline.chart" . }}
-{{ include "space-pipeline.selectorLabels" . }}
-app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
-app.kubernetes.io/managed-by: {{ .Release.Service }}
-app.kubernetes.io/component: kafka-http-stage
-{{- with .Values.commonLabels }}
-{{ toYaml . }}
-{{- end }}
+{{- $chart := dict
+  "helm.sh/chart" (include "space-pipeline.chart" .)
+  "app.kubernetes.io/version" .Chart.AppVersion
+  "app.kubernetes.io/managed-by" .Release.Service
+  "app.kubernetes.io/component" "kafka-http-stage" -}}
+{{- $selector := include "space-pipeline.selectorLabels" . | fromYaml -}}
+{{- toYaml (merge (dict) $selector (.Values.commonLabels | default dict) $chart) -}}
 {{- end -}}
 
 {{- define "space-pipeline.serviceAccountName" -}}
