@@ -867,7 +867,41 @@ def test_grafana_dashboard_configmap(chart: helm.Chart) -> None:
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert dashboard["metadata"]["annotations"] == {"grafana_folder": "Streaming"}
     expected = json.loads((CHART_DIR / "files" / "space-pipeline-dashboard.json").read_text())
-    assert json.loads(dashboard["data"]["space-pipeline-dashboard.json"]) == expected
+    rendered = json.loads(dashboard["data"]["space-pipeline-dashboard.json"])
+    # The release's own: uid, title and the job variable's default (tested below); the rest as is.
+    for key in ("uid", "title", "templating"):
+        del expected[key], rendered[key]
+    assert rendered == expected
+
+
+def rendered_dashboard(
+    chart: helm.Chart, *layers: dict[str, Any], release: str = RELEASE
+) -> dict[str, Any]:
+    docs = render(chart, {"grafanaDashboard": {"enabled": True}}, *layers, release=release)
+    (configmap,) = [d for d in docs if d["metadata"]["name"].endswith("-dashboard")]
+    dashboard: dict[str, Any] = json.loads(configmap["data"]["space-pipeline-dashboard.json"])
+    return dashboard
+
+
+def test_each_release_renders_a_dashboard_of_its_own(chart: helm.Chart) -> None:
+    """Two releases in one Grafana get two dashboards: a uid (at most 40 characters, Grafana's
+    limit) and a title derived from the release, and $job preset to the release's scrape job."""
+    monitored = {"podMonitor": {"enabled": True}}
+    demo = rendered_dashboard(chart, monitored)
+    other = rendered_dashboard(chart, monitored, release="other")
+    renamed = rendered_dashboard(chart, monitored, {"fullnameOverride": "x" * 63})
+    uids = {demo["uid"], other["uid"], renamed["uid"]}
+    assert len(uids) == 3, uids
+    assert all(len(uid) <= 40 and re.fullmatch(r"[a-z0-9-]+", uid) for uid in uids), uids
+    assert demo["uid"].startswith(f"{RELEASE}-space-pipeline-")
+    assert demo["title"] == f"Space Pipeline ({NAMESPACE}/{RELEASE}-space-pipeline)"
+    assert demo["title"] != other["title"]
+    (job,) = [v for v in demo["templating"]["list"] if v["name"] == "job"]
+    expected = f"{NAMESPACE}/{RELEASE}-space-pipeline"
+    assert job["current"] == {"selected": True, "text": expected, "value": expected}
+    # Without a monitor or prometheusRule.job the chart cannot know the job: Grafana picks one.
+    (job,) = [v for v in rendered_dashboard(chart)["templating"]["list"] if v["name"] == "job"]
+    assert job["current"] == {}
 
 
 def test_network_policy_admits_only_metrics_port(chart: helm.Chart) -> None:

@@ -266,14 +266,21 @@ prometheusRule.job, else the one the chart's monitor gives (prometheus-operator 
 PodMonitor's job <monitor namespace>/<monitor name>, a ServiceMonitor's after the Service).
 */}}
 {{- define "space-pipeline.scrapeJob" -}}
+{{- $job := include "space-pipeline.knownScrapeJob" . -}}
+{{- if not $job -}}
+{{- fail "prometheusRule needs the scrape job of the pods: enable podMonitor or serviceMonitor, or set prometheusRule.job to the job your Prometheus scrapes them as" -}}
+{{- end -}}
+{{- $job -}}
+{{- end -}}
+
+{{/* The scrape job as above, or nothing when the chart cannot know it. */}}
+{{- define "space-pipeline.knownScrapeJob" -}}
 {{- if .Values.prometheusRule.job -}}
 {{- .Values.prometheusRule.job -}}
 {{- else if .Values.podMonitor.enabled -}}
 {{- printf "%s/%s" (.Values.podMonitor.namespace | default .Release.Namespace) (include "space-pipeline.fullname" .) -}}
 {{- else if .Values.serviceMonitor.enabled -}}
 {{- printf "%s-metrics" (include "space-pipeline.fullname" .) -}}
-{{- else -}}
-{{- fail "prometheusRule needs the scrape job of the pods: enable podMonitor or serviceMonitor, or set prometheusRule.job to the job your Prometheus scrapes them as" -}}
 {{- end -}}
 {{- end -}}
 
