@@ -859,7 +859,8 @@ def test_prometheus_rule_embeds_alerts_file(chart: helm.Chart) -> None:
 
 
 def test_grafana_dashboard_configmap(chart: helm.Chart) -> None:
-    """The dashboard ConfigMap has the sidecar label, folder annotation and the JSON file as is."""
+    """The dashboard ConfigMap has the sidecar label, folder annotation and the JSON file, made the
+    release's (uid, title, $job: see below)."""
     docs = render(chart, load_values(ALL_FEATURES))
     (dashboard,) = [d for d in docs if d["metadata"]["name"].endswith("-dashboard")]
     assert dashboard["kind"] == "ConfigMap"
