@@ -201,7 +201,7 @@ def test_the_chart_renders_the_rules_file_with_the_release_namespace_and_job(
 def test_every_rendered_selector_matches_its_release_only(chart: helm.Chart) -> None:
     """Every selector of every rendered rule names the release's namespace and scrape job, for a
     PodMonitor, a ServiceMonitor, nameOverride, fullnameOverride and an explicit job."""
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({}, f"{NAMESPACE}/demo-space-pipeline"),
         ({"nameOverride": "sp"}, f"{NAMESPACE}/demo-sp"),
         ({"fullnameOverride": "orders-sink"}, f"{NAMESPACE}/orders-sink"),
@@ -314,3 +314,5 @@ def test_runbook_urls_point_to_a_section_of_the_chart_readme(chart: helm.Chart) 
         assert rendered[rule.name]["annotations"]["runbook_url"] == f"{base}#{rule.name.lower()}"
         prose = " ".join(sections[rule.name].split())
         assert " ".join(rule.annotations["runbook"].split()) in prose, rule.name
+        defaults = f"Defaults: `severity: {rule.labels['severity']}`, `for: {rule.for_}`"
+        assert prose.startswith(defaults), f"{rule.name}: {prose[:80]!r}"

@@ -1621,9 +1621,7 @@ def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any
     return loader.construct_mapping(node)
 
 
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping
-)
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 
 
 def test_common_labels_never_write_a_chart_label_twice(chart: helm.Chart) -> None:
@@ -1639,7 +1637,7 @@ def test_common_labels_never_write_a_chart_label_twice(chart: helm.Chart) -> Non
     for path, text in sorted(files.items()):
         if path.endswith("NOTES.txt"):
             continue
-        for doc in yaml.load_all(text, Loader=_UniqueKeyLoader):  # noqa: S506 - a SafeLoader
+        for doc in yaml.load_all(text, Loader=_UniqueKeyLoader):
             if not doc:
                 continue
             labels = doc["metadata"].get("labels", {})
