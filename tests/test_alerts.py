@@ -316,3 +316,31 @@ def test_runbook_urls_point_to_a_section_of_the_chart_readme(chart: helm.Chart) 
         assert " ".join(rule.annotations["runbook"].split()) in prose, rule.name
         defaults = f"Defaults: `severity: {rule.labels['severity']}`, `for: {rule.for_}`"
         assert prose.startswith(defaults), f"{rule.name}: {prose[:80]!r}"
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        {"severity": "page"},
+        {"for": "ten minutes"},
+        {"threshold": "300"},
+        {"labels": {"team": 7}},
+        {"runbook": "elsewhere"},
+    ],
+    ids=lambda override: json.dumps(override, sort_keys=True),
+)
+def test_the_schema_refuses_a_malformed_rule_override(
+    chart: helm.Chart, override: dict[str, Any]
+) -> None:
+    """prometheusRule.rules.<alert> takes a known severity, a Prometheus duration, a number, string
+    labels and nothing else."""
+    values = {"prometheusRule": {"rules": {"SpacePipelineLagAboveSLO": override}}}
+    with pytest.raises(helm.HelmValuesError):
+        rendered_rules(chart, values)
+
+
+def test_an_override_for_an_alert_that_does_not_exist_fails_rendering(chart: helm.Chart) -> None:
+    """A misspelt alert name under prometheusRule.rules would be ignored silently: it fails."""
+    values = {"prometheusRule": {"rules": {"SpacePipelineLagAboveSlo": {"for": "5m"}}}}
+    with pytest.raises(helm.HelmRenderError, match="SpacePipelineLagAboveSlo"):
+        rendered_rules(chart, values)
