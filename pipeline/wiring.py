@@ -36,6 +36,7 @@ from pipeline.consumer import (
     build_consumer,
 )
 from pipeline.dead_letter import DeadLetterOptions, DeadLetters
+from pipeline.formats import JsonValues, ValueFormat
 from pipeline.function_sink import FunctionSink
 from pipeline.gate import ApiGate, GateLimits
 from pipeline.health import OpsServer, Verdict
@@ -48,6 +49,7 @@ from pipeline.policy import Classification, Expiry, RejectRules, Rules, Skips
 from pipeline.records import KafkaRecord
 from pipeline.retry import Backoff
 from pipeline.sender import BatchLimits, Lane, OrderedSender, Receipt
+from pipeline.shaping import BodyExpression
 from pipeline.tls import ssl_context
 
 log = structlog.get_logger("pipeline.wiring")
@@ -201,6 +203,17 @@ def http_sink_config(settings: Settings) -> HttpSinkConfig:
     )
 
 
+def body_expression(settings: Settings) -> BodyExpression | None:
+    """What each request's body is, when not the value as it is (checked by the settings)."""
+    source = settings.space_api_body
+    return BodyExpression(source) if source is not None else None
+
+
+def value_format(settings: Settings) -> ValueFormat | None:
+    """How values are decoded: JSON, when a body expression reads them; else not at all."""
+    return JsonValues() if settings.space_api_body is not None else None
+
+
 def client_credentials(settings: Settings) -> ClientCredentials | None:
     """OAuth2 client credentials, when configured."""
     s = settings
@@ -242,7 +255,9 @@ def build_sink(settings: Settings, clock: Clock | None = None) -> HttpSink | Fun
         )
     credentials = client_credentials(s)
     auth = TokenSource(credentials, client, clock=clock) if credentials is not None else None
-    return HttpSink(http_sink_config(s), client, auth=auth)
+    return HttpSink(
+        http_sink_config(s), client, auth=auth, values=value_format(s), body=body_expression(s)
+    )
 
 
 def _warn_if_proxied(url: str) -> None:

@@ -406,7 +406,9 @@ def test_the_helm_test_pod_is_not_a_consumer_pod(chart: helm.Chart) -> None:
     labels = test_pod(docs)["metadata"]["labels"]
     selector = workload(docs)["spec"]["selector"]["matchLabels"]
     assert not selector.items() <= labels.items()
+    assert "app.kubernetes.io/name" not in labels
     assert labels["app.kubernetes.io/component"] == "helm-test"
+    assert labels["space-pipeline/helm-test"] == "healthz"
 
 
 def test_the_helm_test_pod_meets_the_restricted_profile(chart: helm.Chart) -> None:

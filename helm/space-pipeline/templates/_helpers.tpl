@@ -26,15 +26,18 @@ app.kubernetes.io/name: {{ include "space-pipeline.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/*
+The chart's labels and commonLabels as one map, so no key is written twice: commonLabels may
+replace app.kubernetes.io/component and the like, never a selector label.
+*/}}
 {{- define "space-pipeline.labels" -}}
-helm.sh/chart: {{ include "space-pipeline.chart" . }}
-{{ include "space-pipeline.selectorLabels" . }}
-app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
-app.kubernetes.io/managed-by: {{ .Release.Service }}
-app.kubernetes.io/component: kafka-http-stage
-{{- with .Values.commonLabels }}
-{{ toYaml . }}
-{{- end }}
+{{- $chart := dict
+  "helm.sh/chart" (include "space-pipeline.chart" .)
+  "app.kubernetes.io/version" .Chart.AppVersion
+  "app.kubernetes.io/managed-by" .Release.Service
+  "app.kubernetes.io/component" "kafka-http-stage" -}}
+{{- $selector := include "space-pipeline.selectorLabels" . | fromYaml -}}
+{{- toYaml (merge (dict) $selector (.Values.commonLabels | default dict) $chart) -}}
 {{- end -}}
 
 {{- define "space-pipeline.serviceAccountName" -}}
@@ -93,6 +96,8 @@ Lists are joined with ",", maps JSON-encoded.
 {{- end -}}
 {{- include "space-pipeline.validateSink" . -}}
 {{- include "space-pipeline.validateRateLimit" . -}}
+{{- include "space-pipeline.validateCredentials" . -}}
+{{- include "space-pipeline.validateEgress" . -}}
 {{- /* Variables the chart derives itself, and the value to set instead. */ -}}
 {{- $reserved := dict "PIPELINE_SHUTDOWN_TIMEOUT_S" "config.shutdownTimeoutS" "PIPELINE_METRICS_PORT" "config.metricsPort" -}}
 {{- if .Values.rateLimit.globalPerS -}}
@@ -128,13 +133,13 @@ OAuth2 client credentials, not both.
 */}}
 {{- define "space-pipeline.validateSink" -}}
 {{- $c := .Values.config -}}
-{{- $url := get $c "spaceApiUrl" -}}
+{{- $url := or (get $c "spaceApiUrl") .Values.secrets.spaceApiUrl.existingSecret -}}
 {{- $function := get $c "sinkFunction" -}}
 {{- if and $url $function -}}
 {{- fail "config.spaceApiUrl and config.sinkFunction are both set: set one (records go to the Space API over HTTP, or through your own function)" -}}
 {{- end -}}
 {{- if not (or $url $function) -}}
-{{- fail "config.spaceApiUrl or config.sinkFunction is required: the Space API's URL, or your own function as package.module:function" -}}
+{{- fail "config.spaceApiUrl or config.sinkFunction is required: the Space API's URL (or secrets.spaceApiUrl, for a URL holding credentials), or your own function as package.module:function" -}}
 {{- end -}}
 {{- $secrets := .Values.secrets -}}
 {{- $oauth2Secret := $secrets.oauth2ClientSecret.existingSecret -}}
@@ -256,6 +261,42 @@ The kind of the pods' controller: Deployment, or StatefulSet with workload: stat
 {{- end -}}
 
 {{/*
+The scrape job of this release's targets, which the alert rules and the dashboard select:
+prometheusRule.job, else the one the chart's monitor gives (prometheus-operator names a
+PodMonitor's job <monitor namespace>/<monitor name>, a ServiceMonitor's after the Service).
+*/}}
+{{- define "space-pipeline.scrapeJob" -}}
+{{- $job := include "space-pipeline.knownScrapeJob" . -}}
+{{- if not $job -}}
+{{- fail "prometheusRule needs the scrape job of the pods: enable podMonitor or serviceMonitor, or set prometheusRule.job to the job your Prometheus scrapes them as" -}}
+{{- end -}}
+{{- $job -}}
+{{- end -}}
+
+{{/* The scrape job as above, or nothing when the chart cannot know it. */}}
+{{- define "space-pipeline.knownScrapeJob" -}}
+{{- if .Values.prometheusRule.job -}}
+{{- .Values.prometheusRule.job -}}
+{{- else if .Values.podMonitor.enabled -}}
+{{- printf "%s/%s" (.Values.podMonitor.namespace | default .Release.Namespace) (include "space-pipeline.fullname" .) -}}
+{{- else if .Values.serviceMonitor.enabled -}}
+{{- printf "%s-metrics" (include "space-pipeline.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Where each alert's threshold is written in files/alerts.yaml (the only occurrence in its expr):
+prometheusRule.rules.<alert>.threshold replaces its number.
+*/}}
+{{- define "space-pipeline.alertThresholds" -}}
+SpacePipelineLagAboveSLO: ") > 300"
+SpacePipelinePartitionStalled: ") > 600"
+SpacePipelineApiErrorRatioHigh: "> 0.2"
+SpacePipelineDeadLetterRate: ") > 15"
+SpacePipelineRebalanceStorm: ") > 6"
+{{- end -}}
+
+{{/*
 The pod template's labels: the chart's labels and podLabels, less what changes with the chart's
 version alone (helm.sh/chart). A release that changes no pod, only alerts or the dashboard,
 then restarts no consumer and costs the group no rebalance.
@@ -290,13 +331,23 @@ two constraints on one key, so an own constraint on a preset's key fails the ren
 {{- end -}}
 {{- end -}}
 
-{{/*
-What selects the `helm test` pod: the release, and a component of its own. It has no
-app.kubernetes.io/name, so no selector of the consumer pods (PDB, Services, monitors) takes it.
-*/}}
+{{/* What selects the `helm test` pod (the NetworkPolicy admits it by these). */}}
 {{- define "space-pipeline.testSelectorLabels" -}}
 app.kubernetes.io/instance: {{ .Release.Name }}
-app.kubernetes.io/component: helm-test
+space-pipeline/helm-test: healthz
+{{- end -}}
+
+{{/*
+The `helm test` pod's labels: the chart's, without app.kubernetes.io/name (so no selector of the
+consumer pods, PDB, Services or monitors, takes it), component helm-test unless commonLabels
+sets one, and its selector labels.
+*/}}
+{{- define "space-pipeline.testLabels" -}}
+{{- $labels := omit (include "space-pipeline.labels" . | fromYaml) "app.kubernetes.io/name" -}}
+{{- if not (hasKey (.Values.commonLabels | default dict) "app.kubernetes.io/component") -}}
+{{- $_ := set $labels "app.kubernetes.io/component" "helm-test" -}}
+{{- end -}}
+{{- toYaml (merge (include "space-pipeline.testSelectorLabels" . | fromYaml) $labels) -}}
 {{- end -}}
 
 {{/* The Service `helm test` reaches the pods through; empty when there is none. */}}
