@@ -33,7 +33,6 @@ from pipeline import tls
 from pipeline.checks import (
     check_forward_headers,
     check_static_headers,
-    check_url_template,
     import_exceptions,
     import_function,
 )
@@ -46,6 +45,13 @@ from pipeline.policy import (
     parse_statuses,
 )
 from pipeline.redaction import MASK, Redactor, header_secrets, mask_url, secret_name, url_secrets
+from pipeline.shaping import (
+    OPERATOR_NAMES,
+    BodyExpression,
+    Template,
+    header_templates,
+    url_template,
+)
 
 ENV_PREFIX = "PIPELINE_"
 
@@ -127,6 +133,8 @@ class Settings(BaseSettings):
     space_api_client_cert_file: Path | None = None
     space_api_client_key_file: Path | None = None
     space_api_compression: Literal["none", "gzip", "zstd"] = "none"
+    # Shaping the body: a JMESPath expression over the record (pipeline/shaping.py).
+    space_api_body: str | None = None
     http_client: Literal["lean", "aiohttp"] = "lean"
     http_proxy: str | None = None
     forward_headers: Annotated[tuple[str, ...], NoDecode] = ("traceparent", "tracestate")
@@ -211,8 +219,15 @@ class Settings(BaseSettings):
     def _check_url(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        sample = check_url_template(value)
+        sample = url_template(value).sample()
         AnyHttpUrl(sample)  # raises with pydantic's own words when it is no http(s) URL
+        return value
+
+    @field_validator("space_api_body")
+    @classmethod
+    def _compile_body(cls, value: str | None) -> str | None:
+        if value is not None:
+            BodyExpression(value)  # a ValueError in one line saying what is wrong
         return value
 
     @field_validator("sink_function")
@@ -257,6 +272,7 @@ class Settings(BaseSettings):
             if "\r" in text or "\n" in text or "\0" in text:
                 msg = f"the value of {name!r} holds a line break or NUL"
                 raise ValueError(msg)
+        header_templates(value)
         return value
 
     @field_validator("retry_statuses", "auth_statuses", mode="before")
@@ -354,6 +370,7 @@ class Settings(BaseSettings):
         yield from self._sink_conflicts()
         yield from self._header_conflicts()
         yield from self._format_conflicts()
+        yield from self._shaping_conflicts()
         if self.dead_letter_topic in self.kafka_topics:
             yield (
                 "PIPELINE_DEAD_LETTER_TOPIC must not be one of PIPELINE_KAFKA_TOPICS: rejected "
@@ -450,6 +467,35 @@ class Settings(BaseSettings):
                 f"PIPELINE_VALUE_FORMAT={self.value_format} with PIPELINE_SINK_FUNCTION needs"
                 " PIPELINE_SINK_ARGUMENT=json: the function gets the decoded value"
             )
+
+    def _shaping_conflicts(self) -> Iterator[str]:
+        """A body expression without the API, templates that a batch cannot fill."""
+        if self.space_api_body is not None and self.sink_function is not None:
+            yield (
+                "PIPELINE_SPACE_API_BODY shapes requests to the API, and PIPELINE_SINK_FUNCTION"
+                " gets the records themselves: set one"
+            )
+        if self.batch_max_records > 1 and (placeholders := self._record_placeholders()):
+            yield (
+                f"{placeholders} in PIPELINE_SPACE_API_URL or _HEADERS name one record, but"
+                " with PIPELINE_BATCH_MAX_RECORDS > 1 a request carries many"
+            )
+
+    def _record_placeholders(self) -> str:
+        """The URL and header placeholders a batch cannot fill: those of one record's own.
+
+        ``{key}`` is checked on its own: a batch of one key (``PIPELINE_ORDERING=key``) has one.
+        """
+        url = Template(self.space_api_url or "").placeholders
+        headers = header_templates(self.space_api_headers).values()
+        keyed = self.ordering == "key"
+        found = {
+            f"{{{placeholder.source}}}"
+            for placeholder in (*url, *(p for t in headers for p in t.placeholders))
+            if placeholder.root not in OPERATOR_NAMES
+            and not (placeholder.source == "key" and (keyed or placeholder in url))
+        }
+        return ", ".join(sorted(found))
 
     def _header_conflicts(self) -> Iterator[str]:
         static_authorization = any(

@@ -5,7 +5,8 @@ it was refused (``x-original-*``, ``x-error-*``). The lane moves on only once Ka
 the dead letter (``acks=all``), so an offset is never committed past a record that is neither
 delivered nor dead-lettered; a failed produce is retried, never skipped. A produce that can never
 succeed (the dead letter is too large, the topic is gone, writing is not allowed) halts the
-partition at its record instead of retrying for ever behind a green ``/readyz``.
+partition at its record instead of retrying for ever unseen (a halt is named in ``/readyz``'s
+``degraded``, counted and alerted on).
 
 A record as large as its topic holds by default still fits: the producer takes a full-size
 record plus the added headers, and the error body is cut first to keep the dead letter within

@@ -444,24 +444,34 @@ class Stage:
         return Verdict(ok=True)
 
     def ready(self) -> Verdict:
-        """``/readyz``: joined the group, credentials and endpoint accepted, no partition halted.
+        """``/readyz``: running and a member of the group (with partitions or none), not stopping.
 
-        A refusal (credentials, a redirect, an untrusted certificate) is named in the error's
-        own words: the fix is a setting, and the operator reads which one here.
+        A consumer serves no traffic, so Ready only tells Kubernetes that a rollout may go on and
+        that this pod counts as healthy for its disruption budget. A halt follows its partition
+        to the next owner and an API outage is every pod's: failing the probe for them would
+        stall rollouts and block node drains while curing nothing. They are named in
+        ``degraded`` (and in metrics, alerts and ``/admin/status``) instead; a refusal
+        (credentials, a redirect, an untrusted certificate) in the error's own words, since
+        the fix is a setting and the operator reads which one here.
         """
         if not self._joined:
             waiting = self._parts.source.waiting
             return Verdict(ok=False, reason=waiting or "not yet joined the consumer group")
+        if self._stopping.is_set():
+            return Verdict(ok=False, reason="stopping: draining and leaving the group")
+        degraded = []
         refusal = self._parts.gate.refusal
         if refusal is not None:
-            return Verdict(ok=False, reason=refusal)
+            degraded.append(refusal)
         halted = [
             p.record_name(p.reported_halted)
             for p in self._parts.partitions
             if p.reported_halted is not None
         ]
         if halted:
-            return Verdict(ok=False, reason="halted on a rejected record: " + ", ".join(halted))
+            degraded.append("halted on a rejected record: " + ", ".join(halted))
+        if degraded:
+            return Verdict(ok=True, reason="; ".join(degraded), degraded=tuple(degraded))
         return Verdict(ok=True)
 
     # The admin API (see pipeline.admin.AdminPort)

@@ -49,6 +49,7 @@ from pipeline.policy import Classification, Expiry, RejectRules, Rules, Skips
 from pipeline.records import KafkaRecord
 from pipeline.retry import Backoff
 from pipeline.sender import BatchLimits, Lane, OrderedSender, Receipt
+from pipeline.shaping import BodyExpression
 from pipeline.tls import ssl_context
 
 if TYPE_CHECKING:  # imported only for Avro values: fastavro adds ~40 ms to every start
@@ -205,6 +206,12 @@ def http_sink_config(settings: Settings) -> HttpSinkConfig:
     )
 
 
+def body_expression(settings: Settings) -> BodyExpression | None:
+    """What each request's body is, when not the value as it is (checked by the settings)."""
+    source = settings.space_api_body
+    return BodyExpression(source) if source is not None else None
+
+
 def client_credentials(settings: Settings) -> ClientCredentials | None:
     """OAuth2 client credentials, when configured."""
     s = settings
@@ -240,7 +247,11 @@ def build_registry(settings: Settings) -> SchemaRegistry | None:
 
 
 def value_format(settings: Settings, registry: SchemaRegistry | None) -> ValueFormat | None:
-    """How values are decoded before they are sent; ``None`` sends their bytes as they are."""
+    """How values are decoded before they are sent or shaped.
+
+    ``None`` sends their bytes as they are; a body expression or a ``{value...}`` placeholder
+    then parses them as JSON itself (the sink's default decoder).
+    """
     if settings.value_format == "json":
         return JsonValues()
     if settings.value_format == "json-schema":
@@ -284,7 +295,7 @@ def build_sink(
         )
     credentials = client_credentials(s)
     auth = TokenSource(credentials, client, clock=clock) if credentials is not None else None
-    return HttpSink(http_sink_config(s), client, auth=auth, values=values)
+    return HttpSink(http_sink_config(s), client, auth=auth, values=values, body=body_expression(s))
 
 
 def _warn_if_proxied(url: str) -> None:

@@ -102,7 +102,8 @@ async def test_an_avro_topic_arrives_as_json_decoded_through_the_registry(new_to
 
 async def test_a_registry_outage_holds_everything_then_nothing_is_lost(new_topic):
     """The registry is down from the start: nothing is sent, nothing is rejected or committed,
-    /readyz names the registry. It comes back: every record is delivered, in order, once."""
+    /readyz names the registry (under degraded). It comes back: every record is delivered, in
+    order, once."""
     topic = await new_topic(2)
     registry = Registry()
     schema_id = registry.register(f"{topic.name}-value", orjson.dumps(PAYMENT).decode())
@@ -129,7 +130,7 @@ async def test_a_registry_outage_holds_everything_then_nothing_is_lost(new_topic
                 )
                 async with httpx.AsyncClient() as client:
                     ready = await client.get(f"http://127.0.0.1:{stage.ops_port}/readyz")
-                assert 503 == ready.status_code
+                assert 200 == ready.status_code  # every pod's outage: named, not unready
                 assert "schema registry does not answer" in ready.text
                 assert 0 == stub.stats().requests
                 assert {0: 0, 1: 0} == {p: o or 0 for p, o in (await topic.committed()).items()}
