@@ -677,6 +677,29 @@ def test_schema_registry_password_reference(chart: helm.Chart) -> None:
     assert configmap_env(docs)["PIPELINE_SCHEMA_REGISTRY_USERNAME"] == "stage"
 
 
+AVRO = {"config": {"valueFormat": "avro", "schemaRegistryUrl": "https://sr.example.com:8081"}}
+
+
+def test_a_schema_registry_url_holding_credentials_fails(chart: helm.Chart) -> None:
+    """As for the other URLs: a password in the ConfigMap would be readable by anyone who can
+    read ConfigMaps; the password goes in secrets.schemaRegistryPassword."""
+    values = merged(AVRO, {"config": {"schemaRegistryUrl": "https://stage:pw@sr.example.com"}})
+    with pytest.raises(helm.HelmRenderError, match=r"config\.schemaRegistryUrl holds a credential"):
+        render(chart, values)
+
+
+def test_a_closed_egress_must_let_the_pods_reach_the_schema_registry(chart: helm.Chart) -> None:
+    closed = {"networkPolicy": {"enabled": True, "egress": {"allowAll": False, "rules": []}}}
+    kafka_and_api = [{"ports": [{"port": 9092}, {"port": 8080}]}]
+    closed["networkPolicy"]["egress"]["rules"] = kafka_and_api
+    with pytest.raises(
+        helm.HelmRenderError, match=r"TCP port 8081 \(the schema registry, sr\.example\.com:8081\)"
+    ):
+        render(chart, merged(AVRO, closed))
+    closed["networkPolicy"]["egress"]["rules"] = [*kafka_and_api, {"ports": [{"port": 8081}]}]
+    assert only(render(chart, merged(AVRO, closed)), "NetworkPolicy")
+
+
 OAUTH2_CONFIG = {
     "oauth2TokenUrl": "https://auth.example.com/token",
     "oauth2ClientId": "space-pipeline",

@@ -103,7 +103,7 @@ valueFrom for the variables without one). A Secret and a plain value for one set
 {{- fail (printf "config.spaceApiUrl holds a credential (%s): put the URL in a Secret and name it in secrets.spaceApiUrl" .) -}}
 {{- end -}}
 {{- end -}}
-{{- range $key := list "oauth2TokenUrl" "httpProxy" -}}
+{{- range $key := list "oauth2TokenUrl" "httpProxy" "schemaRegistryUrl" -}}
 {{- with get $c $key -}}
 {{- with include "space-pipeline.urlCredential" . -}}
 {{- fail (printf "config.%s holds a credential (%s): set PIPELINE_%s from a Secret with extraEnv (valueFrom.secretKeyRef) instead" $key . (snakecase $key | upper)) -}}
@@ -156,7 +156,8 @@ valueFrom for the variables without one). A Secret and a plain value for one set
 
 {{/*
 networkPolicy.egress.allowAll false: some rule must let the pods out to every bootstrap server's
-port, to the Space API's (or the HTTP proxy's) and the OAuth2 token URL's port, and to DNS (UDP 53)
+port, to the Space API's (or the HTTP proxy's), the OAuth2 token URL's and the schema registry's
+port (the registry is asked directly, never through the proxy), and to DNS (UDP 53)
 when allowDns is off and one of them is a host name. Only ports and protocols are checked: a render cannot tell which addresses a
 host name resolves to, so the rules' `to` peers are taken on trust.
 */}}
@@ -186,6 +187,11 @@ host name resolves to, so the rules' `to` peers are taken on trust.
 {{- end -}}
 {{- end -}}
 {{- end -}}
+{{- end -}}
+{{- with get $c "schemaRegistryUrl" -}}
+{{- $port := include "space-pipeline.urlPort" . -}}
+{{- $host := regexReplaceAll "^[a-zA-Z][a-zA-Z0-9+.-]*://([^/?#:]*).*$" . "${1}" -}}
+{{- $needs = append $needs (list $port (printf "the schema registry, %s:%s" $host $port) $host) -}}
 {{- end -}}
 {{- $rules := .egress.rules | default list -}}
 {{- range $need := $needs -}}
