@@ -10,13 +10,18 @@ from decimal import Decimal
 from typing import Any
 
 import fastavro
+import httpx
 import orjson
 import pytest
 
 from pipeline.avro import AvroValues, as_json
 from pipeline.errors import InvalidRecordError, RegistryError
 from pipeline.function_sink import FunctionSink
+from pipeline.http_client import HttpxClient, Timeouts
+from pipeline.http_sink import HttpSink, HttpSinkConfig
+from pipeline.shaping import BodyExpression
 from tests.fakes import Record
+from tests.test_http_sink import URL, FakeServer
 
 ORDER = {
     "type": "record",
@@ -219,3 +224,20 @@ async def test_a_sink_function_with_a_value_format_rejects_what_does_not_decode(
     async with FunctionSink(send, "json", values=values) as sink:
         with pytest.raises(InvalidRecordError, match="wire format"):
             await sink.send(Record(value=b'{"n": 1}'))
+
+
+async def test_a_body_expression_reads_the_avro_decoded_value() -> None:
+    """``value`` in PIPELINE_SPACE_API_BODY is the value as the mapping made it: a decimal is
+    its exact text, the union its plain value."""
+    server = FakeServer()
+    client = HttpxClient(httpx.MockTransport(server), Timeouts())
+    body = BodyExpression("{who: value.customer, total: value.total, note: value.note}")
+    values = AvroValues(FakeRegistry({3: ORDER}))
+    async with HttpSink(HttpSinkConfig(url=URL), client, values=values, body=body) as sink:
+        await sink.send(Record(value=wire(3, ORDER, order())))
+
+    assert {
+        "who": "Zoë Ångström ✓ 東京",
+        "total": "1234567890.10",
+        "note": "leave at the door",
+    } == orjson.loads(server.request.content)
