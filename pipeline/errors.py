@@ -21,9 +21,10 @@
     ├── AdminRefusedError      an admin call cannot be done as asked (409, 404, 503)
     └── BrokerError            the embedded Kafka broker could not start
 
-Retry decisions read the ``retryable``, ``retry_after`` and ``max_attempts`` attributes, never
-messages; the API gate reads ``outage`` and ``reason`` the same way. Any exception type may carry
-them, so a user's own send function can steer the sender and the gate like the HTTP sink does.
+Retry decisions read the ``retryable``, ``retry_after``, ``max_attempts`` and ``delivered``
+attributes, never messages; the API gate reads ``outage`` and ``reason`` the same way. Any
+exception type may carry them, so a user's own send function can steer the sender and the gate
+like the HTTP sink does.
 """
 
 from __future__ import annotations
