@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import structlog
 from aiokafka import AIOKafkaProducer
@@ -71,6 +71,7 @@ class AckedTopic:
         backoff: How long to wait between attempts of a failed write.
         what: What the topic holds, for messages (``dead-letter``, ``result``).
         idempotence_setting: The setting that turns idempotence off, named when it must be.
+        max_request_size: The largest request the producer sends.
         producer: The producer to write with (tests pass a fake); built from the above otherwise.
     """
 
@@ -85,6 +86,7 @@ class AckedTopic:
         backoff: Backoff,
         what: str,
         idempotence_setting: str,
+        max_request_size: int = MAX_REQUEST_SIZE,
         producer: AIOKafkaProducer | None = None,
     ) -> None:
         self.topic = topic
@@ -96,7 +98,7 @@ class AckedTopic:
             client_id=client_id,
             acks="all",
             enable_idempotence=idempotence,
-            max_request_size=MAX_REQUEST_SIZE,
+            max_request_size=max_request_size,
             **security.arguments(),
         )
         self._started = False
@@ -161,13 +163,20 @@ class AckedTopic:
             raise
 
     async def write(
-        self, key: bytes | None, value: bytes | None, headers: Headers, **where: object
+        self,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Headers,
+        *,
+        failed: Callable[[bool], None] | None = None,
+        **where: object,
     ) -> None:
         """Produce one record and wait for Kafka's acknowledgement, retrying until it comes.
 
         Cancelling (a rebalance's deadline, a shutdown) is the only way out without it. A
         produce that can never succeed raises its :class:`~aiokafka.errors.KafkaError`; every
-        other failure is logged (with ``where``: the source record) and retried.
+        other failure is logged (with ``where``: the source record) and retried. ``failed`` is
+        told of each failed attempt, and whether it was final.
         """
         attempt = 0
         while True:
@@ -177,7 +186,10 @@ class AckedTopic:
                     self.topic, value=value, key=key, headers=list(headers)
                 )
             except KafkaError as failure:
-                if permanent(failure, self._producer, self.topic):
+                final = permanent(failure, self._producer, self.topic)
+                if failed is not None:
+                    failed(final)
+                if final:
                     raise
                 delay = self._backoff.delay(attempt)
                 log.warning(
