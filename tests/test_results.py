@@ -330,3 +330,28 @@ async def test_a_result_never_written_halts_the_partition_and_is_not_dead_letter
     assert isinstance(later.exception(), LaneHaltedError)
     assert halted_by is receipt.exception()
     assert ([], 1) == (dead, api.calls)
+
+
+class NoTopicProducer(FakeProducer):
+    """A producer that starts, and finds no partitions for the topic."""
+
+    stopped = False
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return set()
+
+
+async def test_a_missing_result_topic_is_an_error_at_start_naming_it() -> None:
+    producer = NoTopicProducer()
+
+    with pytest.raises(KafkaError, match="the result topic 'orders-results' does not exist"):
+        async with results_with(producer):
+            pass
+
+    assert producer.stopped
