@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import defaultdict
 from typing import Any
@@ -12,6 +13,7 @@ from aiokafka.structs import ConsumerRecord
 
 from pipeline.dev.broker import create_topic
 from pipeline.dev.stub_api import StubConfig, StubServer
+from pipeline.errors import ConfigError
 from pipeline.records import Record
 from tests.plugins.broker import Topic
 from tests.plugins.stage import running_stage
@@ -163,3 +165,21 @@ async def test_a_function_sinks_return_value_is_its_records_result(new_topic):
     assert [{"receipt": n, "seq": n} for n in range(5)] == [json.loads(r.value) for r in written]
     assert all(b"application/json" == headers_of(r)["content-type"] for r in written)
     assert all("x-http-status" not in headers_of(r) for r in written)
+
+
+async def test_an_idempotent_result_producer_on_a_broker_without_it_names_the_setting(new_topic):
+    """tansu has no InitProducerId: with the default ``PIPELINE_RESULT_IDEMPOTENCE=true`` no
+    result can be written, so the stage stops at start with the setting to change."""
+    topic = await new_topic(1)
+    results = await new_result_topic(topic, 1)
+    settings = topic.settings("http://127.0.0.1:1/items", result_topic=results)
+
+    with pytest.raises(ExceptionGroup) as raised:
+        async with running_stage(settings):
+            await asyncio.sleep(30)  # the stage fails long before
+
+    error: BaseException = raised.value
+    while isinstance(error, BaseExceptionGroup):  # the stage's task groups, nested
+        error = error.exceptions[0]
+    assert isinstance(error, ConfigError)
+    assert "PIPELINE_RESULT_IDEMPOTENCE=false" in error.problems[0]
