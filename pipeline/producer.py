@@ -92,6 +92,7 @@ class AckedTopic:
         self.topic = topic
         self._backoff = backoff
         self._what = what
+        self._events = what.replace("-", "_")  # dead_letter.produce_failed, result.close_timeout
         self._idempotence_setting = idempotence_setting
         self._producer = producer or AIOKafkaProducer(
             bootstrap_servers=bootstrap_servers,
@@ -156,7 +157,7 @@ class AckedTopic:
             async with asyncio.timeout(timeout):
                 await self._producer.stop()
         except TimeoutError:
-            log.warning(f"{self._what}.close_timeout", timeout_s=round(timeout or 0, 3))
+            log.warning(f"{self._events}.close_timeout", timeout_s=round(timeout or 0, 3))
             await _force_stop(self._producer)
         except BaseException:
             await _force_stop(self._producer)
@@ -193,7 +194,7 @@ class AckedTopic:
                     raise
                 delay = self._backoff.delay(attempt)
                 log.warning(
-                    f"{self._what}.produce_failed",
+                    f"{self._events}.produce_failed",
                     **where,
                     attempt=attempt,
                     retry_in_s=round(delay, 3),

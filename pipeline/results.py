@@ -22,6 +22,7 @@ goes to any partition, so order is kept only among keyed results.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -200,7 +201,7 @@ class ResultingSink:
         self._sink = sink
         self._results = results
 
-    async def send(self, payload: KafkaRecord | list[KafkaRecord]) -> Result | None:
+    async def send(self, payload: KafkaRecord | Sequence[KafkaRecord]) -> Result | None:
         """Deliver through the sink, then write its answer (if any) to the result topic."""
         result = await self._sink.send(payload)
         if result is not None:

@@ -17,6 +17,7 @@ from aiokafka.errors import (
 )
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from prometheus_client import REGISTRY
+from structlog.testing import capture_logs
 
 from pipeline.errors import LaneHaltedError, RejectedError, ResultError
 from pipeline.function_sink import FunctionSink
@@ -239,9 +240,15 @@ async def test_a_failing_write_is_retried_without_calling_the_api_again() -> Non
     producer = FakeProducer(KafkaConnectionError(), RequestTimedOutError())
     before = sample("space_pipeline_results_failed_total", **PART, final="false")
 
-    await ResultingSink(api, results_with(producer)).send(Record(topic="results-retry"))
+    with capture_logs() as logs:
+        await ResultingSink(api, results_with(producer)).send(Record(topic="results-retry"))
 
     assert (1, 3, 1) == (api.calls, producer.attempts, len(producer.kept))
+    retried = [line for line in logs if line["event"] == "result.produce_failed"]
+    assert [1, 2] == [line["attempt"] for line in retried]
+    assert {("results-retry", 3, 42)} == {
+        (line["topic"], line["partition"], line["offset"]) for line in retried
+    }
     after = sample("space_pipeline_results_failed_total", **PART, final="false")
     assert 2.0 == after - before
     assert 1.0 == sample("space_pipeline_results_produced_total", **PART)
