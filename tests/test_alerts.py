@@ -61,6 +61,7 @@ MUST_HAVE_QUIET_CASE = {
     "SpacePipelineAuthFailing",
     "SpacePipelineEndpointWrong",
     "SpacePipelineDeadLetterRate",
+    "SpacePipelineResultWritesFailing",
     "SpacePipelineNoPartitionsAssigned",
 }
 
