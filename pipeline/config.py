@@ -170,6 +170,11 @@ class Settings(BaseSettings):
     dead_letter_max_per_minute: PositiveInt = 60
     dead_letter_idempotence: bool = True
     skip_records: Annotated[frozenset[str], NoDecode] = frozenset()
+
+    # The API's answer: each accepted request's answer produced to a topic
+    result_topic: str | None = None
+    result_max_bytes: PositiveInt = 1024 * 1024
+    result_idempotence: bool = True
     max_record_age_s: Annotated[float | None, Field(gt=0)] = None  # off: any age is sent
 
     # The API as one shared resource
@@ -371,10 +376,19 @@ class Settings(BaseSettings):
         yield from self._header_conflicts()
         yield from self._format_conflicts()
         yield from self._shaping_conflicts()
+        yield from self._written_topic_conflicts()
+
+    def _written_topic_conflicts(self) -> Iterator[str]:
+        """A topic the stage writes must not be one it reads: what it writes would come back."""
         if self.dead_letter_topic in self.kafka_topics:
             yield (
                 "PIPELINE_DEAD_LETTER_TOPIC must not be one of PIPELINE_KAFKA_TOPICS: rejected "
                 "records would come round again"
+            )
+        if self.result_topic in self.kafka_topics:
+            yield (
+                "PIPELINE_RESULT_TOPIC must not be one of PIPELINE_KAFKA_TOPICS: results would"
+                " come round again as records"
             )
 
     def _sink_conflicts(self) -> Iterator[str]:

@@ -61,6 +61,7 @@ from pipeline.shaping import (
     header_templates,
     url_template,
 )
+from pipeline.sink import Result
 
 Compression = Literal["none", "gzip", "zstd"]
 GZIP_LEVEL = 1  # most of level 6's gain on JSON for half its CPU; nginx's default too
@@ -99,6 +100,8 @@ class HttpSinkConfig:
         batch_format: How a batch is framed; ``None`` sends one record per request.
         classification: Which statuses are retried or an auth outage.
         compression: How request bodies are compressed (``Content-Encoding``); empty ones never.
+        result_max_bytes: Keep this much of an accepted answer's body and return it as a
+            :class:`~pipeline.sink.Result`; ``None`` (results off) keeps none of it.
     """
 
     url: str
@@ -111,6 +114,7 @@ class HttpSinkConfig:
     batch_format: BatchFormat | None = None
     classification: Classification = field(default_factory=Classification)
     compression: Compression = "none"
+    result_max_bytes: int | None = None
 
 
 def _placeholder_segments(template: Template) -> tuple[frozenset[str], bool]:
@@ -271,8 +275,11 @@ class HttpSink:
             self._closed = True
             await self._client.aclose()
 
-    async def send(self, payload: KafkaRecord | Sequence[KafkaRecord]) -> None:
-        """Deliver a record (or a batch); return on acceptance, raise a SendError otherwise."""
+    async def send(self, payload: KafkaRecord | Sequence[KafkaRecord]) -> Result | None:
+        """Deliver a record (or a batch); return on acceptance, raise a SendError otherwise.
+
+        The API's answer comes back when results are on (``result_max_bytes``).
+        """
         records: Sequence[KafkaRecord] = (
             payload if self._config.batch_format is not None else (payload,)  # type: ignore[assignment]
         )
@@ -291,13 +298,17 @@ class HttpSink:
         auth = self._auth
         token = await auth.token() if auth is not None else None
         classification = self._config.classification
+        keep = self._config.result_max_bytes
         replayed = False
         while True:  # once; twice when the API refuses a token that was stale
             if token is not None:
                 headers["Authorization"] = f"Bearer {token}"
             started = time.perf_counter()
             try:
-                answer = await self._client.request(method, url, headers, body)
+                if keep is None:  # nothing of an accepted answer is kept
+                    answer = await self._client.request(method, url, headers, body)
+                else:
+                    answer = await self._client.request(method, url, headers, body, keep_body=keep)
             except SendError as error:
                 self._count(error.reason, started)
                 raise
@@ -309,6 +320,17 @@ class HttpSink:
             token, replayed = await auth.token(), True
         if outcome is not Outcome.ACCEPTED:
             raise self._failure(outcome, answer, token)
+        if keep is None:
+            return None
+        return Result(
+            records[0],
+            headers["Idempotency-Key"],
+            answer.body,
+            answer.content_type,
+            answer.status,
+            answer.truncated,
+            last=records[-1] if self._config.batch_format is not None else None,
+        )
 
     async def _compressed(self, body: bytes) -> bytes:
         compress = self._compress

@@ -126,6 +126,8 @@ class Stage:
             stack.push_async_exit(parts.source)  # closed even when a part before it fails
             if parts.dead_letters is not None:
                 stack.push_async_exit(parts.dead_letters)  # closed even when never started
+            if parts.results is not None:
+                stack.push_async_exit(parts.results)
             if parts.registry is not None:
                 await stack.enter_async_context(parts.registry)
             await stack.enter_async_context(parts.sink)
@@ -140,6 +142,8 @@ class Stage:
                     if parts.dead_letters is not None:
                         # It needs Kafka too: started once the consumer has waited for it.
                         await stack.enter_async_context(parts.dead_letters)
+                    if parts.results is not None:
+                        await stack.enter_async_context(parts.results)
                     if not self._stopping.is_set():
                         self._fetching = tasks.create_task(self._poll_and_hand_over())
                     self._committing = tasks.create_task(self._commit_periodically())
@@ -197,6 +201,7 @@ class Stage:
             max_in_flight=s.max_in_flight,
             on_reject=s.on_reject,
             dead_letter_topic=s.dead_letter_topic,
+            result_topic=s.result_topic,
             skip_records=len(s.skip_records),
             retry_statuses=format_statuses(s.retry_statuses),
             auth_statuses=format_statuses(s.auth_statuses),
@@ -235,6 +240,8 @@ class Stage:
         await sender.close(timeout=left(SENDER_UNTIL))
         if parts.dead_letters is not None:
             await parts.dead_letters.close(timeout=left(DEAD_LETTERS_UNTIL))
+        if parts.results is not None:
+            await parts.results.close(timeout=left(DEAD_LETTERS_UNTIL))
         await parts.source.close(timeout=left(1.0))
         metrics.flush()
         log.info(

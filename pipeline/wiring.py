@@ -47,6 +47,7 @@ from pipeline.oauth2 import ClientCredentials, TokenSource
 from pipeline.partition import FlowLimits, Partitions
 from pipeline.policy import Classification, Expiry, RejectRules, Rules, Skips
 from pipeline.records import KafkaRecord
+from pipeline.results import ResultingSink, ResultOptions, Results
 from pipeline.retry import Backoff
 from pipeline.sender import BatchLimits, Lane, OrderedSender, Receipt
 from pipeline.shaping import BodyExpression
@@ -130,6 +131,27 @@ def dead_letter_options(settings: Settings) -> DeadLetterOptions | None:
     )
 
 
+def result_options(settings: Settings) -> ResultOptions | None:
+    """The result producer's configuration; ``None`` without a result topic."""
+    s = settings
+    if s.result_topic is None:
+        return None
+    return ResultOptions(
+        topic=s.result_topic,
+        bootstrap_servers=s.kafka_bootstrap_servers,
+        client_id=f"{s.kafka_client_id}-results",
+        idempotence=s.result_idempotence,
+        security=kafka_security(s),
+        max_backoff_s=s.retry_max_backoff_s,
+        max_bytes=s.result_max_bytes,
+    )
+
+
+def result_max_bytes(settings: Settings) -> int | None:
+    """How much of an answer a sink keeps; ``None`` (nothing) without a result topic."""
+    return settings.result_max_bytes if settings.result_topic is not None else None
+
+
 def gate_limits(settings: Settings) -> GateLimits:
     """The shared gate's circuit breaker and rate limit."""
     s = settings
@@ -203,6 +225,7 @@ def http_sink_config(settings: Settings) -> HttpSinkConfig:
         batch_format=s.batch_format if batched(s) else None,
         classification=Classification(retry=s.retry_statuses, auth=s.auth_statuses),
         compression=s.space_api_compression,
+        result_max_bytes=result_max_bytes(s),
     )
 
 
@@ -279,6 +302,7 @@ def build_sink(
             s.sink_argument,
             reject=import_exceptions(s.sink_reject_exceptions),
             batched=batched(s),
+            result_max_bytes=result_max_bytes(s),
             values=values,
         )
     timeouts = http_timeouts(s)
@@ -339,11 +363,12 @@ class StageHooks(RebalanceListener, AdminPort, Protocol):
 class Parts:
     """Every part of a stage, built and connected; what must be entered is not entered yet.
 
-    ``dead_letters`` is ``None`` when no dead-letter topic is configured, ``registry`` when values
-    are not Avro: that is a setting, not a part missing.
+    ``dead_letters`` is ``None`` when no dead-letter topic is configured, ``results`` when no
+    result topic is, ``registry`` when values are not Avro: that is a setting, not a part missing.
     """
 
     dead_letters: DeadLetters | None
+    results: Results | None
     registry: SchemaRegistry | None
     sink: HttpSink | FunctionSink
     gate: ApiGate
@@ -378,8 +403,10 @@ def wire(
     kafka = KafkaSource(kafka_options(s), stage, consumer=source)
     options = dead_letter_options(s)
     dead_letters = DeadLetters(options, redact=redactor(s)) if options is not None else None
+    answers = result_options(s)
+    results = Results(answers) if answers is not None else None
     rules = Rules(
-        sink.send,
+        sink.send if results is None else ResultingSink(sink, results).send,
         reject_rules(s),
         dead_letters,
         batched=batched(s),
@@ -416,6 +443,7 @@ def wire(
     admin_token = _revealed(s.admin_token)
     return Parts(
         dead_letters=dead_letters,
+        results=results,
         registry=registry,
         sink=sink,
         gate=gate,

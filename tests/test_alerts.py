@@ -62,6 +62,7 @@ MUST_HAVE_QUIET_CASE = {
     "SpacePipelineEndpointWrong",
     "SpacePipelineSchemaRegistryDown",
     "SpacePipelineDeadLetterRate",
+    "SpacePipelineResultWritesFailing",
     "SpacePipelineNoPartitionsAssigned",
 }
 

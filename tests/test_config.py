@@ -613,3 +613,15 @@ def test_reading_the_settings_loads_no_http_or_kafka_client() -> None:
     )
 
     assert "[]" == done.stdout.strip()
+
+
+def test_a_result_topic_that_is_a_source_topic_is_refused_naming_both(
+    env: pytest.MonkeyPatch,
+) -> None:
+    """Results written to a topic the stage reads would come round again as records."""
+    env.setenv("PIPELINE_RESULT_TOPIC", "orders")
+
+    line = error_line()
+
+    assert "PIPELINE_RESULT_TOPIC" in line
+    assert "PIPELINE_KAFKA_TOPICS" in line

@@ -1411,6 +1411,9 @@ def test_all_features_configmap_is_accepted_by_settings(
     assert settings.rate_limit_burst == values["rateLimit"]["globalBurst"] // pods
     assert settings.retry_statuses == parse_statuses(config["retryStatuses"])
     assert settings.dead_letter_idempotence is config["deadLetterIdempotence"] is False
+    assert settings.result_topic == config["resultTopic"]
+    assert settings.result_max_bytes == config["resultMaxBytes"]
+    assert settings.result_idempotence is config["resultIdempotence"] is False
     assert settings.skip_records == frozenset(config["skipRecords"])
     assert list(settings.forward_headers) == config["forwardHeaders"]
     assert settings.space_api_headers == config["spaceApiHeaders"]
