@@ -13,8 +13,10 @@ import sys
 from collections.abc import Iterable, Iterator
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from pipeline.dev.broker import create_topic
+from pipeline.logging import configure_logging
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,7 +66,20 @@ async def produce(args: argparse.Namespace) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run ``produce`` and say how many records went where."""
-    written = asyncio.run(produce(args))
+    """Run ``produce`` and say how many records went where; a failure is one line, exit 1."""
+    # aiokafka logs its own view of a failure; the one line below says what it means here.
+    configure_logging("CRITICAL", "console", stream=sys.stderr)
+    try:
+        written = asyncio.run(produce(args))
+    except KafkaConnectionError:
+        print(
+            f"space-pipeline produce: no Kafka broker answers at {args.bootstrap}: start one"
+            " (space-pipeline broker), or point --bootstrap at yours",
+            file=sys.stderr,
+        )
+        return 1
+    except KafkaError as error:
+        print(f"space-pipeline produce: Kafka at {args.bootstrap}: {error}", file=sys.stderr)
+        return 1
     print(f"wrote {written} records to {args.topic} on {args.bootstrap}")
     return 0

@@ -1,0 +1,122 @@
+"""Every command ends an obvious mistake in one line saying what to change, and a non-zero code.
+
+A port someone else holds, a broker that is not there: no traceback, no stray "Unclosed" line from
+a client that was built but never used (issue 18).
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pipeline.dev.broker import free_port
+from tests.plugins.environment import VALID
+from tests.plugins.processes import command, run_once
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A loopback port another process (this one) listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def one_line(stderr: str) -> str:
+    lines = stderr.splitlines()
+    assert 1 == len(lines), stderr
+    return lines[0]
+
+
+def test_run_on_a_busy_metrics_port_exits_2_naming_the_setting(
+    kafka_bootstrap: str, tmp_path: Path, busy_port: int
+) -> None:
+    """A second stage on one machine: one line naming PIPELINE_METRICS_PORT and the address, exit
+    2 (a setting to change), and nothing about a consumer left unclosed."""
+    result = run_once(
+        tmp_path,
+        **VALID
+        | {
+            "PIPELINE_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+            "PIPELINE_METRICS_HOST": "127.0.0.1",
+            "PIPELINE_METRICS_PORT": str(busy_port),
+        },
+    )
+
+    assert 2 == result.returncode, result.stdout + result.stderr
+    line = one_line(result.stderr)
+    assert line.startswith("space-pipeline: PIPELINE_METRICS_PORT")
+    assert f"127.0.0.1:{busy_port}" in line
+    assert "Unclosed" not in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_stub_api_on_a_busy_port_says_so_in_one_line(tmp_path: Path, busy_port: int) -> None:
+    """``stub-api --port`` someone holds: one line naming --port, not a 37-line traceback."""
+    result = command(tmp_path, "stub-api", "--port", str(busy_port))
+
+    assert 2 == result.returncode, result.stdout + result.stderr
+    line = one_line(result.stderr)
+    assert "--port" in line
+    assert f"127.0.0.1:{busy_port}" in line
+    assert "Traceback" not in result.stdout
+
+
+def test_broker_on_a_busy_port_says_so_in_one_line(tmp_path: Path, busy_port: int) -> None:
+    """``broker --port`` someone holds: one line, not tansu's panic."""
+    result = command(tmp_path, "broker", "--port", str(busy_port))
+
+    assert 2 == result.returncode, result.stdout + result.stderr
+    line = one_line(result.stderr)
+    assert "--port" in line
+    assert f"127.0.0.1:{busy_port}" in line
+    assert "panicked" not in result.stdout + result.stderr
+
+
+def test_produce_to_a_broker_nobody_runs_says_so_in_one_line(tmp_path: Path) -> None:
+    """``produce`` before ``broker``: one line naming --bootstrap and the address, exit 1."""
+    address = f"127.0.0.1:{free_port()}"
+    result = command(tmp_path, "produce", "--bootstrap", address, "--topic", "t", "--count", "1")
+
+    assert 1 == result.returncode, result.stdout + result.stderr
+    line = one_line(result.stderr)
+    assert "--bootstrap" in line
+    assert address in line
+    assert "Traceback" not in result.stdout
+
+
+def test_offsets_against_a_broker_nobody_runs_says_so_in_one_line(tmp_path: Path) -> None:
+    """``offsets show`` before the broker is up: one line, exit 1."""
+    address = f"127.0.0.1:{free_port()}"
+    result = command(
+        tmp_path, "offsets", "show", **VALID | {"PIPELINE_KAFKA_BOOTSTRAP_SERVERS": address}
+    )
+
+    assert 1 == result.returncode, result.stdout + result.stderr
+    assert address in one_line(result.stderr)
+
+
+def test_status_of_a_stage_nobody_runs_says_so_in_one_line(tmp_path: Path) -> None:
+    """The admin commands when no stage answers: one line naming the URL, exit 1."""
+    url = f"http://127.0.0.1:{free_port()}"
+    result = command(tmp_path, "status", "--url", url, PIPELINE_ADMIN_TOKEN="t0ken")
+
+    assert 1 == result.returncode, result.stdout + result.stderr
+    assert url in one_line(result.stderr)
+
+
+@pytest.mark.integration
+def test_a_demo_of_fewer_records_than_the_folk_sample_ends(tmp_path: Path) -> None:
+    """``demo --records 10``: the folk-way comparison takes what there is instead of waiting
+    forever for its sample of 100."""
+    result = command(
+        tmp_path, "demo", "--records", "10", "--partitions", "2", "--latency-ms", "1",
+        "--fault", "none",
+    )  # fmt: skip
+
+    assert 0 == result.returncode, result.stdout + result.stderr
+    assert "all checks passed" in result.stdout
