@@ -6,13 +6,16 @@ a client that was built but never used (issue 18).
 
 from __future__ import annotations
 
+import argparse
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from pipeline.cli import build_parser
 from pipeline.dev.broker import free_port
+from pipeline.dev.stub_api import config_from_args
 from tests.plugins.environment import VALID
 from tests.plugins.processes import command, run_once
 
@@ -120,3 +123,44 @@ def test_a_demo_of_fewer_records_than_the_folk_sample_ends(tmp_path: Path) -> No
 
     assert 0 == result.returncode, result.stdout + result.stderr
     assert "all checks passed" in result.stdout
+
+
+# stub-api --reject-key names a record by its Idempotency-Key
+
+
+def stub_args(*args: str) -> argparse.Namespace:
+    return build_parser("stub-api").parse_args(["stub-api", *args])
+
+
+def test_the_reject_flag_says_it_takes_the_idempotency_key_not_the_kafka_key(
+    tmp_path: Path,
+) -> None:
+    """``--reject-idempotency-key`` (and the old ``--reject-key``): the help says it is the
+    record's ``topic/partition/offset``, the Idempotency-Key, and not its Kafka key."""
+    result = command(tmp_path, "stub-api", "--help")
+    text = " ".join(result.stdout.split())
+
+    assert "--reject-idempotency-key TOPIC/PARTITION/OFFSET" in text
+    assert "--reject-key" in text
+    assert "not its Kafka key" in text
+
+
+def test_the_old_reject_key_flag_still_works() -> None:
+    """Scripts that say ``--reject-key t/0/5`` keep working, beside the new spelling."""
+    config = config_from_args(
+        stub_args("--reject-key", "t/0/5", "--reject-idempotency-key", "t/1/7")
+    )
+
+    assert frozenset({"t/0/5", "t/1/7"}) == config.reject_keys
+
+
+def test_a_kafka_key_given_as_a_reject_key_is_refused_saying_what_it_takes(
+    tmp_path: Path,
+) -> None:
+    """``--reject-key item-5`` (a Kafka key) would reject nothing, silently: one line says the
+    flag takes TOPIC/PARTITION/OFFSET, exit 2."""
+    result = command(tmp_path, "stub-api", "--port", "0", "--reject-key", "item-5")
+
+    assert 2 == result.returncode, result.stdout + result.stderr
+    assert "TOPIC/PARTITION/OFFSET" in result.stderr
+    assert "item-5" in result.stderr
