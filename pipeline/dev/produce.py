@@ -1,7 +1,8 @@
 """``space-pipeline produce``: put records on a topic to try the stage with.
 
 Sample records (numbered JSON, keyed, spread over the partitions) or one record per line of
-standard input, so ``cat events.ndjson | space-pipeline produce --topic t`` just works. The topic is
+standard input, so ``cat events.ndjson | space-pipeline produce --topic t`` just works; with
+``--key-separator`` a line is ``KEY<SEP>VALUE``, so per-key order can be tried with one's own data. The topic is
 created first when it does not exist yet.
 """
 
@@ -31,6 +32,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="write one record per line of standard input instead of samples",
     )
+    add(
+        "--key-separator",
+        type=separator,
+        metavar="SEP",
+        help="with --stdin: KEY<SEP>VALUE lines, split at the first SEP ('\\t' for a tab); a"
+        " line without SEP has no key (as kcat's -K)",
+    )
+
+
+def separator(text: str) -> bytes:
+    """The key separator as bytes, backslash escapes read (``\\t`` is a tab, as with kcat)."""
+    sep = text.encode().decode("unicode_escape").encode()
+    if not sep:
+        raise argparse.ArgumentTypeError("must not be empty")
+    return sep
 
 
 def sample_records(count: int) -> Iterator[tuple[bytes, bytes]]:
@@ -39,19 +55,35 @@ def sample_records(count: int) -> Iterator[tuple[bytes, bytes]]:
         yield b"item-%d" % i, b'{"seq": %d, "payload": "sample"}' % i
 
 
-def stdin_records(lines: Iterable[bytes]) -> Iterator[tuple[bytes | None, bytes]]:
-    """One record per non-empty line, without its line break, and no key."""
+def stdin_records(
+    lines: Iterable[bytes], key_separator: bytes | None = None
+) -> Iterator[tuple[bytes | None, bytes]]:
+    """One record per non-empty line, without its line break.
+
+    With ``key_separator`` the text before its first occurrence is the key and the rest the
+    value, which may hold the separator again; a line without it has no key (kcat's ``-K``
+    does the same). Without a separator no record has a key.
+    """
     for line in lines:
-        value = line.rstrip(b"\r\n")
-        if value:
-            yield None, value
+        text = line.rstrip(b"\r\n")
+        if not text:
+            continue
+        if key_separator is not None and key_separator in text:
+            key, _, value = text.partition(key_separator)
+            yield key, value
+        else:
+            yield None, text
 
 
 async def produce(args: argparse.Namespace) -> int:
     """Create the topic if needed and write the records; returns how many were written."""
     # An existing topic is kept as it is: the broker answers with an error code, not an exception.
     await create_topic(args.bootstrap, args.topic, args.partitions)
-    records = stdin_records(sys.stdin.buffer) if args.stdin else sample_records(args.count)
+    records = (
+        stdin_records(sys.stdin.buffer, args.key_separator)
+        if args.stdin
+        else sample_records(args.count)
+    )
     producer = AIOKafkaProducer(bootstrap_servers=args.bootstrap, linger_ms=5)
     await producer.start()
     written = 0
@@ -67,6 +99,13 @@ async def produce(args: argparse.Namespace) -> int:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``produce`` and say how many records went where; a failure is one line, exit 1."""
+    if args.key_separator is not None and not args.stdin:
+        print(
+            "space-pipeline produce: --key-separator splits lines of --stdin; the samples have"
+            " keys of their own",
+            file=sys.stderr,
+        )
+        return 2
     # aiokafka logs its own view of a failure; the one line below says what it means here.
     configure_logging("CRITICAL", "console", stream=sys.stderr)
     try:
