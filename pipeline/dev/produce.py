@@ -2,8 +2,8 @@
 
 Sample records (numbered JSON, keyed, spread over the partitions) or one record per line of
 standard input, so ``cat events.ndjson | space-pipeline produce --topic t`` just works; with
-``--key-separator`` a line is ``KEY<SEP>VALUE``, so per-key order can be tried with one's own data. The topic is
-created first when it does not exist yet.
+``--key-separator`` a line is ``KEY<SEP>VALUE``, so per-key order can be tried with one's own
+data. The topic is created first when it does not exist yet.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def separator(text: str) -> bytes:
-    """The key separator as bytes, backslash escapes read (``\\t`` is a tab, as with kcat)."""
+    """The key separator as bytes, backslash escapes read (a backslash-t is a tab, as in kcat)."""
     sep = text.encode().decode("unicode_escape").encode()
     if not sep:
         raise argparse.ArgumentTypeError("must not be empty")
