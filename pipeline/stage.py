@@ -273,10 +273,29 @@ class Stage:
             await commits.commit(partitions, timeout=timeout)
 
     async def _report_progress(self, interval: float) -> None:
+        """A line once the first record is done (or after ``interval``), then every interval.
+
+        A person who just started the stage sees at once that records flow, rather than after
+        the first interval (30 s by default).
+        """
         partitions = self._parts.partitions
-        progress = Progress(time.monotonic())
+        progress = Progress()
+        await self._first_done(interval)
+        if self._stopping.is_set():
+            return
+        progress.report(partitions.done(), partitions)
         while await self._running_after(interval):
-            progress.report(time.monotonic(), partitions.delivered(), partitions)
+            progress.report(partitions.done(), partitions)
+
+    async def _first_done(self, timeout: float) -> None:
+        """Return once a record is done, a stop is asked for, or ``timeout`` has passed."""
+        events = (self._parts.partitions.first_done, self._stopping)
+        waits = [asyncio.create_task(event.wait()) for event in events]
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
 
     def on_retry(
         self, record: KafkaRecord, lane: Lane, error: BaseException, attempt: int, delay: float
