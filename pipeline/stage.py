@@ -34,7 +34,7 @@ from pipeline.admin import (
     StatusReport,
 )
 from pipeline.config import Settings
-from pipeline.consumer import ConsumerFactory, KafkaSource, build_consumer
+from pipeline.consumer import Committed, ConsumerFactory, KafkaSource, build_consumer
 from pipeline.errors import AdminRefusedError
 from pipeline.health import Verdict
 from pipeline.partition import Partition, lane_partition, names
@@ -333,14 +333,49 @@ class Stage:
             return
         added = partitions.assign(assigned)
         self._joined = True
-        log.info("stage.partitions_assigned", partitions=names(assigned), epoch=partitions.epoch)
-        try:
-            async with asyncio.timeout(self._settings.commit_timeout_ms / 1000):
-                committed = await self._parts.source.committed([part.tp for part in added])
-        except (KafkaError, TimeoutError) as error:
-            log.warning("stage.committed_unknown", error=repr(error))
+        tps = [part.tp for part in added]
+        source = self._parts.source
+        # Both at once, bounded: the group waits for this callback.
+        async with asyncio.timeout(self._settings.commit_timeout_ms / 1000):
+            committed, bounds = await asyncio.gather(
+                source.committed(tps), source.bounds(tps), return_exceptions=True
+            )
+        log.info(
+            "stage.partitions_assigned",
+            partitions=names(assigned),
+            epoch=partitions.epoch,
+            starting=self._starting(committed, bounds),
+        )
+        if isinstance(committed, BaseException):
+            if not isinstance(committed, KafkaError | TimeoutError):
+                raise committed
+            log.warning("stage.committed_unknown", error=repr(committed))
             return
         partitions.set_committed(committed)
+
+    def _starting(
+        self,
+        committed: dict[TopicPartition, Committed] | BaseException,
+        bounds: dict[TopicPartition, range] | BaseException,
+    ) -> dict[str, dict[str, Any]] | str:
+        """Where each new partition starts, and how many records wait after that.
+
+        A group that committed everything already delivers nothing and says ``lag: 0`` here,
+        rather than leaving a person to wonder why nothing arrives.
+        """
+        if isinstance(committed, BaseException) or isinstance(bounds, BaseException):
+            return "unknown: " + repr(committed if isinstance(committed, BaseException) else bounds)
+        reset = self._settings.kafka_auto_offset_reset
+        starting: dict[str, dict[str, Any]] = {}
+        for tp, held in sorted(bounds.items()):
+            point = committed.get(tp)
+            if point is not None and point.offset is not None:
+                whence, offset = "committed", point.offset
+            else:
+                whence, offset = reset, held.start if reset == "earliest" else held.stop
+            lag = max(held.stop - offset, 0)
+            starting[f"{tp.topic}/{tp.partition}"] = {"from": whence, "offset": offset, "lag": lag}
+        return starting
 
     async def on_revoked(self, revoked: frozenset[TopicPartition]) -> None:
         """Stop feeding, let requests on the wire finish (bounded), commit, forget the partitions.

@@ -1,5 +1,6 @@
-"""The ``stage.progress`` line a person at a terminal reads (issue 18): it comes with the first
-delivery, its rate is over the time records flowed, and every record done is in it."""
+"""What the log tells a person at a terminal (issue 18): the ``stage.progress`` line comes with
+the first delivery, its rate is over the time records flowed, and every record done is in it;
+the assignment line says where each partition starts, and how far behind it is."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import time
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from structlog.testing import capture_logs
 
 from pipeline.dev.stub_api import StubConfig, StubServer
-from tests.plugins.broker import new_dlq
+from tests.plugins.broker import Topic, new_dlq
 from tests.plugins.stage import running_stage
 from tests.plugins.waiting import eventually
 
@@ -91,3 +93,41 @@ async def test_dead_lettered_and_skipped_records_are_in_the_line(new_topic) -> N
     assert 1 == sum(line["skipped"] for line in lines)
     assert 0 == sum(line["expired"] for line in lines)
     assert 0 == lines[-1]["pending"]
+
+
+# Where each assigned partition starts (issue 18: "delivered=0 lag_records=0 with no hint")
+
+
+async def commit(topic: Topic, offsets: dict[int, int]) -> None:
+    """Commit ``offsets`` (partition: offset) for the topic's group, as an earlier run would."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=topic.bootstrap, group_id=topic.group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        points = {TopicPartition(topic.name, p): offset for p, offset in offsets.items()}
+        consumer.assign(list(points))
+        await consumer.commit(points)
+    finally:
+        await consumer.stop()
+
+
+async def test_the_assignment_line_says_where_each_partition_starts_and_its_lag(new_topic) -> None:
+    """A group that already committed everything delivers nothing: the assignment line says so,
+    naming each partition's starting offset (its committed one, or where the reset policy
+    starts), whence, and the records after it."""
+    topic = await new_topic(2)
+    # Five on each partition, a batch each: tansu answers a log-end request with the last
+    # batch's first offset + 1, which is the end only for a batch of one.
+    for i in range(10):
+        await topic.send({"value": b'{"seq": %d}' % i, "partition": i % 2})
+    await commit(topic, {0: 5})  # partition 0 done by an earlier run; partition 1 never read
+    async with StubServer(StubConfig(latency_ms=1)) as api:
+        with capture_logs() as logs:
+            async with running_stage(topic.settings(api.url)):
+                await eventually(lambda: api.stats().unique == 5, what="partition 1's five")
+    line = next(line for line in logs if line["event"] == "stage.partitions_assigned")
+    assert {
+        f"{topic.name}/0": {"from": "committed", "offset": 5, "lag": 0},
+        f"{topic.name}/1": {"from": "earliest", "offset": 0, "lag": 5},
+    } == line["starting"]
