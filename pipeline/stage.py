@@ -16,7 +16,7 @@ import asyncio
 import time
 from collections.abc import Coroutine, Iterable, Sequence
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from aiokafka import TopicPartition
@@ -54,6 +54,9 @@ RETRY_LOG_INTERVAL_S = 10.0
 # the wire, the commit, the sender's blocking calls, the dead-letter producer's flush; leaving
 # the group gets the rest. A step that finishes early leaves its time to the next ones.
 DRAIN_UNTIL, COMMIT_UNTIL, SENDER_UNTIL, DEAD_LETTERS_UNTIL = 0.5, 0.7, 0.75, 0.85
+_T = TypeVar("_T")
+# How long an assignment waits for where its partitions start (for its log line only).
+BOUNDS_TIMEOUT_S = 2.0
 
 
 class Stage:
@@ -325,7 +328,10 @@ class Stage:
     # Rebalances (aiokafka awaits these while the group waits)
 
     async def on_assigned(self, assigned: frozenset[TopicPartition]) -> None:
-        """Track new partitions at once; then learn their committed offsets in one request."""
+        """Track new partitions at once; then learn their committed offsets in one request.
+
+        The line it logs says where each partition starts and how far behind that is.
+        """
         partitions = self._parts.partitions
         metrics.REBALANCES.labels("assigned").inc()
         if self._stopping.is_set():
@@ -335,11 +341,14 @@ class Stage:
         self._joined = True
         tps = [part.tp for part in added]
         source = self._parts.source
-        # Both at once, bounded: the group waits for this callback.
-        async with asyncio.timeout(self._settings.commit_timeout_ms / 1000):
-            committed, bounds = await asyncio.gather(
-                source.committed(tps), source.bounds(tps), return_exceptions=True
-            )
+        # Both at once, each bounded: the group waits for this callback. Where the partitions
+        # start is only for the log line, so it gets a short bound of its own.
+        commit_s = self._settings.commit_timeout_ms / 1000
+        committed, bounds = await asyncio.gather(
+            _within(commit_s, source.committed(tps)),
+            _within(min(commit_s, BOUNDS_TIMEOUT_S), source.bounds(tps)),
+            return_exceptions=True,
+        )
         log.info(
             "stage.partitions_assigned",
             partitions=names(assigned),
@@ -596,6 +605,12 @@ class Stage:
         if partitions is None:
             return sorted(part.tp for part in self._parts.partitions)
         return sorted(TopicPartition(p.topic, p.partition) for p in partitions)
+
+
+async def _within(seconds: float, work: Coroutine[Any, Any, _T]) -> _T:
+    """``await work``, or ``TimeoutError`` after ``seconds``."""
+    async with asyncio.timeout(seconds):
+        return await work
 
 
 def _partition_status(part: Partition, position: int | None, in_flight: int) -> PartitionStatus:
