@@ -271,10 +271,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="embedded broker + stub Space API + the stage, with live progress"
     )
-    demo.add_argument("--partitions", type=int, default=8, help="partitions (default 8)")
-    demo.add_argument("--records", type=int, default=4000, help="records to send (default 4000)")
+    demo.add_argument("--partitions", type=at_least(1), default=8, help="partitions (default 8)")
     demo.add_argument(
-        "--latency-ms", type=float, default=20.0, help="stub API latency (default 20)"
+        "--records", type=at_least(1), default=4000, help="records to send (default 4000)"
+    )
+    demo.add_argument(
+        "--latency-ms", type=at_least(0, float), default=20.0, help="stub API latency (default 20)"
     )
     demo.add_argument(
         "--fault",
@@ -295,6 +297,21 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         if name == command:
             _tool_arguments(name, tool)
     return parser
+
+
+def at_least(minimum: float, kind: Callable[[str], float] = int) -> Callable[[str], float]:
+    """An argparse type: a number of ``kind`` not below ``minimum``, else a usage error (2)."""
+
+    def number(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum:g}, got {text}")
+        return value
+
+    return number
 
 
 def _tool_arguments(name: str, parser: argparse.ArgumentParser) -> None:

@@ -164,3 +164,25 @@ def test_a_kafka_key_given_as_a_reject_key_is_refused_saying_what_it_takes(
     assert 2 == result.returncode, result.stdout + result.stderr
     assert "TOPIC/PARTITION/OFFSET" in result.stderr
     assert "item-5" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("demo", "--partitions", "0"),
+        ("demo", "--records", "0"),
+        ("demo", "--latency-ms", "-1"),
+        ("produce", "--topic", "t", "--partitions", "0"),
+        ("produce", "--topic", "t", "--count", "-1"),
+    ],
+)
+def test_a_count_out_of_range_is_a_usage_error_naming_the_flag(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    """``demo --partitions 0`` divided by zero in a traceback: the flag is named instead, and
+    nothing is started."""
+    result = command(tmp_path, *args)
+
+    assert 2 == result.returncode, result.stdout + result.stderr
+    assert args[-2] in result.stderr.splitlines()[-1]
+    assert "Traceback" not in result.stderr

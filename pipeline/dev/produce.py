@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
+from pipeline.cli import at_least
 from pipeline.dev.broker import create_topic
 from pipeline.logging import configure_logging
 
@@ -25,8 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--bootstrap", default="127.0.0.1:9092", help="Kafka bootstrap servers (%(default)s)")
     add("--topic", required=True, help="the topic to write to (created if missing)")
-    add("--partitions", type=int, default=4, help="partitions of a new topic (%(default)s)")
-    add("--count", type=int, default=100, help="sample records to write (%(default)s)")
+    add("--partitions", type=at_least(1), default=4, help="partitions of a new topic (%(default)s)")
+    add("--count", type=at_least(0), default=100, help="sample records to write (%(default)s)")
     add(
         "--stdin",
         action="store_true",
