@@ -7,15 +7,29 @@ STAMP  := $(VENV)/.installed
 # installs `dev` (which holds `demo`, so after it `make demo` installs nothing more).
 DEMO_STAMP := $(VENV)/.installed-demo
 
-.PHONY: install demo test lint typecheck unit tools bench chaos chart clean
+.PHONY: install demo test lint typecheck unit tools bench chaos chart clean constraints
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev]" --constraint constraints.txt
 	touch $(STAMP)
+
+# constraints.txt pins the runtime dependencies, for the image (Dockerfile) and this venv alike:
+# pip resolves pyproject.toml's runtime dependencies alone, held to the versions this venv has.
+# After adding, changing or upgrading a dependency, install it into the venv first (`pip install
+# -e ".[dev]"` or `pip install -U aiohttp`, without the constraints), then run this;
+# tests/test_packaging.py checks the file against pyproject.toml and the venv.
+constraints:
+	$(BIN)/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"], sep="\n")' > $(VENV)/runtime.txt
+	$(BIN)/python -m pip freeze --exclude-editable > $(VENV)/freeze.txt
+	$(BIN)/python -m pip install --quiet --dry-run --ignore-installed --report $(VENV)/resolved.json \
+	  --requirement $(VENV)/runtime.txt --constraint $(VENV)/freeze.txt
+	{ echo "# The runtime dependencies, pinned: written by \`make constraints\`, do not edit."; \
+	  $(BIN)/python -c 'import json, sys; items = json.load(open(sys.argv[1]))["install"]; print(*sorted((i["metadata"]["name"] + "==" + i["metadata"]["version"] for i in items), key=str.lower), sep="\n")' $(VENV)/resolved.json; \
+	} > constraints.txt
 
 # promtool and prometheus come from Debian's `prometheus` package (dashboard and alert tests);
 # nginx from `nginx-light` (the HTTP conformance suite's reverse proxy; without it those cases
@@ -29,10 +43,10 @@ tools:
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light >/dev/null; } \
 	  || echo "could not install nginx-light: the nginx conformance cases will be skipped"; }
 
-$(DEMO_STAMP): pyproject.toml
+$(DEMO_STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[demo]"
+	$(BIN)/python -m pip install --quiet -e ".[demo]" --constraint constraints.txt
 	touch $(DEMO_STAMP)
 
 demo: $(if $(wildcard $(STAMP)),$(STAMP),$(DEMO_STAMP))

@@ -2,9 +2,9 @@
 
 ``run`` is the stage itself and ``config`` shows what it would run with; ``offsets`` shows and
 moves the group's offsets (a replay); ``status``, ``skip``, ``pause`` and ``resume`` call a
-running stage's admin API (``pipeline.admin_client``). ``demo``, ``stub-api``, ``broker`` and
-``produce`` are tools for trying it (``pipeline.dev``), imported only when asked for, so ``run``
-starts without them.
+running stage's admin API (``pipeline.admin_client``). ``demo``, ``stub-api``, ``broker``,
+``schema-registry`` and ``produce`` are tools for trying it (``pipeline.dev``), imported only when
+asked for, so ``run`` starts without them.
 
 Exit codes: 0 after a graceful stop, 1 on a fatal error (one log line says which), 2 on bad
 configuration (one line per problem, each naming the setting), 128 + signal number when a second
@@ -141,6 +141,15 @@ def _broker(args: argparse.Namespace) -> int:
 
     configure_logging("WARNING")
     return _until_interrupted(args, lambda: broker.serve(args.host, args.port))
+
+
+def _schema_registry(args: argparse.Namespace) -> int:
+    from pipeline.dev import schema_registry  # noqa: PLC0415
+
+    configure_logging("WARNING")
+    return _until_interrupted(
+        args, lambda: schema_registry.serve(args.host, args.port, args.username, args.password)
+    )
 
 
 def _produce(args: argparse.Namespace) -> int:
@@ -290,6 +299,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         "stub-api": ("a reference Space API receiver that checks order", _stub_api),
         "broker": ("an embedded Kafka-protocol broker (tansu) in the foreground", _broker),
         "produce": ("write sample records, or stdin lines, to a topic", _produce),
+        "schema-registry": ("a local schema registry in memory, for Avro topics", _schema_registry),
     }
     for name, (text, handler) in tools.items():
         tool = commands.add_parser(name, help=text)
@@ -319,6 +329,8 @@ def _tool_arguments(name: str, parser: argparse.ArgumentParser) -> None:
         from pipeline.dev import stub_api as module  # noqa: PLC0415
     elif name == "broker":
         from pipeline.dev import broker as module  # type: ignore[no-redef]  # noqa: PLC0415
+    elif name == "schema-registry":
+        from pipeline.dev import schema_registry as module  # type: ignore[no-redef]  # noqa: PLC0415
     else:
         from pipeline.dev import produce as module  # type: ignore[no-redef]  # noqa: PLC0415
     module.add_arguments(parser)

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import socket
+import ssl
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -33,7 +34,6 @@ from pipeline.checks import (
     check_forward_headers,
     check_scheme,
     check_static_headers,
-    check_url_template,
     import_exceptions,
     import_function,
 )
@@ -46,6 +46,13 @@ from pipeline.policy import (
     parse_statuses,
 )
 from pipeline.redaction import MASK, Redactor, header_secrets, mask_url, secret_name, url_secrets
+from pipeline.shaping import (
+    OPERATOR_NAMES,
+    BodyExpression,
+    Template,
+    header_templates,
+    url_template,
+)
 
 ENV_PREFIX = "PIPELINE_"
 
@@ -127,6 +134,8 @@ class Settings(BaseSettings):
     space_api_client_cert_file: Path | None = None
     space_api_client_key_file: Path | None = None
     space_api_compression: Literal["none", "gzip", "zstd"] = "none"
+    # Shaping the body: a JMESPath expression over the record (pipeline/shaping.py).
+    space_api_body: str | None = None
     http_client: Literal["lean", "aiohttp"] = "lean"
     http_proxy: str | None = None
     forward_headers: Annotated[tuple[str, ...], NoDecode] = ("traceparent", "tracestate")
@@ -140,6 +149,13 @@ class Settings(BaseSettings):
     sink_function: str | None = None
     sink_argument: Literal["record", "value", "json"] = "record"
     sink_reject_exceptions: Annotated[tuple[str, ...], NoDecode] = ()
+
+    # Value formats: what a value's bytes mean (a schema registry for Avro)
+    value_format: Literal["bytes", "json", "avro", "json-schema"] = "bytes"
+    schema_registry_url: str | None = None
+    schema_registry_username: str | None = None
+    schema_registry_password: SecretStr | None = None
+    schema_registry_ca_file: Path | None = None
 
     # Ordered batching: consecutive records of one lane per request
     batch_max_records: PositiveInt = 1
@@ -155,6 +171,11 @@ class Settings(BaseSettings):
     dead_letter_max_per_minute: PositiveInt = 60
     dead_letter_idempotence: bool = True
     skip_records: Annotated[frozenset[str], NoDecode] = frozenset()
+
+    # The API's answer: each accepted request's answer produced to a topic
+    result_topic: str | None = None
+    result_max_bytes: PositiveInt = 1024 * 1024
+    result_idempotence: bool = True
     max_record_age_s: Annotated[float | None, Field(gt=0)] = None  # off: any age is sent
 
     # The API as one shared resource
@@ -204,9 +225,16 @@ class Settings(BaseSettings):
     def _check_url(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        sample = check_url_template(value)
+        sample = url_template(value).sample()
         check_scheme(sample)
         AnyHttpUrl(sample)  # raises with pydantic's own words when it is no http(s) URL
+        return value
+
+    @field_validator("space_api_body")
+    @classmethod
+    def _compile_body(cls, value: str | None) -> str | None:
+        if value is not None:
+            BodyExpression(value)  # a ValueError in one line saying what is wrong
         return value
 
     @field_validator("sink_function")
@@ -251,6 +279,7 @@ class Settings(BaseSettings):
             if "\r" in text or "\n" in text or "\0" in text:
                 msg = f"the value of {name!r} holds a line break or NUL"
                 raise ValueError(msg)
+        header_templates(value)
         return value
 
     @field_validator("retry_statuses", "auth_statuses", mode="before")
@@ -347,10 +376,21 @@ class Settings(BaseSettings):
             )
         yield from self._sink_conflicts()
         yield from self._header_conflicts()
+        yield from self._format_conflicts()
+        yield from self._shaping_conflicts()
+        yield from self._written_topic_conflicts()
+
+    def _written_topic_conflicts(self) -> Iterator[str]:
+        """A topic the stage writes must not be one it reads: what it writes would come back."""
         if self.dead_letter_topic in self.kafka_topics:
             yield (
                 "PIPELINE_DEAD_LETTER_TOPIC must not be one of PIPELINE_KAFKA_TOPICS: rejected "
                 "records would come round again"
+            )
+        if self.result_topic in self.kafka_topics:
+            yield (
+                "PIPELINE_RESULT_TOPIC must not be one of PIPELINE_KAFKA_TOPICS: results would"
+                " come round again as records"
             )
 
     def _sink_conflicts(self) -> Iterator[str]:
@@ -394,6 +434,86 @@ class Settings(BaseSettings):
                     "PIPELINE_BATCH_MAX_RECORDS must not exceed PIPELINE_PARTITION_BUFFER_RECORDS,"
                     " or no batch ever fills"
                 )
+
+    def _format_conflicts(self) -> Iterator[str]:
+        """A value format without what it needs, or registry settings nothing would use."""
+        registry = self.schema_registry_url
+        if self.value_format == "avro" and registry is None:
+            yield "PIPELINE_VALUE_FORMAT=avro needs PIPELINE_SCHEMA_REGISTRY_URL"
+        if self.value_format != "avro":
+            given = [
+                env_name(name)
+                for name in (
+                    "schema_registry_url",
+                    "schema_registry_username",
+                    "schema_registry_password",
+                    "schema_registry_ca_file",
+                )
+                if getattr(self, name) is not None
+            ]
+            if given:
+                yield ", ".join(given) + " only serve PIPELINE_VALUE_FORMAT=avro"
+        if registry is not None:
+            parts = urlsplit(registry)
+            if "://" not in registry:
+                yield "PIPELINE_SCHEMA_REGISTRY_URL: no scheme: add http:// or https://"
+            elif parts.scheme not in ("http", "https") or not parts.hostname:
+                yield (
+                    "PIPELINE_SCHEMA_REGISTRY_URL: must be an http(s) URL such as"
+                    " https://registry.example:8081"
+                )
+        if (self.schema_registry_username is None) != (self.schema_registry_password is None):
+            yield (
+                "PIPELINE_SCHEMA_REGISTRY_USERNAME and PIPELINE_SCHEMA_REGISTRY_PASSWORD go"
+                " together (basic auth)"
+            )
+        ca_file = self.schema_registry_ca_file
+        if ca_file is not None:
+            if not ca_file.is_file():
+                yield f"PIPELINE_SCHEMA_REGISTRY_CA_FILE: no such file: {ca_file}"
+            else:
+                try:
+                    tls.ssl_context(ca_file)
+                except (OSError, ssl.SSLError) as error:
+                    yield (
+                        "PIPELINE_SCHEMA_REGISTRY_CA_FILE: cannot be loaded as PEM certificates"
+                        f" ({error})"
+                    )
+        function = self.sink_function is not None
+        if function and self.value_format != "bytes" and self.sink_argument != "json":
+            yield (
+                f"PIPELINE_VALUE_FORMAT={self.value_format} with PIPELINE_SINK_FUNCTION needs"
+                " PIPELINE_SINK_ARGUMENT=json: the function gets the decoded value"
+            )
+
+    def _shaping_conflicts(self) -> Iterator[str]:
+        """A body expression without the API, templates that a batch cannot fill."""
+        if self.space_api_body is not None and self.sink_function is not None:
+            yield (
+                "PIPELINE_SPACE_API_BODY shapes requests to the API, and PIPELINE_SINK_FUNCTION"
+                " gets the records themselves: set one"
+            )
+        if self.batch_max_records > 1 and (placeholders := self._record_placeholders()):
+            yield (
+                f"{placeholders} in PIPELINE_SPACE_API_URL or _HEADERS name one record, but"
+                " with PIPELINE_BATCH_MAX_RECORDS > 1 a request carries many"
+            )
+
+    def _record_placeholders(self) -> str:
+        """The URL and header placeholders a batch cannot fill: those of one record's own.
+
+        ``{key}`` is checked on its own: a batch of one key (``PIPELINE_ORDERING=key``) has one.
+        """
+        url = Template(self.space_api_url or "").placeholders
+        headers = header_templates(self.space_api_headers).values()
+        keyed = self.ordering == "key"
+        found = {
+            f"{{{placeholder.source}}}"
+            for placeholder in (*url, *(p for t in headers for p in t.placeholders))
+            if placeholder.root not in OPERATOR_NAMES
+            and not (placeholder.source == "key" and (keyed or placeholder in url))
+        }
+        return ", ".join(sorted(found))
 
     def _header_conflicts(self) -> Iterator[str]:
         static_authorization = any(
@@ -602,6 +722,7 @@ def redactor(settings: Settings) -> Redactor:
             s.kafka_sasl_password,
             s.kafka_ssl_keyfile_password,
             s.admin_token,
+            s.schema_registry_password,
         )
         if secret is not None
     ]
@@ -612,7 +733,7 @@ def redactor(settings: Settings) -> Redactor:
         for name, value in s.oauth2_extra_params.items()
         if secret_name(name) or len(value) >= EXTRA_PARAM_SECRET_CHARS
     ]
-    for url in (s.space_api_url, s.oauth2_token_url, s.http_proxy):
+    for url in (s.space_api_url, s.oauth2_token_url, s.http_proxy, s.schema_registry_url):
         secrets += url_secrets(url) if url else []
     return Redactor.of(secrets)
 

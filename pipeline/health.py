@@ -26,10 +26,16 @@ log = structlog.get_logger("pipeline.health")
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """A probe's answer: healthy or not, and why not."""
+    """A probe's answer: healthy or not, and why not.
+
+    ``degraded`` names what is wrong without failing the probe: for ``/readyz`` a halted
+    partition or an API outage. Those are for alerts and operators; a probe failing for them
+    would block rollouts and node drains, and cure nothing. ``reason`` then says them too.
+    """
 
     ok: bool
     reason: str = "ok"
+    degraded: tuple[str, ...] = ()
 
 
 class OpsServer:
@@ -128,5 +134,6 @@ class OpsServer:
     @staticmethod
     def _answer(verdict: Verdict) -> web.Response:
         return web.json_response(
-            {"ok": verdict.ok, "reason": verdict.reason}, status=200 if verdict.ok else 503
+            {"ok": verdict.ok, "reason": verdict.reason, "degraded": list(verdict.degraded)},
+            status=200 if verdict.ok else 503,
         )

@@ -129,6 +129,10 @@ class Stage:
             stack.push_async_exit(parts.source)  # closed even when a part before it fails
             if parts.dead_letters is not None:
                 stack.push_async_exit(parts.dead_letters)  # closed even when never started
+            if parts.results is not None:
+                stack.push_async_exit(parts.results)
+            if parts.registry is not None:
+                await stack.enter_async_context(parts.registry)
             await stack.enter_async_context(parts.sink)
             await stack.enter_async_context(parts.sender)
             await stack.enter_async_context(parts.ops)
@@ -141,6 +145,8 @@ class Stage:
                     if parts.dead_letters is not None:
                         # It needs Kafka too: started once the consumer has waited for it.
                         await stack.enter_async_context(parts.dead_letters)
+                    if parts.results is not None:
+                        await stack.enter_async_context(parts.results)
                     if not self._stopping.is_set():
                         self._fetching = tasks.create_task(self._poll_and_hand_over())
                     self._committing = tasks.create_task(self._commit_periodically())
@@ -198,6 +204,7 @@ class Stage:
             max_in_flight=s.max_in_flight,
             on_reject=s.on_reject,
             dead_letter_topic=s.dead_letter_topic,
+            result_topic=s.result_topic,
             skip_records=len(s.skip_records),
             retry_statuses=format_statuses(s.retry_statuses),
             auth_statuses=format_statuses(s.auth_statuses),
@@ -236,6 +243,8 @@ class Stage:
         await sender.close(timeout=left(SENDER_UNTIL))
         if parts.dead_letters is not None:
             await parts.dead_letters.close(timeout=left(DEAD_LETTERS_UNTIL))
+        if parts.results is not None:
+            await parts.results.close(timeout=left(DEAD_LETTERS_UNTIL))
         await parts.source.close(timeout=left(1.0))
         metrics.flush()
         log.info(
@@ -505,24 +514,34 @@ class Stage:
         return Verdict(ok=True)
 
     def ready(self) -> Verdict:
-        """``/readyz``: joined the group, credentials and endpoint accepted, no partition halted.
+        """``/readyz``: running and a member of the group (with partitions or none), not stopping.
 
-        A refusal (credentials, a redirect, an untrusted certificate) is named in the error's
-        own words: the fix is a setting, and the operator reads which one here.
+        A consumer serves no traffic, so Ready only tells Kubernetes that a rollout may go on and
+        that this pod counts as healthy for its disruption budget. A halt follows its partition
+        to the next owner and an API outage is every pod's: failing the probe for them would
+        stall rollouts and block node drains while curing nothing. They are named in
+        ``degraded`` (and in metrics, alerts and ``/admin/status``) instead; a refusal
+        (credentials, a redirect, an untrusted certificate) in the error's own words, since
+        the fix is a setting and the operator reads which one here.
         """
         if not self._joined:
             waiting = self._parts.source.waiting
             return Verdict(ok=False, reason=waiting or "not yet joined the consumer group")
+        if self._stopping.is_set():
+            return Verdict(ok=False, reason="stopping: draining and leaving the group")
+        degraded = []
         refusal = self._parts.gate.refusal
         if refusal is not None:
-            return Verdict(ok=False, reason=refusal)
+            degraded.append(refusal)
         halted = [
             p.record_name(p.reported_halted)
             for p in self._parts.partitions
             if p.reported_halted is not None
         ]
         if halted:
-            return Verdict(ok=False, reason="halted on a rejected record: " + ", ".join(halted))
+            degraded.append("halted on a rejected record: " + ", ".join(halted))
+        if degraded:
+            return Verdict(ok=True, reason="; ".join(degraded), degraded=tuple(degraded))
         return Verdict(ok=True)
 
     # The admin API (see pipeline.admin.AdminPort)

@@ -615,6 +615,18 @@ def test_reading_the_settings_loads_no_http_or_kafka_client() -> None:
     assert "[]" == done.stdout.strip()
 
 
+def test_a_result_topic_that_is_a_source_topic_is_refused_naming_both(
+    env: pytest.MonkeyPatch,
+) -> None:
+    """Results written to a topic the stage reads would come round again as records."""
+    env.setenv("PIPELINE_RESULT_TOPIC", "orders")
+
+    line = error_line()
+
+    assert "PIPELINE_RESULT_TOPIC" in line
+    assert "PIPELINE_KAFKA_TOPICS" in line
+
+
 # Every problem at once, even when a field fails (issue 18)
 
 
@@ -688,4 +700,15 @@ def test_a_proxy_without_a_scheme_says_to_add_one(env: pytest.MonkeyPatch) -> No
     line = error_line()
 
     assert line.startswith("PIPELINE_HTTP_PROXY: ")
+    assert "add http:// or https://" in line
+
+
+def test_a_schema_registry_without_a_scheme_says_to_add_one(env: pytest.MonkeyPatch) -> None:
+    """The schema registry's address too."""
+    env.setenv("PIPELINE_VALUE_FORMAT", "avro")
+    env.setenv("PIPELINE_SCHEMA_REGISTRY_URL", "registry.example:8081")
+
+    line = error_line()
+
+    assert line.startswith("PIPELINE_SCHEMA_REGISTRY_URL: ")
     assert "add http:// or https://" in line

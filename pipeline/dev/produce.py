@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError
@@ -33,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="write one record per line of standard input instead of samples",
     )
+    add("--avro", metavar="SCHEMA.avsc", help="encode each JSON value as Avro with this schema")
+    add("--registry", default="http://127.0.0.1:8081", help="for --avro (%(default)s)")
+    add("--subject", help="for --avro: the subject to register under (TOPIC-value)")
     add(
         "--key-separator",
         type=separator,
@@ -85,6 +89,9 @@ async def produce(args: argparse.Namespace) -> int:
         if args.stdin
         else sample_records(args.count)
     )
+    if args.avro:
+        schema = Path(args.avro).read_text(encoding="utf-8")  # noqa: ASYNC240 - once, at start
+        records = await _as_avro(args, schema, records)
     producer = AIOKafkaProducer(bootstrap_servers=args.bootstrap, linger_ms=5)
     await producer.start()
     written = 0
@@ -96,6 +103,17 @@ async def produce(args: argparse.Namespace) -> int:
     finally:
         await producer.stop()
     return written
+
+
+async def _as_avro(
+    args: argparse.Namespace, schema: str, records: Iterable[tuple[bytes | None, bytes]]
+) -> Iterator[tuple[bytes | None, bytes]]:
+    """The records with JSON values encoded as Avro, the schema registered first."""
+    from pipeline.dev.schema_registry import encoder, register  # noqa: PLC0415
+
+    schema_id = await register(args.registry, args.subject or f"{args.topic}-value", schema)
+    encode = encoder(schema_id, schema)
+    return ((key, encode(value)) for key, value in records)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -157,7 +157,8 @@ class StubConfig:
     answers ``auth_status``. ``faults`` are timed windows (:class:`FaultWindow`).
 
     An API request is judged in this order: method (405), auth, headers (400; a batch's body
-    too), fault windows, bursts, ``reject_keys`` (422), rates.
+    too), fault windows, bursts, ``reject_keys`` (422), rates. An accepted one is answered 204,
+    or, with ``answer_body="id"``, 201 with ``{"id": <its Idempotency-Key>}``.
     """
 
     path: str = option("/items", "API path; paths below it count too (%(default)s)")
@@ -188,6 +189,13 @@ class StubConfig:
         parse=idempotency_key,
         collect=frozenset,
         metavar="TOPIC/PARTITION/OFFSET",
+    )
+    answer_body: Literal["none", "id"] = option(
+        "none",
+        'an accepted request\'s answer: none (204), or id (201 with {"id": its Idempotency-Key},'
+        " so a result names its record)",
+        parse=str,
+        choices=("none", "id"),
     )
     seed: int | None = option(None, "seed the fault draws for a repeatable run", parse=int)
     faults: tuple[FaultWindow, ...] = option(
