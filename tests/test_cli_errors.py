@@ -186,3 +186,33 @@ def test_a_count_out_of_range_is_a_usage_error_naming_the_flag(
     assert 2 == result.returncode, result.stdout + result.stderr
     assert args[-2] in result.stderr.splitlines()[-1]
     assert "Traceback" not in result.stderr
+
+
+def test_produce_avro_with_no_registry_running_says_so_in_one_line(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """``produce --avro`` before ``schema-registry``: one line naming --registry, exit 1."""
+    registry = f"http://127.0.0.1:{free_port()}"
+    schema = Path(__file__).resolve().parents[1] / "examples" / "order.avsc"
+    args = ["produce", "--bootstrap", kafka_bootstrap, "--topic", f"avro-{free_port()}"]
+
+    result = command(
+        tmp_path, *args, "--avro", str(schema), "--registry", registry, "--stdin", stdin="{}\n"
+    )
+
+    assert 1 == result.returncode, result.stdout + result.stderr
+    line = one_line(result.stderr)
+    assert "--registry" in line
+    assert registry in line
+
+
+def test_produce_avro_with_a_schema_file_that_is_not_there_is_a_usage_error(
+    tmp_path: Path,
+) -> None:
+    """A mistyped schema path: one line naming --avro, exit 2, before anything is sent."""
+    result = command(tmp_path, "produce", "--topic", "t", "--avro", "nosuch.avsc", "--stdin")
+
+    assert 2 == result.returncode, result.stdout + result.stderr
+    line = one_line(result.stderr)
+    assert "--avro" in line
+    assert "nosuch.avsc" in line

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import aiohttp
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
@@ -118,26 +119,41 @@ async def _as_avro(
 
 def main(args: argparse.Namespace) -> int:
     """Run ``produce`` and say how many records went where; a failure is one line, exit 1."""
-    if args.key_separator is not None and not args.stdin:
-        print(
-            "space-pipeline produce: --key-separator splits lines of --stdin; the samples have"
-            " keys of their own",
-            file=sys.stderr,
-        )
+    problem = _usage_problem(args)
+    if problem is not None:
+        print(f"space-pipeline produce: {problem}", file=sys.stderr)
         return 2
     # aiokafka logs its own view of a failure; the one line below says what it means here.
     configure_logging("CRITICAL", "console", stream=sys.stderr)
     try:
         written = asyncio.run(produce(args))
-    except KafkaConnectionError:
-        print(
-            f"space-pipeline produce: no Kafka broker answers at {args.bootstrap}: start one"
-            " (space-pipeline broker), or point --bootstrap at yours",
-            file=sys.stderr,
-        )
-        return 1
-    except KafkaError as error:
-        print(f"space-pipeline produce: Kafka at {args.bootstrap}: {error}", file=sys.stderr)
+    except (aiohttp.ClientError, KafkaError, ValueError) as error:
+        print(f"space-pipeline produce: {_failure(args, error)}", file=sys.stderr)
         return 1
     print(f"wrote {written} records to {args.topic} on {args.bootstrap}")
     return 0
+
+
+def _usage_problem(args: argparse.Namespace) -> str | None:
+    if args.key_separator is not None and not args.stdin:
+        return "--key-separator splits lines of --stdin; the samples have keys of their own"
+    if args.avro and not Path(args.avro).is_file():
+        return f"--avro {args.avro}: no such schema file"
+    return None
+
+
+def _failure(args: argparse.Namespace, error: Exception) -> str:
+    """What went wrong, and what to do about it."""
+    if isinstance(error, aiohttp.ClientError):  # only the schema registry is spoken to by HTTP
+        return (
+            f"no schema registry answers at {args.registry} ({error}): start one"
+            " (space-pipeline schema-registry), or point --registry at yours"
+        )
+    if isinstance(error, KafkaConnectionError):
+        return (
+            f"no Kafka broker answers at {args.bootstrap}: start one (space-pipeline broker),"
+            " or point --bootstrap at yours"
+        )
+    if isinstance(error, KafkaError):
+        return f"Kafka at {args.bootstrap}: {error}"
+    return str(error)  # the registry refused the schema, or a line is no JSON for --avro
