@@ -216,3 +216,13 @@ def test_produce_avro_with_a_schema_file_that_is_not_there_is_a_usage_error(
     line = one_line(result.stderr)
     assert "--avro" in line
     assert "nosuch.avsc" in line
+
+
+def test_schema_registry_on_a_busy_port_says_so_in_one_line(tmp_path: Path, busy_port: int) -> None:
+    """``schema-registry --port`` someone holds: one line naming --port, exit 2."""
+    result = command(tmp_path, "schema-registry", "--port", str(busy_port))
+
+    assert 2 == result.returncode, result.stdout + result.stderr
+    line = one_line(result.stderr)
+    assert "--port" in line
+    assert f"127.0.0.1:{busy_port}" in line
