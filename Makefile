@@ -3,8 +3,11 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# `make demo` alone installs only the `demo` extra, stamped apart: a later `make test` still
+# installs `dev` (which holds `demo`, so after it `make demo` installs nothing more).
+DEMO_STAMP := $(VENV)/.installed-demo
 
-.PHONY: install demo test lint typecheck unit tools bench chaos clean constraints
+.PHONY: install demo test lint typecheck unit tools bench chaos chart clean constraints
 
 install: $(STAMP)
 
@@ -40,12 +43,23 @@ tools:
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light >/dev/null; } \
 	  || echo "could not install nginx-light: the nginx conformance cases will be skipped"; }
 
-demo: install
-	$(BIN)/space-pipeline demo
+$(DEMO_STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[demo]" --constraint constraints.txt
+	touch $(DEMO_STAMP)
+
+demo: $(if $(wildcard $(STAMP)),$(STAMP),$(DEMO_STAMP))
+	$(BIN)/space-pipeline demo $(ARGS)
+
+# The chart's manifests, rendered offline with the Helm SDK the tests use (no helm binary):
+# VALUES=my-values.yaml for a values file, ARGS for more (--values, --release, --namespace).
+chart: install
+	$(BIN)/python tools/render_chart.py $(if $(VALUES),--values $(VALUES)) $(ARGS)
 
 lint: install
-	$(BIN)/ruff check pipeline tests bench examples
-	$(BIN)/ruff format --check pipeline tests bench examples
+	$(BIN)/ruff check pipeline tests bench examples tools
+	$(BIN)/ruff format --check pipeline tests bench examples tools
 
 typecheck: install
 	$(BIN)/mypy

@@ -32,6 +32,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, Settin
 from pipeline import tls
 from pipeline.checks import (
     check_forward_headers,
+    check_scheme,
     check_static_headers,
     import_exceptions,
     import_function,
@@ -225,6 +226,7 @@ class Settings(BaseSettings):
         if value is None:
             return None
         sample = url_template(value).sample()
+        check_scheme(sample)
         AnyHttpUrl(sample)  # raises with pydantic's own words when it is no http(s) URL
         return value
 
@@ -453,7 +455,9 @@ class Settings(BaseSettings):
                 yield ", ".join(given) + " only serve PIPELINE_VALUE_FORMAT=avro"
         if registry is not None:
             parts = urlsplit(registry)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
+            if "://" not in registry:
+                yield "PIPELINE_SCHEMA_REGISTRY_URL: no scheme: add http:// or https://"
+            elif parts.scheme not in ("http", "https") or not parts.hostname:
                 yield (
                     "PIPELINE_SCHEMA_REGISTRY_URL: must be an http(s) URL such as"
                     " https://registry.example:8081"
@@ -529,7 +533,9 @@ class Settings(BaseSettings):
         )
         if self.http_proxy is not None:
             proxy = urlsplit(self.http_proxy)
-            if proxy.scheme not in ("http", "https") or not proxy.hostname:
+            if "://" not in self.http_proxy:
+                yield "PIPELINE_HTTP_PROXY: no scheme: add http:// or https://"
+            elif proxy.scheme not in ("http", "https") or not proxy.hostname:
                 yield "PIPELINE_HTTP_PROXY: must be a URL such as http://proxy.example:3128"
             if self.http_client == "lean":
                 yield (
@@ -586,12 +592,56 @@ def load_settings(env_file: Path | None = Path(".env")) -> Settings:
         settings = Settings(_env_file=env_file)  # type: ignore[call-arg]
     except ValidationError as error:
         problems += describe_errors(error)
+        problems += _conflicts_among_the_rest(error, env_file)
     except SettingsError as error:  # a value pydantic-settings could not even decode
         problems.append(f"{error}")
     else:
         if not problems:
             return settings
     raise ConfigError(list(dict.fromkeys(problems)))
+
+
+# What a required setting that failed stands in with while the others are checked together.
+_STAND_INS: dict[str, object] = {
+    "kafka_bootstrap_servers": "stand-in:9092",
+    "kafka_topics": ("stand-in",),
+}
+
+
+def _conflicts_among_the_rest(error: ValidationError, env_file: Path | None) -> list[str]:
+    """The checks across settings, run on the settings that did parse.
+
+    pydantic runs a model validator only when every field passed, so a bad integer would hide a
+    missing dead-letter topic until the next run. The failed settings are loaded again with
+    their defaults standing in; a conflict naming one of them is dropped, as it would be about a
+    value the operator did not write.
+    """
+    failed = {str(e["loc"][0]) for e in error.errors() if e.get("loc")}
+    stand_ins: dict[str, Any] = {}
+    for name in failed:
+        field = Settings.model_fields.get(name)
+        if field is None:
+            return []
+        if field.is_required():
+            if name not in _STAND_INS:
+                return []
+            stand_ins[name] = _STAND_INS[name]
+        else:
+            stand_ins[name] = field.get_default(call_default_factory=True)
+    try:
+        Settings(_env_file=env_file, **stand_ins)  # type: ignore[call-arg]
+    except ValidationError as again:
+        named = tuple(env_name(name) for name in failed)
+        return [
+            line
+            for e in again.errors()
+            if not e.get("loc")
+            for line in e.get("msg", "").removeprefix("Value error, ").splitlines()
+            if not any(name in line for name in named)
+        ]
+    except SettingsError:
+        return []
+    return []
 
 
 def _read_env_file(path: Path | None) -> dict[str, str]:

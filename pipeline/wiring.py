@@ -26,7 +26,7 @@ from pipeline.admin import AdminApi, AdminPort
 from pipeline.checks import import_exceptions, import_function
 from pipeline.clock import Clock, SystemClock
 from pipeline.commit import Commits
-from pipeline.config import Settings, redactor
+from pipeline.config import Settings, env_name, redactor
 from pipeline.consumer import (
     ConsumerFactory,
     KafkaOptions,
@@ -457,5 +457,6 @@ def wire(
             live=stage.live,
             ready=stage.ready,
             admin=AdminApi(stage, admin_token) if admin_token else None,
+            settings=(env_name("metrics_host"), env_name("metrics_port")),
         ),
     )
