@@ -324,8 +324,11 @@ def test_a_proxy_setting_needs_the_aiohttp_client_and_a_proxy_url() -> None:
         "PIPELINE_HTTP_PROXY needs PIPELINE_HTTP_CLIENT=aiohttp (the lean client does not speak"
         " to proxies)"
     ] == problems(http_proxy="http://proxy:3128")
-    assert ["PIPELINE_HTTP_PROXY: must be a URL such as http://proxy.example:3128"] == problems(
+    assert ["PIPELINE_HTTP_PROXY: no scheme: add http:// or https://"] == problems(
         http_proxy="proxy:3128", http_client="aiohttp"
+    )
+    assert ["PIPELINE_HTTP_PROXY: must be a URL such as http://proxy.example:3128"] == problems(
+        http_proxy="http://", http_client="aiohttp"
     )
     assert [] == problems(http_proxy="http://user:pw@proxy:3128", http_client="aiohttp")
 

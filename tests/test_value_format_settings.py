@@ -71,9 +71,16 @@ def test_registry_settings_without_avro_are_a_problem(env: pytest.MonkeyPatch) -
 
 def test_a_registry_url_must_be_http(env: pytest.MonkeyPatch) -> None:
     env.setenv("PIPELINE_VALUE_FORMAT", "avro")
-    env.setenv("PIPELINE_SCHEMA_REGISTRY_URL", "sr:8081")
+    env.setenv("PIPELINE_SCHEMA_REGISTRY_URL", "ftp://sr:8081")
 
     assert error_line().startswith("PIPELINE_SCHEMA_REGISTRY_URL: must be an http(s) URL")
+
+
+def test_a_registry_url_without_a_scheme_is_told_to_add_one(env: pytest.MonkeyPatch) -> None:
+    env.setenv("PIPELINE_VALUE_FORMAT", "avro")
+    env.setenv("PIPELINE_SCHEMA_REGISTRY_URL", "sr:8081")
+
+    assert "PIPELINE_SCHEMA_REGISTRY_URL: no scheme: add http:// or https://" == error_line()
 
 
 def test_a_username_needs_its_password(env: pytest.MonkeyPatch) -> None:
