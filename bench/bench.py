@@ -21,10 +21,16 @@ its own process, and each contender in its own process, so its CPU time (/proc) 
 - ``folk``: ``await asyncio.create_task(send(record))`` one at a time (bench/folk.py).
 - ``key``: the stage with ``PIPELINE_ORDERING=key`` (distinct keys), API at 20 ms.
 - ``sender``: ``OrderedSender`` alone with a no-op send, next to a bare ``await`` loop.
+- ``body``: the HTTP sink building requests alone (bench/shaping_alone.py): CPU per record with
+  a body expression (``PIPELINE_SPACE_API_BODY``, the issue's example and a pick of fields)
+  against plain JSON values sent as they are, and decoded and re-encoded. Reported, no target.
 - ``latency``: end-to-end latency, the Kafka record timestamp (CreateTime) to the API's acceptance,
   p50 and p99, at a steady half of the API's limit (20 ms, 8 partitions: 200/s): the stage for
   20 s and the baseline for 10 s, each at the default ``PIPELINE_KAFKA_FETCH_MAX_WAIT_MS`` (500)
   and at 10 ms (bench/steady.py). Reported, no target.
+- ``avro``: CPU per record of ``PIPELINE_VALUE_FORMAT=avro`` (wire format, schema from the warm
+  registry cache, fastavro, the JSON mapping, the body serialised) against ``json`` (parse and
+  serialise) for one order record of 8 fields (bench/decode_cost.py). Reported, no target.
 
     python bench/bench.py [--quick] [--only ROW ...] [--backlog 1000000] [--repeat 3]
     make bench ARGS="--quick --only zero"
@@ -76,6 +82,7 @@ STAGE = [str(_SCRIPT), "run"] if _SCRIPT.exists() else [PY, "-m", "pipeline", "r
 BASELINE = [PY, str(BENCH / "baseline.py")]
 ROWS = (
     "zero", "api20", "backlog", "startup", "batch", "function", "folk", "key", "sender", "latency",
+    "body", "avro",
 )  # fmt: skip
 FETCH_WAITS_MS = (500, 10)  # aiokafka's default, and a low one
 MB = 10**6
@@ -91,13 +98,15 @@ class Sizes:
     batch: int = 160_000
     folk: int = 1_000
     sender: int = 200_000
+    body: int = 50_000
     starts: int = 3
+    decode: int = 100_000
     latency_s: dict[str, float] = field(default_factory=lambda: {"stage": 20, "baseline": 10})
 
 
 QUICK = Sizes(
     zero_per_partition=500, api20=800, backlog=20_000, batch=16_000, folk=200,
-    sender=20_000, starts=1, latency_s={"stage": 5, "baseline": 5},
+    sender=20_000, body=10_000, starts=1, latency_s={"stage": 5, "baseline": 5}, decode=10_000,
 )  # fmt: skip
 
 
@@ -491,6 +500,53 @@ class Bench:
                 "floor: bare `await send(item)` loop", items, bare["seconds"],
                 bare["cpu"] / items * 1000, None, "",
                 f"{bare['seconds'] / items * 1e6:.2f} us/item",
+            )
+        )  # fmt: skip
+
+    async def body(self) -> None:
+        out = await asyncio.to_thread(
+            subprocess.run, [PY, str(BENCH / "shaping_alone.py"), str(self.sizes.body)],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        result = json.loads(out.stdout)
+        records, cpu = result["records"], result["cpu"]
+        plain = cpu["bytes"]
+        ways = (
+            ("bytes", "plain JSON value sent as it is (default)", "reference"),
+            ("decoded", "JSON value decoded, sent re-encoded", "reported"),
+            ("fields", "body expression picking 3 fields", "reported"),
+            ("expression", "body expression, the issue's example", "reported"),
+        )
+        for way, what, target in ways:
+            per_record = cpu[way] / records * 1e6
+            self.lines.append(
+                Line(
+                    f"HTTP sink building requests: {what}", records, None,
+                    cpu[way] / records * 1000, None, target,
+                    f"{per_record:.1f} us/record, {cpu[way] / plain:.1f} x plain JSON",
+                )
+            )  # fmt: skip
+
+    async def avro(self) -> None:
+        out = await asyncio.to_thread(
+            subprocess.run, [PY, str(BENCH / "decode_cost.py"), str(self.sizes.decode)],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        result = json.loads(out.stdout)
+        count, avro, plain = result["records"], result["avro"], result["json"]
+        avro_us, json_us = avro["cpu"] / count * 1e6, plain["cpu"] / count * 1e6
+        self.lines.append(
+            Line(
+                f"decode an Avro value ({avro['bytes']} B) via the registry, to a JSON body",
+                count, avro["cpu"], avro["cpu"] / count * 1000, None, "reported",
+                f"{avro_us:.1f} us/record, {avro_us / json_us:.1f}x JSON",
+            )
+        )  # fmt: skip
+        self.lines.append(
+            Line(
+                f"parse the same as a JSON value ({plain['bytes']} B), to a JSON body",
+                count, plain["cpu"], plain["cpu"] / count * 1000, None, "",
+                f"{json_us:.1f} us/record",
             )
         )  # fmt: skip
 

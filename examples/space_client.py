@@ -8,6 +8,7 @@ named by ``SPACE_CLIENT_DOWN`` exists).
 
 Run the stage with it, from this directory::
 
+    PIPELINE_KAFKA_GROUP_ID=space-client-example \\
     PIPELINE_SINK_FUNCTION=space_client:send_to_space \\
     PIPELINE_SINK_ARGUMENT=json \\
     PIPELINE_SINK_REJECT_EXCEPTIONS=space_client.SpaceRejected \\

@@ -42,6 +42,18 @@ def check_url_template(url: str) -> str:
         raise ValueError(msg) from None
 
 
+def check_scheme(url: str) -> None:
+    """``ValueError`` saying what to add when ``url`` has no scheme (``host:port/path``).
+
+    pydantic calls ``127.0.0.1:8080/items`` "a relative URL without a base", and reads
+    ``localhost:8080`` as the scheme ``localhost``: a person means an address, and needs to hear
+    the one thing missing.
+    """
+    if "://" not in url:
+        msg = "no scheme: add http:// or https://"
+        raise ValueError(msg)
+
+
 def check_forward_headers(names: Iterable[str]) -> None:
     """``ValueError`` naming a header no record may send.
 

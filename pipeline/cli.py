@@ -2,9 +2,9 @@
 
 ``run`` is the stage itself and ``config`` shows what it would run with; ``offsets`` shows and
 moves the group's offsets (a replay); ``status``, ``skip``, ``pause`` and ``resume`` call a
-running stage's admin API (``pipeline.admin_client``). ``demo``, ``stub-api``, ``broker`` and
-``produce`` are tools for trying it (``pipeline.dev``), imported only when asked for, so ``run``
-starts without them.
+running stage's admin API (``pipeline.admin_client``). ``demo``, ``stub-api``, ``broker``,
+``schema-registry`` and ``produce`` are tools for trying it (``pipeline.dev``), imported only when
+asked for, so ``run`` starts without them.
 
 Exit codes: 0 after a graceful stop, 1 on a fatal error (one log line says which), 2 on bad
 configuration (one line per problem, each naming the setting), 128 + signal number when a second
@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -26,7 +27,7 @@ import structlog
 
 from pipeline import __version__
 from pipeline.config import Settings, as_text, describe, env_name, load_settings, redactor
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, PipelineError
 from pipeline.logging import configure_logging
 
 EXIT_FATAL = 1
@@ -132,14 +133,25 @@ def _stub_api(args: argparse.Namespace) -> int:
         print(f"space-pipeline stub-api: {error}", file=sys.stderr)
         return EXIT_CONFIG
     configure_logging("INFO")
-    return _until_interrupted(lambda: stub_api.serve(config, args.host, args.port))
+    return _until_interrupted(args, lambda: stub_api.serve(config, args.host, args.port))
 
 
 def _broker(args: argparse.Namespace) -> int:
     from pipeline.dev import broker  # noqa: PLC0415
 
     configure_logging("WARNING")
-    return _until_interrupted(lambda: broker.serve(args.host, args.port, durable=args.durable))
+    return _until_interrupted(
+        args, lambda: broker.serve(args.host, args.port, durable=args.durable)
+    )
+
+
+def _schema_registry(args: argparse.Namespace) -> int:
+    from pipeline.dev import schema_registry  # noqa: PLC0415
+
+    configure_logging("WARNING")
+    return _until_interrupted(
+        args, lambda: schema_registry.serve(args.host, args.port, args.username, args.password)
+    )
 
 
 def _produce(args: argparse.Namespace) -> int:
@@ -154,8 +166,15 @@ def _offsets(args: argparse.Namespace) -> int:
     return group_offsets.main(args)
 
 
-def _until_interrupted(serve: Callable[[], Coroutine[Any, Any, None]]) -> int:
-    """Run a foreground tool until Ctrl-C or SIGTERM; both are a normal way to stop it."""
+def _until_interrupted(
+    args: argparse.Namespace, serve: Callable[[], Coroutine[Any, Any, None]]
+) -> int:
+    """Run a foreground tool until Ctrl-C or SIGTERM; both are a normal way to stop it.
+
+    A port someone else holds, or a tool that ends on its own, is one line saying what to do,
+    not a traceback.
+    """
+    name = f"space-pipeline {args.command}"
 
     async def main() -> None:
         task = asyncio.current_task()
@@ -164,10 +183,36 @@ def _until_interrupted(serve: Callable[[], Coroutine[Any, Any, None]]) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, task.cancel)
         with contextlib.suppress(asyncio.CancelledError):
+            _check_bindable(args.host, args.port)
             await serve()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except OSError as error:
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        print(
+            f"{name}: cannot listen on {args.host}:{args.port} ({reason.lower()}):"
+            " choose another --port (0 for any free one) or --host",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    except PipelineError as error:
+        print(f"{name}: {error}", file=sys.stderr)
+        return EXIT_FATAL
     return 0
+
+
+def _check_bindable(host: str, port: int) -> None:
+    """Raise ``OSError`` now if ``host:port`` cannot be listened on.
+
+    The embedded broker is a child process that would only panic about it; the stub API would
+    raise the same error later, from deeper down.
+    """
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind
+        probe.bind((host, port))
 
 
 def _settings_help() -> str:
@@ -237,10 +282,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="embedded broker + stub Space API + the stage, with live progress"
     )
-    demo.add_argument("--partitions", type=int, default=8, help="partitions (default 8)")
-    demo.add_argument("--records", type=int, default=4000, help="records to send (default 4000)")
+    demo.add_argument("--partitions", type=at_least(1), default=8, help="partitions (default 8)")
     demo.add_argument(
-        "--latency-ms", type=float, default=20.0, help="stub API latency (default 20)"
+        "--records", type=at_least(1), default=4000, help="records to send (default 4000)"
+    )
+    demo.add_argument(
+        "--latency-ms", type=at_least(0, float), default=20.0, help="stub API latency (default 20)"
     )
     demo.add_argument(
         "--fault",
@@ -254,6 +301,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         "stub-api": ("a reference Space API receiver that checks order", _stub_api),
         "broker": ("an embedded Kafka-protocol broker (tansu) in the foreground", _broker),
         "produce": ("write sample records, or stdin lines, to a topic", _produce),
+        "schema-registry": ("a local schema registry in memory, for Avro topics", _schema_registry),
     }
     for name, (text, handler) in tools.items():
         tool = commands.add_parser(name, help=text)
@@ -263,11 +311,28 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def at_least(minimum: float, kind: Callable[[str], float] = int) -> Callable[[str], float]:
+    """An argparse type: a number of ``kind`` not below ``minimum``, else a usage error (2)."""
+
+    def number(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum:g}, got {text}")
+        return value
+
+    return number
+
+
 def _tool_arguments(name: str, parser: argparse.ArgumentParser) -> None:
     if name == "stub-api":
         from pipeline.dev import stub_api as module  # noqa: PLC0415
     elif name == "broker":
         from pipeline.dev import broker as module  # type: ignore[no-redef]  # noqa: PLC0415
+    elif name == "schema-registry":
+        from pipeline.dev import schema_registry as module  # type: ignore[no-redef]  # noqa: PLC0415
     else:
         from pipeline.dev import produce as module  # type: ignore[no-redef]  # noqa: PLC0415
     module.add_arguments(parser)

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import socket
+import ssl
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -31,8 +32,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, Settin
 from pipeline import tls
 from pipeline.checks import (
     check_forward_headers,
+    check_scheme,
     check_static_headers,
-    check_url_template,
     import_exceptions,
     import_function,
 )
@@ -45,6 +46,13 @@ from pipeline.policy import (
     parse_statuses,
 )
 from pipeline.redaction import MASK, Redactor, header_secrets, mask_url, secret_name, url_secrets
+from pipeline.shaping import (
+    OPERATOR_NAMES,
+    BodyExpression,
+    Template,
+    header_templates,
+    url_template,
+)
 
 ENV_PREFIX = "PIPELINE_"
 
@@ -126,6 +134,8 @@ class Settings(BaseSettings):
     space_api_client_cert_file: Path | None = None
     space_api_client_key_file: Path | None = None
     space_api_compression: Literal["none", "gzip", "zstd"] = "none"
+    # Shaping the body: a JMESPath expression over the record (pipeline/shaping.py).
+    space_api_body: str | None = None
     http_client: Literal["lean", "aiohttp"] = "lean"
     http_proxy: str | None = None
     forward_headers: Annotated[tuple[str, ...], NoDecode] = ("traceparent", "tracestate")
@@ -139,6 +149,13 @@ class Settings(BaseSettings):
     sink_function: str | None = None
     sink_argument: Literal["record", "value", "json"] = "record"
     sink_reject_exceptions: Annotated[tuple[str, ...], NoDecode] = ()
+
+    # Value formats: what a value's bytes mean (a schema registry for Avro)
+    value_format: Literal["bytes", "json", "avro", "json-schema"] = "bytes"
+    schema_registry_url: str | None = None
+    schema_registry_username: str | None = None
+    schema_registry_password: SecretStr | None = None
+    schema_registry_ca_file: Path | None = None
 
     # Ordered batching: consecutive records of one lane per request
     batch_max_records: PositiveInt = 1
@@ -154,6 +171,11 @@ class Settings(BaseSettings):
     dead_letter_max_per_minute: PositiveInt = 60
     dead_letter_idempotence: bool = True
     skip_records: Annotated[frozenset[str], NoDecode] = frozenset()
+
+    # The API's answer: each accepted request's answer produced to a topic
+    result_topic: str | None = None
+    result_max_bytes: PositiveInt = 1024 * 1024
+    result_idempotence: bool = True
     max_record_age_s: Annotated[float | None, Field(gt=0)] = None  # off: any age is sent
 
     # The API as one shared resource
@@ -203,8 +225,16 @@ class Settings(BaseSettings):
     def _check_url(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        sample = check_url_template(value)
+        sample = url_template(value).sample()
+        check_scheme(sample)
         AnyHttpUrl(sample)  # raises with pydantic's own words when it is no http(s) URL
+        return value
+
+    @field_validator("space_api_body")
+    @classmethod
+    def _compile_body(cls, value: str | None) -> str | None:
+        if value is not None:
+            BodyExpression(value)  # a ValueError in one line saying what is wrong
         return value
 
     @field_validator("sink_function")
@@ -249,6 +279,7 @@ class Settings(BaseSettings):
             if "\r" in text or "\n" in text or "\0" in text:
                 msg = f"the value of {name!r} holds a line break or NUL"
                 raise ValueError(msg)
+        header_templates(value)
         return value
 
     @field_validator("retry_statuses", "auth_statuses", mode="before")
@@ -345,10 +376,21 @@ class Settings(BaseSettings):
             )
         yield from self._sink_conflicts()
         yield from self._header_conflicts()
+        yield from self._format_conflicts()
+        yield from self._shaping_conflicts()
+        yield from self._written_topic_conflicts()
+
+    def _written_topic_conflicts(self) -> Iterator[str]:
+        """A topic the stage writes must not be one it reads: what it writes would come back."""
         if self.dead_letter_topic in self.kafka_topics:
             yield (
                 "PIPELINE_DEAD_LETTER_TOPIC must not be one of PIPELINE_KAFKA_TOPICS: rejected "
                 "records would come round again"
+            )
+        if self.result_topic in self.kafka_topics:
+            yield (
+                "PIPELINE_RESULT_TOPIC must not be one of PIPELINE_KAFKA_TOPICS: results would"
+                " come round again as records"
             )
 
     def _sink_conflicts(self) -> Iterator[str]:
@@ -393,6 +435,86 @@ class Settings(BaseSettings):
                     " or no batch ever fills"
                 )
 
+    def _format_conflicts(self) -> Iterator[str]:
+        """A value format without what it needs, or registry settings nothing would use."""
+        registry = self.schema_registry_url
+        if self.value_format == "avro" and registry is None:
+            yield "PIPELINE_VALUE_FORMAT=avro needs PIPELINE_SCHEMA_REGISTRY_URL"
+        if self.value_format != "avro":
+            given = [
+                env_name(name)
+                for name in (
+                    "schema_registry_url",
+                    "schema_registry_username",
+                    "schema_registry_password",
+                    "schema_registry_ca_file",
+                )
+                if getattr(self, name) is not None
+            ]
+            if given:
+                yield ", ".join(given) + " only serve PIPELINE_VALUE_FORMAT=avro"
+        if registry is not None:
+            parts = urlsplit(registry)
+            if "://" not in registry:
+                yield "PIPELINE_SCHEMA_REGISTRY_URL: no scheme: add http:// or https://"
+            elif parts.scheme not in ("http", "https") or not parts.hostname:
+                yield (
+                    "PIPELINE_SCHEMA_REGISTRY_URL: must be an http(s) URL such as"
+                    " https://registry.example:8081"
+                )
+        if (self.schema_registry_username is None) != (self.schema_registry_password is None):
+            yield (
+                "PIPELINE_SCHEMA_REGISTRY_USERNAME and PIPELINE_SCHEMA_REGISTRY_PASSWORD go"
+                " together (basic auth)"
+            )
+        ca_file = self.schema_registry_ca_file
+        if ca_file is not None:
+            if not ca_file.is_file():
+                yield f"PIPELINE_SCHEMA_REGISTRY_CA_FILE: no such file: {ca_file}"
+            else:
+                try:
+                    tls.ssl_context(ca_file)
+                except (OSError, ssl.SSLError) as error:
+                    yield (
+                        "PIPELINE_SCHEMA_REGISTRY_CA_FILE: cannot be loaded as PEM certificates"
+                        f" ({error})"
+                    )
+        function = self.sink_function is not None
+        if function and self.value_format != "bytes" and self.sink_argument != "json":
+            yield (
+                f"PIPELINE_VALUE_FORMAT={self.value_format} with PIPELINE_SINK_FUNCTION needs"
+                " PIPELINE_SINK_ARGUMENT=json: the function gets the decoded value"
+            )
+
+    def _shaping_conflicts(self) -> Iterator[str]:
+        """A body expression without the API, templates that a batch cannot fill."""
+        if self.space_api_body is not None and self.sink_function is not None:
+            yield (
+                "PIPELINE_SPACE_API_BODY shapes requests to the API, and PIPELINE_SINK_FUNCTION"
+                " gets the records themselves: set one"
+            )
+        if self.batch_max_records > 1 and (placeholders := self._record_placeholders()):
+            yield (
+                f"{placeholders} in PIPELINE_SPACE_API_URL or _HEADERS name one record, but"
+                " with PIPELINE_BATCH_MAX_RECORDS > 1 a request carries many"
+            )
+
+    def _record_placeholders(self) -> str:
+        """The URL and header placeholders a batch cannot fill: those of one record's own.
+
+        ``{key}`` is checked on its own: a batch of one key (``PIPELINE_ORDERING=key``) has one.
+        """
+        url = Template(self.space_api_url or "").placeholders
+        headers = header_templates(self.space_api_headers).values()
+        keyed = self.ordering == "key"
+        found = {
+            f"{{{placeholder.source}}}"
+            for placeholder in (*url, *(p for t in headers for p in t.placeholders))
+            if placeholder.root not in OPERATOR_NAMES
+            and not (placeholder.source == "key" and (keyed or placeholder in url))
+        }
+        return ", ".join(sorted(found))
+
     def _header_conflicts(self) -> Iterator[str]:
         static_authorization = any(
             name.lower() == "authorization" for name in self.space_api_headers
@@ -411,7 +533,9 @@ class Settings(BaseSettings):
         )
         if self.http_proxy is not None:
             proxy = urlsplit(self.http_proxy)
-            if proxy.scheme not in ("http", "https") or not proxy.hostname:
+            if "://" not in self.http_proxy:
+                yield "PIPELINE_HTTP_PROXY: no scheme: add http:// or https://"
+            elif proxy.scheme not in ("http", "https") or not proxy.hostname:
                 yield "PIPELINE_HTTP_PROXY: must be a URL such as http://proxy.example:3128"
             if self.http_client == "lean":
                 yield (
@@ -468,12 +592,56 @@ def load_settings(env_file: Path | None = Path(".env")) -> Settings:
         settings = Settings(_env_file=env_file)  # type: ignore[call-arg]
     except ValidationError as error:
         problems += describe_errors(error)
+        problems += _conflicts_among_the_rest(error, env_file)
     except SettingsError as error:  # a value pydantic-settings could not even decode
         problems.append(f"{error}")
     else:
         if not problems:
             return settings
     raise ConfigError(list(dict.fromkeys(problems)))
+
+
+# What a required setting that failed stands in with while the others are checked together.
+_STAND_INS: dict[str, object] = {
+    "kafka_bootstrap_servers": "stand-in:9092",
+    "kafka_topics": ("stand-in",),
+}
+
+
+def _conflicts_among_the_rest(error: ValidationError, env_file: Path | None) -> list[str]:
+    """The checks across settings, run on the settings that did parse.
+
+    pydantic runs a model validator only when every field passed, so a bad integer would hide a
+    missing dead-letter topic until the next run. The failed settings are loaded again with
+    their defaults standing in; a conflict naming one of them is dropped, as it would be about a
+    value the operator did not write.
+    """
+    failed = {str(e["loc"][0]) for e in error.errors() if e.get("loc")}
+    stand_ins: dict[str, Any] = {}
+    for name in failed:
+        field = Settings.model_fields.get(name)
+        if field is None:
+            return []
+        if field.is_required():
+            if name not in _STAND_INS:
+                return []
+            stand_ins[name] = _STAND_INS[name]
+        else:
+            stand_ins[name] = field.get_default(call_default_factory=True)
+    try:
+        Settings(_env_file=env_file, **stand_ins)  # type: ignore[call-arg]
+    except ValidationError as again:
+        named = tuple(env_name(name) for name in failed)
+        return [
+            line
+            for e in again.errors()
+            if not e.get("loc")
+            for line in e.get("msg", "").removeprefix("Value error, ").splitlines()
+            if not any(name in line for name in named)
+        ]
+    except SettingsError:
+        return []
+    return []
 
 
 def _read_env_file(path: Path | None) -> dict[str, str]:
@@ -554,6 +722,7 @@ def redactor(settings: Settings) -> Redactor:
             s.kafka_sasl_password,
             s.kafka_ssl_keyfile_password,
             s.admin_token,
+            s.schema_registry_password,
         )
         if secret is not None
     ]
@@ -564,7 +733,7 @@ def redactor(settings: Settings) -> Redactor:
         for name, value in s.oauth2_extra_params.items()
         if secret_name(name) or len(value) >= EXTRA_PARAM_SECRET_CHARS
     ]
-    for url in (s.space_api_url, s.oauth2_token_url, s.http_proxy):
+    for url in (s.space_api_url, s.oauth2_token_url, s.http_proxy, s.schema_registry_url):
         secrets += url_secrets(url) if url else []
     return Redactor.of(secrets)
 

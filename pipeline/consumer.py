@@ -416,6 +416,19 @@ class KafkaSource:
                 result[tp] = Committed(meta.offset, meta.metadata or "")
         return result
 
+    async def bounds(self, tps: Collection[TopicPartition]) -> dict[TopicPartition, range]:
+        """The offsets each partition holds now, first to end (one request each way).
+
+        Under ``read_committed`` the end is the last stable offset, as for :meth:`end_offset`.
+        """
+        if not tps:
+            return {}
+        consumer = self._consumer
+        firsts, ends = await asyncio.gather(
+            consumer.beginning_offsets(list(tps)), consumer.end_offsets(list(tps))
+        )
+        return {tp: range(firsts[tp], ends[tp]) for tp in tps}
+
     async def commit(self, offsets: Mapping[TopicPartition, Committed]) -> None:
         """Commit explicit offsets (never the fetch position: that may be ahead of delivery)."""
         await self._consumer.commit(

@@ -8,7 +8,9 @@
     │   ├── RetryableSendError     try again later: 408, 409, 425, 429, 5xx, timeouts, connections
     │   ├── AuthError              401/403/407 or no token: an outage of the whole API, retried
     │   ├── ConfigOutageError      a redirect or an untrusted certificate: the URL setting is wrong
+    │   ├── RegistryError          the schema registry is down, failing or refusing us: an outage
     │   ├── UnexpectedSendError    a failure nobody foresaw (a bug): retried a few times only
+    │   ├── ResultError            accepted, but the answer can never be written to the result topic
     │   └── RejectedError          the API refused the item for good: any other non-2xx
     │       ├── InvalidRecordError     the record cannot become a valid request
     │       └── DeadLetterError        refused, and its dead letter can never be written either
@@ -20,9 +22,10 @@
     ├── AdminRefusedError      an admin call cannot be done as asked (409, 404, 503)
     └── BrokerError            the embedded Kafka broker could not start
 
-Retry decisions read the ``retryable``, ``retry_after`` and ``max_attempts`` attributes, never
-messages; the API gate reads ``outage`` and ``reason`` the same way. Any exception type may carry
-them, so a user's own send function can steer the sender and the gate like the HTTP sink does.
+Retry decisions read the ``retryable``, ``retry_after``, ``max_attempts`` and ``delivered``
+attributes, never messages; the API gate reads ``outage`` and ``reason`` the same way. Any
+exception type may carry them, so a user's own send function can steer the sender and the gate
+like the HTTP sink does.
 """
 
 from __future__ import annotations
@@ -117,6 +120,19 @@ class ConfigOutageError(SendError):
         self.location = location
 
 
+class RegistryError(SendError):
+    """The schema registry could not say what a schema id means: down, 5xx, slow, or refusing us.
+
+    No record is at fault (its schema may be perfectly known to a registry that answers), so it
+    is an outage like :class:`AuthError`: everything waits, one probe at a time, until the
+    registry answers again. An id the registry does not know is the record's fault instead: an
+    :class:`InvalidRecordError`.
+    """
+
+    retryable = True
+    outage = "registry"
+
+
 class RejectedError(SendError):
     """The API refused the item; sending it again would not change the answer."""
 
@@ -138,6 +154,19 @@ class UnexpectedSendError(SendError):
 
     retryable = True
     max_attempts: ClassVar[int] = 5
+
+
+class ResultError(SendError):
+    """The API accepted the item, but its answer can never become a record of the result topic.
+
+    The topic is gone, writing is not allowed, the function's return value is not JSON: the
+    lane halts at the item, which is not committed, as when a dead letter cannot be written.
+    It is no rejection (the item must not be dead-lettered: the API has it), and a batch is not
+    split to find a culprit, which would deliver its records again: ``delivered`` says so.
+    """
+
+    retryable = False
+    delivered: ClassVar[bool] = True
 
 
 class InvalidRecordError(RejectedError):

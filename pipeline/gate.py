@@ -14,8 +14,9 @@ them applies to all:
   that doubles up to the maximum backoff. The first success closes it.
 - **Refusals.** Answers that no record could pass block everything the same way, from the first
   one: only a probe at a time, until the API accepts again. An error's ``outage`` names the kind:
-  ``auth`` (a 401/403/407, or no token to be had) or ``config`` (the endpoint setting is wrong:
-  a redirect, an untrusted certificate). What the error says is the outage's detail, shown by
+  ``auth`` (a 401/403/407, or no token to be had), ``config`` (the endpoint setting is wrong:
+  a redirect, an untrusted certificate) or ``registry`` (the schema registry that values are
+  decoded with is down or refuses us). What the error says is the outage's detail, shown by
   ``/readyz`` and logged once per change, so the operator reads the status and where a redirect
   points, or what is wrong with the certificate, without a line per probe.
 
@@ -78,6 +79,7 @@ class GateLimits:
 _REFUSALS = {
     "auth": ("gate.auth_failing", "the Space API refuses our credentials"),
     "config": ("gate.endpoint_wrong", "the configured Space API endpoint is wrong"),
+    "registry": ("gate.registry_failing", "the schema registry does not answer"),
 }
 ENDPOINT_FAULTS = ("redirect", "tls")  # the reasons counted by name; any other is "other"
 
@@ -186,6 +188,7 @@ class ApiGate:
         metrics.CIRCUIT_STATE_SECONDS.set(self._clock.monotonic() - self._state_since)
         metrics.AUTH_OUTAGE.set(int(self.auth_failing))
         metrics.ENDPOINT_OUTAGE.set(int(self._outage is not None and self._outage.kind == "config"))
+        metrics.SCHEMA_REGISTRY_OUTAGE.set(self.outage == "registry")
 
     # Admission
 

@@ -31,6 +31,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import (
     CommitFailedError,
     IllegalGenerationError,
+    KafkaConnectionError,
     KafkaError,
     RebalanceInProgressError,
     UnknownMemberIdError,
@@ -522,6 +523,7 @@ def main(args: argparse.Namespace) -> int:
     """
     # aiokafka logs its own view of a failure; the one line below says what it means here.
     configure_logging("CRITICAL", "console", stream=sys.stderr)
+    settings: Settings | None = None
     try:
         settings = load_settings(args)
         asyncio.run(args.run(settings, args))
@@ -531,6 +533,14 @@ def main(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     except GroupActiveError as error:
         print(f"{PROG}: refused, nothing committed: {error}; stop them first", file=sys.stderr)
+        return EXIT_REFUSED
+    except KafkaConnectionError:
+        where = settings.kafka_bootstrap_servers if settings is not None else "the brokers"
+        print(
+            f"{PROG}: no Kafka broker answers at {where}: check --bootstrap"
+            " (or PIPELINE_KAFKA_BOOTSTRAP_SERVERS)",
+            file=sys.stderr,
+        )
         return EXIT_REFUSED
     except KafkaError as error:
         print(f"{PROG}: Kafka: {error!r}", file=sys.stderr)

@@ -5,7 +5,8 @@ per request. On a fast Space API that generality is most of the stage's CPU per 
 about 60 us of CPU per request, where this client takes a fraction; see the README's benchmark).
 This client keeps only what the sink needs: keep-alive connections to the API, a request written
 in one piece, and the answer read with ``httptools`` (uvicorn's C parser of llhttp): status,
-``Retry-After``, ``Location``, and the body of a failure or of a token answer.
+``Retry-After``, ``Location``, and the body of a failure or of a token answer (or, for the
+result topic, the body and ``Content-Type`` of an accepted answer, kept up to a limit).
 
 It does what RFC 9110 asks of every client: interim ``1xx`` answers are skipped, the URL is
 percent-encoded as aiohttp (yarl) encodes it, ``user:password@`` in the URL becomes
@@ -71,6 +72,8 @@ class _Connection(asyncio.Protocol):
         self._keep_alive = True
         self._want_body = False
         self._max_body: int | None = None
+        self._keep_body: int | None = None
+        self._content_type: str | None = None
         self.answered = False
 
     # asyncio.Protocol
@@ -115,6 +118,8 @@ class _Connection(asyncio.Protocol):
             self._retry_after = value.decode("latin-1")
         elif len(name) == 8 and name.lower() == b"location":
             self._location = value.decode("latin-1")
+        elif self._keep_body is not None and len(name) == 12 and name.lower() == b"content-type":
+            self._content_type = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         self._status = self._parser.get_status_code()
@@ -122,6 +127,12 @@ class _Connection(asyncio.Protocol):
         self.answered = self._status >= 200
 
     def on_body(self, body: bytes) -> None:
+        keep = self._keep_body
+        if keep is not None and 200 <= self._status < 300:  # kept up to the limit, counted on
+            if self._body_size < keep:
+                self._body.append(body[: keep - self._body_size])
+            self._body_size += len(body)
+            return
         excerpt = not 200 <= self._status < 300 and self._body_size < BODY_EXCERPT_BYTES
         if self._want_body or excerpt:
             self._body.append(body)
@@ -142,13 +153,18 @@ class _Connection(asyncio.Protocol):
     # The exchange
 
     def exchange(
-        self, request: bytes, want_body: bool, max_body: int | None = None
+        self,
+        request: bytes,
+        want_body: bool,
+        max_body: int | None = None,
+        keep_body: int | None = None,
     ) -> asyncio.Future[Answer]:
         """Write ``request`` and return the future of its answer."""
         assert self.transport is not None  # noqa: S101 - connected
         self._status, self._retry_after, self._location = 0, None, None
-        self._body, self._body_size = [], 0
+        self._body, self._body_size, self._content_type = [], 0, None
         self._want_body, self._max_body, self.answered = want_body, max_body, False
+        self._keep_body = keep_body
         self._waiter = asyncio.get_running_loop().create_future()
         self.transport.write(request)
         return self._waiter
@@ -177,6 +193,12 @@ class _Connection(asyncio.Protocol):
 
     def _answer(self) -> Answer:
         body = b"".join(self._body)
+        keep = self._keep_body
+        if keep is not None and 200 <= self._status < 300:
+            truncated = self._body_size > keep
+            return Answer(
+                self._status, body=body, content_type=self._content_type, truncated=truncated
+            )
         if not self._want_body:
             body = body[:BODY_EXCERPT_BYTES]
         return Answer(self._status, self._retry_after, body, self._location)
@@ -215,6 +237,7 @@ class LeanClient(ClosingClient):
         *,
         read_body: bool = False,
         max_body: int | None = None,
+        keep_body: int | None = None,
     ) -> Answer:
         """Send one request and read what the sink needs of the answer."""
         try:
@@ -222,27 +245,27 @@ class LeanClient(ClosingClient):
             request = _serialize(method, target, headers, body)
         except ValueError as error:  # UnicodeError included: not a request anyone can send
             raise failure(error) from error
+        body_wanted = (read_body, max_body, keep_body)
         origin = target.origin
         idle = self._idle.get(origin)
         while idle:
             connection = idle.pop()
             if connection.untouched():
-                return await self._exchange(origin, connection, request, read_body, max_body)
+                return await self._exchange(origin, connection, request, body_wanted)
             connection.close()  # closed by the server while idle: nothing was sent on it
         connection = await self._connect(origin)
-        return await self._exchange(origin, connection, request, read_body, max_body)
+        return await self._exchange(origin, connection, request, body_wanted)
 
     async def _exchange(
         self,
         origin: _Origin,
         connection: _Connection,
         request: bytes,
-        read_body: bool,
-        max_body: int | None = None,
+        body_wanted: tuple[bool, int | None, int | None],
     ) -> Answer:
         try:
             async with asyncio.timeout(self._timeouts.read):
-                answer = await connection.exchange(request, read_body, max_body)
+                answer = await connection.exchange(request, *body_wanted)
         except asyncio.CancelledError:
             connection.close()
             raise

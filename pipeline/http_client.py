@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import select
 import ssl
-from collections.abc import Mapping
+from collections.abc import AsyncIterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol, Self
 from urllib.request import getproxies_environment, proxy_bypass_environment  # type: ignore[attr-defined]
@@ -60,13 +60,17 @@ class Answer:
     """What the sink needs of a response.
 
     The status, ``Retry-After``, the body of a failure, and the ``Location`` of a redirect (which
-    is never followed: see :class:`~pipeline.errors.ConfigOutageError`).
+    is never followed: see :class:`~pipeline.errors.ConfigOutageError`). An accepted answer
+    asked for with ``keep_body`` also has its body (``truncated`` when it was longer than
+    kept) and its ``Content-Type``: the API's answer, for the result topic.
     """
 
     status: int
     retry_after: str | None = None
     body: bytes = b""
     location: str | None = None
+    content_type: str | None = None
+    truncated: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,11 +114,14 @@ class HttpClient(Protocol):
         *,
         read_body: bool = False,
         max_body: int | None = None,
+        keep_body: int | None = None,
     ) -> Answer:
-        """Send and return the answer (any status); the body of a 2xx only with ``read_body``.
+        """Send and return the answer (any status); the body of a 2xx only when asked.
 
         A body read with ``read_body`` that exceeds ``max_body`` bytes raises :func:`too_large`
         as soon as it does (the connection is dropped), so an answer cannot fill the memory.
+        ``keep_body`` keeps at most that many bytes of a 2xx body and reads the rest without
+        keeping it (the answer is ``truncated``): the record was accepted whatever its length.
         """
         ...
 
@@ -237,6 +244,7 @@ class AiohttpClient(ClosingClient):
         *,
         read_body: bool = False,
         max_body: int | None = None,
+        keep_body: int | None = None,
     ) -> Answer:
         """Send one request and read what the sink needs of the answer."""
         session = self._session or self._open()
@@ -247,7 +255,7 @@ class AiohttpClient(ClosingClient):
             async with session.request(
                 method, url, data=body, headers=headers, proxy=proxy, allow_redirects=False
             ) as response:
-                return await _answer(response, read_body, max_body)
+                return await _answer(response, read_body, max_body, keep_body)
         except asyncio.CancelledError:
             raise
         except Exception as error:
@@ -259,12 +267,19 @@ class AiohttpClient(ClosingClient):
 
 
 async def _answer(
-    response: aiohttp.ClientResponse, read_body: bool, max_body: int | None
+    response: aiohttp.ClientResponse,
+    read_body: bool,
+    max_body: int | None,
+    keep_body: int | None = None,
 ) -> Answer:
     """What the sink needs of ``response``, its body read to the end when it is accepted."""
     status = response.status
     if status == 101:  # nobody asked to upgrade: the server speaks something else now
         raise ConnectionError("the server switched protocols (101)")
+    if 200 <= status < 300 and keep_body is not None:
+        body, truncated = await keep_at_most(response.content.iter_any(), keep_body)
+        content_type = response.headers.get("Content-Type")
+        return Answer(status, body=body, content_type=content_type, truncated=truncated)
     if 200 <= status < 300 and read_body and max_body is not None:
         return Answer(status, body=await _read_at_most(response.content, max_body))
     if 200 <= status < 300 and read_body:
@@ -276,6 +291,17 @@ async def _answer(
     payload = await response.content.read(BODY_EXCERPT_BYTES)
     found = response.headers
     return Answer(status, found.get("Retry-After"), payload, found.get("Location"))
+
+
+async def keep_at_most(chunks: AsyncIterable[bytes], limit: int) -> tuple[bytes, bool]:
+    """The first ``limit`` bytes of a body, and whether there were more (read, never kept)."""
+    kept: list[bytes] = []
+    size = 0
+    async for chunk in chunks:
+        if size < limit:
+            kept.append(chunk[: limit - size])
+        size += len(chunk)
+    return b"".join(kept), size > limit
 
 
 async def _read_at_most(content: aiohttp.StreamReader, limit: int) -> bytes:
@@ -356,15 +382,19 @@ class HttpxClient(ClosingClient):
         *,
         read_body: bool = False,
         max_body: int | None = None,
+        keep_body: int | None = None,
     ) -> Answer:
         """Send one request through the transport and read what the sink needs."""
+        truncated = False
         try:
             request = httpx.Request(
                 method, url, headers=headers, content=body, extensions=self._extensions
             )
             response = await self._transport.handle_async_request(request)
             try:
-                if max_body is None:
+                if keep_body is not None and 200 <= response.status_code < 300:
+                    payload, truncated = await keep_at_most(response.aiter_bytes(), keep_body)
+                elif max_body is None:
                     payload = await response.aread()
                 else:
                     payload = b""
@@ -379,6 +409,9 @@ class HttpxClient(ClosingClient):
         except Exception as error:
             raise failure(error) from error
         status = response.status_code
+        if 200 <= status < 300 and keep_body is not None:
+            content_type = response.headers.get("content-type")
+            return Answer(status, body=payload, content_type=content_type, truncated=truncated)
         if 200 <= status < 300:
             return Answer(status, body=payload if read_body else b"")
         found = response.headers

@@ -3,8 +3,9 @@
 One record is one request: its value bytes unchanged as the body, ``Idempotency-Key:
 topic/partition/offset`` (the same on every redelivery, so the API can drop the duplicates that
 at-least-once delivery produces), ``X-Kafka-*`` headers naming it, the chosen Kafka headers
-forwarded (W3C trace context by default). The URL may name the record (``{topic}``,
-``{partition}``, ``{key}``); a tombstone is sent with an empty body or as a DELETE.
+forwarded (W3C trace context by default). The URL and header values may name the record
+(``{topic}``, ``{key}``, ``{value.space.id}``: see :mod:`pipeline.shaping`, which also shapes a
+body by an expression); a tombstone is sent with an empty body or as a DELETE.
 
 A batch is one request for consecutive records of a lane: a JSON array of the values (embedded as
 they are) or newline-delimited values, with ``Idempotency-Key: topic/partition/first-last``.
@@ -38,12 +39,7 @@ from urllib.parse import quote, unquote, urlsplit
 import orjson
 
 from pipeline import metrics
-from pipeline.checks import (
-    PLACEHOLDERS,
-    check_forward_headers,
-    check_static_headers,
-    check_url_template,
-)
+from pipeline.checks import check_forward_headers, check_static_headers
 from pipeline.errors import (
     AuthError,
     ConfigOutageError,
@@ -51,12 +47,21 @@ from pipeline.errors import (
     RetryableSendError,
     SendError,
 )
-from pipeline.formats import ValueFormat
+from pipeline.formats import JsonValues, ValueFormat
 from pipeline.http_client import BODY_EXCERPT_BYTES, Answer, HttpClient, failure
 from pipeline.policy import Classification, Outcome
 from pipeline.records import KafkaRecord, idempotency_key
 from pipeline.redaction import Redactor, header_secrets, url_secrets
 from pipeline.retry import parse_retry_after
+from pipeline.shaping import (
+    BodyExpression,
+    Placeholder,
+    Template,
+    context,
+    header_templates,
+    url_template,
+)
+from pipeline.sink import Result
 
 Compression = Literal["none", "gzip", "zstd"]
 GZIP_LEVEL = 1  # most of level 6's gain on JSON for half its CPU; nginx's default too
@@ -84,16 +89,19 @@ class HttpSinkConfig:
     """Where and how records are delivered.
 
     Args:
-        url: The endpoint; may hold ``{topic}``, ``{partition}`` and ``{key}`` (URL-escaped).
+        url: The endpoint; may hold ``{path}`` placeholders over the record (URL-escaped), see
+            :mod:`pipeline.shaping`: ``{topic}``, ``{key}``, ``{value.space.id}``.
         method: ``POST``, ``PUT`` or ``PATCH``.
         content_type: Used when a record carries no ``content-type`` header.
         token: Sent as ``Authorization: Bearer``; never logged.
-        headers: Static extra headers.
+        headers: Extra headers; a value may hold ``{path}`` placeholders, rendered per record.
         forward_headers: Kafka headers sent on as HTTP headers (case-insensitive names).
         tombstones: A record without a value: ``send`` (empty body) or ``delete`` (a DELETE).
         batch_format: How a batch is framed; ``None`` sends one record per request.
         classification: Which statuses are retried or an auth outage.
         compression: How request bodies are compressed (``Content-Encoding``); empty ones never.
+        result_max_bytes: Keep this much of an accepted answer's body and return it as a
+            :class:`~pipeline.sink.Result`; ``None`` (results off) keeps none of it.
     """
 
     url: str
@@ -106,28 +114,29 @@ class HttpSinkConfig:
     batch_format: BatchFormat | None = None
     classification: Classification = field(default_factory=Classification)
     compression: Compression = "none"
+    result_max_bytes: int | None = None
 
 
-def _placeholder_segments(url: str) -> tuple[frozenset[str], bool]:
+def _placeholder_segments(template: Template) -> tuple[frozenset[str], bool]:
     """The placeholders that are a whole path segment, and whether one shares its segment.
 
     A dot segment (``.`` or ``..``) from a record would make the URL name another resource
     (``/spaces/../items`` is ``/items`` to servers and to aiohttp). A whole-segment placeholder
     is checked by its value alone, cheaply; a shared one needs the built path checked.
     """
-    path = url.split("?", 1)[0].split("#", 1)[0].partition("://")[2]
+    path = template.text.split("?", 1)[0].split("#", 1)[0].partition("://")[2]
     segments = path.split("/")[1:]  # the first is the authority
-    whole = frozenset(
-        segment[1:-1]
-        for segment in segments
-        if segment[:1] == "{" and segment[-1:] == "}" and segment[1:-1] in PLACEHOLDERS
-    )
-    shared = any("{" in segment and segment[1:-1] not in whole for segment in segments)
+    sources = {f"{{{placeholder.source}}}" for placeholder in template.placeholders}
+    whole = frozenset(segment[1:-1] for segment in segments if segment in sources)
+    shared = any("{" in segment and segment not in sources for segment in segments)
     return whole, shared
 
 
+# Placeholders read straight from the record, with no context built: the URL's old names.
+_RECORD_FIELDS = frozenset({"topic", "partition", "offset", "timestamp"})
+
+
 _DOTS = (".", "..")
-_DOTS_BYTES = (b".", b"..")
 
 
 def _dot_segment(text: str) -> bool:
@@ -184,6 +193,15 @@ def header_value(name: str, value: str | bytes | None) -> str:
     return text
 
 
+def _lookup(placeholder: Placeholder, record: KafkaRecord, shaped: dict[str, object] | None) -> str:
+    """A placeholder's text: a coordinate straight from the record, else from its context."""
+    source = placeholder.source
+    if source in _RECORD_FIELDS:
+        return str(getattr(record, source))
+    assert shaped is not None  # noqa: S101 - built whenever a template reads it
+    return placeholder.text(shaped)
+
+
 class HttpSink:
     """Deliver records to the Space API through one shared, pooled client.
 
@@ -195,6 +213,8 @@ class HttpSink:
         auth: Where bearer tokens come from (OAuth2); a static ``config.token`` is used otherwise.
         values: How values are decoded into JSON data, which is then sent as JSON; ``None``
             sends each value's bytes as they are.
+        body: What each record's body is, an expression over the record and its decoded value
+            (JSON values unless ``values`` says otherwise).
     """
 
     def __init__(
@@ -204,10 +224,12 @@ class HttpSink:
         *,
         auth: BearerTokens | None = None,
         values: ValueFormat | None = None,
+        body: BodyExpression | None = None,
     ) -> None:
-        check_url_template(config.url)
+        self._url_template = url_template(config.url)
         check_forward_headers(config.forward_headers)
         check_static_headers(config.headers)
+        templates = header_templates(config.headers)
         if any(name.lower() == "authorization" for name in config.headers) and (
             config.token or auth is not None
         ):
@@ -216,12 +238,26 @@ class HttpSink:
         self._client = client
         self._auth = auth
         self._values = values
-        self._templated = "{" in config.url
-        self._whole_segments, self._shared_segment = _placeholder_segments(config.url)
-        self._static = _merged({"User-Agent": "space-pipeline"}, config.headers)
+        self._body = body
+        self._templated = bool(self._url_template.placeholders)
+        self._whole_segments, self._shared_segment = _placeholder_segments(self._url_template)
+        # Literal-only templates ("{{braces}}") are static headers, spelt out once.
+        self._header_templates = {n: t for n, t in templates.items() if t.placeholders}
+        fixed = {n: t.literal() for n, t in templates.items() if not t.placeholders}
+        static = {n: v for n, v in config.headers.items() if n not in self._header_templates}
+        templated = {name.lower() for name in self._header_templates}
+        merged = _merged({"User-Agent": "space-pipeline"}, static | fixed)
+        self._static = {n: v for n, v in merged.items() if n.lower() not in templated}
         if config.token and auth is None:
             self._static["Authorization"] = f"Bearer {config.token}"
-        self._static_names = {name.lower(): name for name in self._static}
+        self._static_names = {name.lower(): name for name in (*self._static, *templates)}
+        in_url = [p for p in self._url_template.placeholders if p.source != "key"]
+        in_headers = [p for t in self._header_templates.values() for p in t.placeholders]
+        read = [p for p in (*in_url, *in_headers) if p.source not in _RECORD_FIELDS]
+        self._needs_context = body is not None or bool(read)
+        # A {value...} path needs the value decoded even when the body goes as it is.
+        needs_value = body is not None or any(p.root == "value" for p in read)
+        self._decoder = values if values is not None or not needs_value else JsonValues()
         self._forward = {name.lower() for name in config.forward_headers}
         self._compress = _compressor(config.compression)
         self._redact = Redactor.of([*header_secrets(self._static), *url_secrets(config.url)])
@@ -239,17 +275,20 @@ class HttpSink:
             self._closed = True
             await self._client.aclose()
 
-    async def send(self, payload: KafkaRecord | Sequence[KafkaRecord]) -> None:
-        """Deliver a record (or a batch); return on acceptance, raise a SendError otherwise."""
+    async def send(self, payload: KafkaRecord | Sequence[KafkaRecord]) -> Result | None:
+        """Deliver a record (or a batch); return on acceptance, raise a SendError otherwise.
+
+        The API's answer comes back when results are on (``result_max_bytes``).
+        """
         records: Sequence[KafkaRecord] = (
             payload if self._config.batch_format is not None else (payload,)  # type: ignore[assignment]
         )
-        bodies = await self._bodies(records)
+        bodies, shaped = await self._shape(records)
         try:
             if self._config.batch_format is None:
-                method, url, headers, body = self._single(records[0], bodies)
+                method, url, headers, body = self._single(records[0], bodies, shaped)
             else:
-                method, url, headers, body = self._batch(records, bodies)
+                method, url, headers, body = self._batch(records, bodies, shaped)
                 metrics.BATCH_SIZES.observe(len(payload))  # type: ignore[arg-type]
         except (ValueError, TypeError) as error:  # UnicodeError is a ValueError
             raise failure(error) from error
@@ -259,13 +298,17 @@ class HttpSink:
         auth = self._auth
         token = await auth.token() if auth is not None else None
         classification = self._config.classification
+        keep = self._config.result_max_bytes
         replayed = False
         while True:  # once; twice when the API refuses a token that was stale
             if token is not None:
                 headers["Authorization"] = f"Bearer {token}"
             started = time.perf_counter()
             try:
-                answer = await self._client.request(method, url, headers, body)
+                if keep is None:  # nothing of an accepted answer is kept
+                    answer = await self._client.request(method, url, headers, body)
+                else:
+                    answer = await self._client.request(method, url, headers, body, keep_body=keep)
             except SendError as error:
                 self._count(error.reason, started)
                 raise
@@ -277,6 +320,17 @@ class HttpSink:
             token, replayed = await auth.token(), True
         if outcome is not Outcome.ACCEPTED:
             raise self._failure(outcome, answer, token)
+        if keep is None:
+            return None
+        return Result(
+            records[0],
+            headers["Idempotency-Key"],
+            answer.body,
+            answer.content_type,
+            answer.status,
+            answer.truncated,
+            last=records[-1] if self._config.batch_format is not None else None,
+        )
 
     async def _compressed(self, body: bytes) -> bytes:
         compress = self._compress
@@ -291,48 +345,76 @@ class HttpSink:
 
     # Mapping records to requests
 
-    async def _bodies(self, records: Sequence[KafkaRecord]) -> list[bytes] | None:
-        """Each record's body when values are decoded; ``None`` when the bytes go as they are."""
-        values = self._values
-        if values is None:
-            return None
-        bodies = []
-        for record in records:
-            decoded = await values.decode(record)
-            bodies.append(orjson.dumps(decoded))
-        return bodies
+    async def _shape(
+        self, records: Sequence[KafkaRecord]
+    ) -> tuple[list[bytes] | None, dict[str, object] | None]:
+        """Each record's body, and the first record's context for the URL and headers.
 
-    def _url(self, record: KafkaRecord) -> str:
+        Bodies are ``None`` when the value bytes go as they are; the context is ``None`` when
+        no template reads one. Each value is decoded once, whoever reads it.
+        """
+        decoder, expression = self._decoder, self._body
+        if decoder is None and not self._needs_context:
+            return None, None
+        bodies: list[bytes] | None = None
+        if self._values is not None or expression is not None:
+            bodies = []
+        first: dict[str, object] | None = None
+        for record in records:
+            deleted = record.value is None and self._config.tombstones == "delete"
+            value = None if decoder is None or deleted else await decoder.decode(record)
+            shaped = None
+            if expression is not None or (first is None and self._needs_context):
+                shaped = context(record, value)
+                if first is None:
+                    first = shaped
+            if bodies is None:
+                break  # only the first record's context was wanted
+            if deleted:
+                bodies.append(b"")
+            elif expression is not None:
+                assert shaped is not None  # noqa: S101 - built for the expression above
+                bodies.append(expression.body(shaped))
+            else:
+                bodies.append(orjson.dumps(value))
+        return bodies, first
+
+    def _url(self, record: KafkaRecord, shaped: dict[str, object] | None) -> str:
         if not self._templated:
             return self._config.url
-        key = record.key
-        if key is None and "{key}" in self._config.url:
-            raise ValueError("the URL names {key} and the record has none")
         whole = self._whole_segments
-        if whole:  # a membership test per value: only dots or a '%' can make a dot segment
-            topic = record.topic
-            if "topic" in whole and (topic in _DOTS or "%" in topic) and _dot_segment(topic):
-                raise ValueError(f"the topic {topic!r} would be a dot segment of the path")
-            if (
-                "key" in whole
-                and key
-                and (key in _DOTS_BYTES or b"%" in key)
-                and _dot_segment(key.decode("latin-1"))
-            ):
-                raise ValueError(f"the key {key!r} would be a dot segment of the path")
-        url = self._config.url.format_map(
-            {
-                "topic": quote(record.topic, safe=""),
-                "partition": record.partition,
-                "key": quote(key or b"", safe=""),
-            }
-        )
+        parts = []
+        for part in self._url_template.parts:
+            if isinstance(part, str):
+                parts.append(part)
+                continue
+            source = part.source
+            if source == "key":  # the key's own bytes, escaped, as a URL always had them
+                key = record.key
+                if key is None:
+                    raise ValueError("the URL names {key} and the record has none")
+                if source in whole and _dot_segment(key.decode("latin-1")):
+                    raise ValueError(f"the key {key!r} would be a dot segment of the path")
+                parts.append(quote(key, safe=""))
+                continue
+            text = _lookup(part, record, shaped)
+            if source in whole and _dot_segment(text):
+                name = source if source in _RECORD_FIELDS else f"{{{source}}}"
+                raise ValueError(f"the {name} {text!r} would be a dot segment of the path")
+            parts.append(quote(text, safe=""))
+        url = "".join(parts)
         if self._shared_segment and (segment := _dot_segment_in(url)) is not None:
             raise ValueError(f"the record makes {segment!r} a dot segment of the path")
         return url
 
-    def _headers(self, record: KafkaRecord) -> dict[str, str]:
+    def _headers(self, record: KafkaRecord, shaped: dict[str, object] | None) -> dict[str, str]:
         headers = dict(self._static)
+        for name, template in self._header_templates.items():
+            text = "".join(
+                part if isinstance(part, str) else _lookup(part, record, shaped)
+                for part in template.parts
+            )
+            headers[name] = header_value(name, text)
         content_type = self._config.content_type
         for name, value in record.headers:
             lower = name.lower()
@@ -348,24 +430,28 @@ class HttpSink:
         return headers
 
     def _single(
-        self, record: KafkaRecord, bodies: list[bytes] | None
+        self, record: KafkaRecord, bodies: list[bytes] | None, shaped: dict[str, object] | None
     ) -> tuple[str, str, dict[str, str], bytes | None]:
-        headers = self._headers(record)
+        headers = self._headers(record, shaped)
         headers["Idempotency-Key"] = idempotency_key(record)
         headers["X-Kafka-Offset"] = str(record.offset)
         if record.value is None and self._config.tombstones == "delete":
             del headers["Content-Type"]
-            return "DELETE", self._url(record), headers, None
+            return "DELETE", self._url(record, shaped), headers, None
         body = bodies[0] if bodies is not None else record.value or b""
-        return self._config.method, self._url(record), headers, body
+        return self._config.method, self._url(record, shaped), headers, body
 
     def _batch(
-        self, records: Sequence[KafkaRecord], bodies: list[bytes] | None
+        self,
+        records: Sequence[KafkaRecord],
+        bodies: list[bytes] | None,
+        shaped: dict[str, object] | None,
     ) -> tuple[str, str, dict[str, str], bytes | None]:
+        """One request for ``records``; its URL and headers are rendered from the first."""
         first, last = records[0], records[-1]
         fmt = self._config.batch_format
         assert fmt is not None  # noqa: S101 - only called in batch mode
-        headers = self._headers(first)
+        headers = self._headers(first, shaped)
         headers["Content-Type"] = _BATCH_CONTENT_TYPES[fmt]
         headers["Idempotency-Key"] = f"{idempotency_key(first)}-{last.offset}"
         headers["X-Kafka-Offset"] = str(first.offset)
@@ -378,7 +464,7 @@ class HttpSink:
             if any(b"\n" in value for value in values):
                 raise ValueError("a value holds a line break, which NDJSON cannot frame")
             body = b"\n".join(values) + b"\n"
-        return self._config.method, self._url(first), headers, body
+        return self._config.method, self._url(first, shaped), headers, body
 
     # Answers to errors
 

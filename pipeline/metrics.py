@@ -132,6 +132,17 @@ DEAD_LETTERS = Counter(
     "Rejected records written to the dead-letter topic (the lane moved on after Kafka had them).",
     TP,
 )
+RESULTS_PRODUCED = Counter(
+    "space_pipeline_results_produced_total",
+    "API answers written to the result topic and acknowledged (acks=all), by source partition.",
+    TP,
+)
+RESULTS_FAILED = Counter(
+    "space_pipeline_results_failed_total",
+    "Failed attempts to write an answer to the result topic, by source partition; final=true"
+    " when it can never succeed (the partition halted), false when it is retried.",
+    (*TP, "final"),
+)
 DEAD_LETTER_GUARD_TRIPS = Counter(
     "space_pipeline_dead_letter_guard_trips_total",
     "Partitions halted because they dead-lettered more than allowed in a minute.",
@@ -189,6 +200,16 @@ TOKEN_REQUESTS = Counter(
     "space_pipeline_token_requests_total",
     "OAuth2 client-credentials token requests, by result: ok or failed.",
     ("result",),
+)
+SCHEMA_REGISTRY_REQUESTS = Counter(
+    "space_pipeline_schema_registry_requests_total",
+    "Schema registry requests (once per schema id, never per record), by result: ok, not_found"
+    " (the record is rejected) or failed (an outage: everything waits).",
+    ("result",),
+)
+SCHEMA_REGISTRY_OUTAGE = Gauge(
+    "space_pipeline_schema_registry_outage",
+    "1 while the schema registry is down or refuses us; nothing is sent but a probe at a time.",
 )
 REBALANCES = Counter(
     "space_pipeline_rebalances_total",

@@ -14,8 +14,8 @@ record's outcome from the sender.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -27,7 +27,7 @@ from pipeline import metrics
 from pipeline.consumer import Committed
 from pipeline.errors import AdminRefusedError, DeadLetterError, LaneFullError, LaneHaltedError
 from pipeline.offsets import PartitionOffsets
-from pipeline.policy import Skips, reached_api
+from pipeline.policy import DEAD_LETTERED, Skips, reached_api
 from pipeline.records import KafkaRecord
 from pipeline.sender import Lane, OrderedSender, Receipt
 
@@ -63,6 +63,41 @@ class FlowLimits:
 
     records: int
     nbytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """Records done, by how: a record consumed is one of these once it is no longer pending.
+
+    What a progress line counts, so that what was consumed adds up: a dead-lettered or skipped
+    record is done too, though it never reached the API.
+    """
+
+    delivered: int = 0
+    dead_lettered: int = 0  # rejected by the API, then written to the dead-letter topic
+    skipped: int = 0  # let past unsent: the skip list, or an operator's skip
+    expired: int = 0  # older than PIPELINE_MAX_RECORD_AGE_S: never sent
+
+    @property
+    def total(self) -> int:
+        """Every record done, however."""
+        return self.delivered + self.dead_lettered + self.skipped + self.expired
+
+    def __add__(self, other: Done) -> Done:
+        return Done(
+            self.delivered + other.delivered,
+            self.dead_lettered + other.dead_lettered,
+            self.skipped + other.skipped,
+            self.expired + other.expired,
+        )
+
+    def __sub__(self, other: Done) -> Done:
+        return Done(
+            self.delivered - other.delivered,
+            self.dead_lettered - other.dead_lettered,
+            self.skipped - other.skipped,
+            self.expired - other.expired,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,17 +141,22 @@ class Partition:
         "accepted",
         "carried_halt",
         "committed_note",
+        "dead_lettered",
         "delivered",
         "epoch",
+        "expired",
+        "first_done_at",
         "halted",
         "labels",
         "lag",
+        "last_done_at",
         "last_progress",
         "operator_paused",
         "paused",
         "progressed",
         "revoked",
         "skip_at",
+        "skipped",
         "span",
         "starved_since",
         "tp",
@@ -138,6 +178,13 @@ class Partition:
         self.starved_since: float | None = None
         self.lag = 0  # records after the committed offset, as of the last housekeeping
         self.accepted = 0  # records delivered while this process had the partition
+        self.dead_lettered = 0  # and the other ways a record is done (see Done)
+        self.skipped = 0
+        self.expired = 0
+        # When the first and the last record were done since the progress line last looked:
+        # its rate is over the time records flowed, not over the whole interval.
+        self.first_done_at: float | None = None
+        self.last_done_at: float | None = None
         self.labels = (tp.topic, str(tp.partition))
         self.delivered = metrics.DELIVERED.labels(*self.labels)
 
@@ -145,6 +192,11 @@ class Partition:
         state = "revoked" if self.revoked else "halted" if self.halted else "paused" * self.paused
         state += " operator-paused" * self.operator_paused
         return f"<Partition {self.name} epoch={self.epoch} span={len(self.span)} {state}>"
+
+    @property
+    def done(self) -> Done:
+        """Records done while this process had the partition, by how."""
+        return Done(self.accepted, self.dead_lettered, self.skipped, self.expired)
 
     @property
     def name(self) -> str:
@@ -236,7 +288,9 @@ class Partitions:
         self._spawn = spawn
         self._parts: dict[TopicPartition, Partition] = {}
         self._epoch = 0
-        self._delivered_before: Counter[str] = Counter()  # by partitions no longer here
+        self._done_before: dict[str, Done] = {}  # by partitions no longer here
+        # Set when the first record is done: the first progress line comes then.
+        self.first_done = asyncio.Event()
         self.sender = sender(self.settled)
 
     def __iter__(self) -> Iterator[Partition]:
@@ -307,18 +361,20 @@ class Partitions:
         wanted = set(tps)
         return [lane for lane in self.sender.lanes() if lane_partition(lane) in wanted]
 
-    def delivered(self) -> Counter[str]:
-        """Records delivered per topic since the start, by every partition this process had."""
-        totals = Counter(self._delivered_before)
+    def done(self) -> dict[str, Done]:
+        """Records done per topic since the start, by every partition this process had."""
+        totals = dict(self._done_before)
         for part in self._parts.values():
-            totals[part.tp.topic] += part.accepted
+            topic = part.tp.topic
+            totals[topic] = totals.get(topic, Done()) + part.done
         return totals
 
     def forget(self, parts: Iterable[Partition]) -> None:
         """Stop tracking partitions that moved away; answers still in flight are fenced off."""
         for part in parts:
             if not part.revoked:
-                self._delivered_before[part.tp.topic] += part.accepted
+                topic = part.tp.topic
+                self._done_before[topic] = self._done_before.get(topic, Done()) + part.done
             part.revoked = True
             if self._parts.get(part.tp) is part:
                 del self._parts[part.tp]
@@ -395,7 +451,12 @@ class Partitions:
         error = receipt.error
         if error is None:
             self._accepted(part, record)
-            if not reached_api(receipt.returned, record):  # done (dead-lettered, expired)
+            returned = receipt.returned
+            if not reached_api(returned, record):  # done all the same
+                if returned is DEAD_LETTERED:
+                    part.dead_lettered += 1
+                else:
+                    part.expired += 1
                 return
             part.accepted += 1
             part.delivered.count += 1
@@ -406,6 +467,12 @@ class Partitions:
     def _accepted(self, part: Partition, record: KafkaRecord) -> None:
         part.span.accept(record.offset)
         part.progressed = True
+        now = time.monotonic()
+        if part.first_done_at is None:
+            part.first_done_at = now
+            if not self.first_done.is_set():
+                self.first_done.set()
+        part.last_done_at = now
         if part.carried_halt is not None and record.offset >= part.carried_halt:
             part.carried_halt = None
             metrics.HALTED.labels(*part.labels).set(0)
@@ -432,6 +499,7 @@ class Partitions:
             return
         if not part.revoked:
             self._accepted(part, record)
+            part.skipped += 1
 
     def halt(self, part: Partition, record: KafkaRecord, error: BaseException) -> None:
         """Stop a partition at a rejected record: nothing after it is sent or committed."""
@@ -529,6 +597,7 @@ class Partitions:
         self.sender.cancel(self.lanes_of([part.tp]))  # clears the lanes' halt
         part.span.forget_after(record.offset + 1)  # cancelled when it halted: fetched again
         self._accepted(part, record)
+        part.skipped += 1
         self._flow.seek(part.tp, record.offset + 1)
         if not part.operator_paused:
             self._flow.resume(part.tp)

@@ -16,7 +16,7 @@ import asyncio
 import time
 from collections.abc import Coroutine, Iterable, Sequence
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from aiokafka import TopicPartition
@@ -34,7 +34,7 @@ from pipeline.admin import (
     StatusReport,
 )
 from pipeline.config import Settings
-from pipeline.consumer import ConsumerFactory, KafkaSource, build_consumer
+from pipeline.consumer import Committed, ConsumerFactory, KafkaSource, build_consumer
 from pipeline.errors import AdminRefusedError
 from pipeline.health import Verdict
 from pipeline.partition import Partition, lane_partition, names
@@ -54,6 +54,9 @@ RETRY_LOG_INTERVAL_S = 10.0
 # the wire, the commit, the sender's blocking calls, the dead-letter producer's flush; leaving
 # the group gets the rest. A step that finishes early leaves its time to the next ones.
 DRAIN_UNTIL, COMMIT_UNTIL, SENDER_UNTIL, DEAD_LETTERS_UNTIL = 0.5, 0.7, 0.75, 0.85
+_T = TypeVar("_T")
+# How long an assignment waits for where its partitions start (for its log line only).
+BOUNDS_TIMEOUT_S = 2.0
 
 
 class Stage:
@@ -126,6 +129,10 @@ class Stage:
             stack.push_async_exit(parts.source)  # closed even when a part before it fails
             if parts.dead_letters is not None:
                 stack.push_async_exit(parts.dead_letters)  # closed even when never started
+            if parts.results is not None:
+                stack.push_async_exit(parts.results)
+            if parts.registry is not None:
+                await stack.enter_async_context(parts.registry)
             await stack.enter_async_context(parts.sink)
             await stack.enter_async_context(parts.sender)
             await stack.enter_async_context(parts.ops)
@@ -138,6 +145,8 @@ class Stage:
                     if parts.dead_letters is not None:
                         # It needs Kafka too: started once the consumer has waited for it.
                         await stack.enter_async_context(parts.dead_letters)
+                    if parts.results is not None:
+                        await stack.enter_async_context(parts.results)
                     if not self._stopping.is_set():
                         self._fetching = tasks.create_task(self._poll_and_hand_over())
                     self._committing = tasks.create_task(self._commit_periodically())
@@ -195,6 +204,7 @@ class Stage:
             max_in_flight=s.max_in_flight,
             on_reject=s.on_reject,
             dead_letter_topic=s.dead_letter_topic,
+            result_topic=s.result_topic,
             skip_records=len(s.skip_records),
             retry_statuses=format_statuses(s.retry_statuses),
             auth_statuses=format_statuses(s.auth_statuses),
@@ -233,6 +243,8 @@ class Stage:
         await sender.close(timeout=left(SENDER_UNTIL))
         if parts.dead_letters is not None:
             await parts.dead_letters.close(timeout=left(DEAD_LETTERS_UNTIL))
+        if parts.results is not None:
+            await parts.results.close(timeout=left(DEAD_LETTERS_UNTIL))
         await parts.source.close(timeout=left(1.0))
         metrics.flush()
         log.info(
@@ -273,10 +285,29 @@ class Stage:
             await commits.commit(partitions, timeout=timeout)
 
     async def _report_progress(self, interval: float) -> None:
+        """A line once the first record is done (or after ``interval``), then every interval.
+
+        A person who just started the stage sees at once that records flow, rather than after
+        the first interval (30 s by default).
+        """
         partitions = self._parts.partitions
-        progress = Progress(time.monotonic())
+        progress = Progress()
+        await self._first_done(interval)
+        if self._stopping.is_set():
+            return
+        progress.report(partitions.done(), partitions)
         while await self._running_after(interval):
-            progress.report(time.monotonic(), partitions.delivered(), partitions)
+            progress.report(partitions.done(), partitions)
+
+    async def _first_done(self, timeout: float) -> None:
+        """Return once a record is done, a stop is asked for, or ``timeout`` has passed."""
+        events = (self._parts.partitions.first_done, self._stopping)
+        waits = [asyncio.create_task(event.wait()) for event in events]
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
 
     def on_retry(
         self, record: KafkaRecord, lane: Lane, error: BaseException, attempt: int, delay: float
@@ -306,7 +337,10 @@ class Stage:
     # Rebalances (aiokafka awaits these while the group waits)
 
     async def on_assigned(self, assigned: frozenset[TopicPartition]) -> None:
-        """Track new partitions at once; then learn their committed offsets in one request."""
+        """Track new partitions at once; then learn their committed offsets in one request.
+
+        The line it logs says where each partition starts and how far behind that is.
+        """
         partitions = self._parts.partitions
         metrics.REBALANCES.labels("assigned").inc()
         if self._stopping.is_set():
@@ -314,14 +348,52 @@ class Stage:
             return
         added = partitions.assign(assigned)
         self._joined = True
-        log.info("stage.partitions_assigned", partitions=names(assigned), epoch=partitions.epoch)
-        try:
-            async with asyncio.timeout(self._settings.commit_timeout_ms / 1000):
-                committed = await self._parts.source.committed([part.tp for part in added])
-        except (KafkaError, TimeoutError) as error:
-            log.warning("stage.committed_unknown", error=repr(error))
+        tps = [part.tp for part in added]
+        source = self._parts.source
+        # Both at once, each bounded: the group waits for this callback. Where the partitions
+        # start is only for the log line, so it gets a short bound of its own.
+        commit_s = self._settings.commit_timeout_ms / 1000
+        committed, bounds = await asyncio.gather(
+            _within(commit_s, source.committed(tps)),
+            _within(min(commit_s, BOUNDS_TIMEOUT_S), source.bounds(tps)),
+            return_exceptions=True,
+        )
+        log.info(
+            "stage.partitions_assigned",
+            partitions=names(assigned),
+            epoch=partitions.epoch,
+            starting=self._starting(committed, bounds),
+        )
+        if isinstance(committed, BaseException):
+            if not isinstance(committed, KafkaError | TimeoutError):
+                raise committed
+            log.warning("stage.committed_unknown", error=repr(committed))
             return
         partitions.set_committed(committed)
+
+    def _starting(
+        self,
+        committed: dict[TopicPartition, Committed] | BaseException,
+        bounds: dict[TopicPartition, range] | BaseException,
+    ) -> dict[str, dict[str, Any]] | str:
+        """Where each new partition starts, and how many records wait after that.
+
+        A group that committed everything already delivers nothing and says ``lag: 0`` here,
+        rather than leaving a person to wonder why nothing arrives.
+        """
+        if isinstance(committed, BaseException) or isinstance(bounds, BaseException):
+            return "unknown: " + repr(committed if isinstance(committed, BaseException) else bounds)
+        reset = self._settings.kafka_auto_offset_reset
+        starting: dict[str, dict[str, Any]] = {}
+        for tp, held in sorted(bounds.items()):
+            point = committed.get(tp)
+            if point is not None and point.offset is not None:
+                whence, offset = "committed", point.offset
+            else:
+                whence, offset = reset, held.start if reset == "earliest" else held.stop
+            lag = max(held.stop - offset, 0)
+            starting[f"{tp.topic}/{tp.partition}"] = {"from": whence, "offset": offset, "lag": lag}
+        return starting
 
     async def on_revoked(self, revoked: frozenset[TopicPartition]) -> None:
         """Stop feeding, let requests on the wire finish (bounded), commit, forget the partitions.
@@ -442,24 +514,34 @@ class Stage:
         return Verdict(ok=True)
 
     def ready(self) -> Verdict:
-        """``/readyz``: joined the group, credentials and endpoint accepted, no partition halted.
+        """``/readyz``: running and a member of the group (with partitions or none), not stopping.
 
-        A refusal (credentials, a redirect, an untrusted certificate) is named in the error's
-        own words: the fix is a setting, and the operator reads which one here.
+        A consumer serves no traffic, so Ready only tells Kubernetes that a rollout may go on and
+        that this pod counts as healthy for its disruption budget. A halt follows its partition
+        to the next owner and an API outage is every pod's: failing the probe for them would
+        stall rollouts and block node drains while curing nothing. They are named in
+        ``degraded`` (and in metrics, alerts and ``/admin/status``) instead; a refusal
+        (credentials, a redirect, an untrusted certificate) in the error's own words, since
+        the fix is a setting and the operator reads which one here.
         """
         if not self._joined:
             waiting = self._parts.source.waiting
             return Verdict(ok=False, reason=waiting or "not yet joined the consumer group")
+        if self._stopping.is_set():
+            return Verdict(ok=False, reason="stopping: draining and leaving the group")
+        degraded = []
         refusal = self._parts.gate.refusal
         if refusal is not None:
-            return Verdict(ok=False, reason=refusal)
+            degraded.append(refusal)
         halted = [
             p.record_name(p.reported_halted)
             for p in self._parts.partitions
             if p.reported_halted is not None
         ]
         if halted:
-            return Verdict(ok=False, reason="halted on a rejected record: " + ", ".join(halted))
+            degraded.append("halted on a rejected record: " + ", ".join(halted))
+        if degraded:
+            return Verdict(ok=True, reason="; ".join(degraded), degraded=tuple(degraded))
         return Verdict(ok=True)
 
     # The admin API (see pipeline.admin.AdminPort)
@@ -542,6 +624,12 @@ class Stage:
         if partitions is None:
             return sorted(part.tp for part in self._parts.partitions)
         return sorted(TopicPartition(p.topic, p.partition) for p in partitions)
+
+
+async def _within(seconds: float, work: Coroutine[Any, Any, _T]) -> _T:
+    """``await work``, or ``TimeoutError`` after ``seconds``."""
+    async with asyncio.timeout(seconds):
+        return await work
 
 
 def _partition_status(part: Partition, position: int | None, in_flight: int) -> PartitionStatus:

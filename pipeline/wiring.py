@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 from urllib.request import proxy_bypass_environment  # type: ignore[attr-defined]
 
@@ -26,7 +26,7 @@ from pipeline.admin import AdminApi, AdminPort
 from pipeline.checks import import_exceptions, import_function
 from pipeline.clock import Clock, SystemClock
 from pipeline.commit import Commits
-from pipeline.config import Settings, redactor
+from pipeline.config import Settings, env_name, redactor
 from pipeline.consumer import (
     ConsumerFactory,
     KafkaOptions,
@@ -36,6 +36,7 @@ from pipeline.consumer import (
     build_consumer,
 )
 from pipeline.dead_letter import DeadLetterOptions, DeadLetters
+from pipeline.formats import JsonValues, SchemaJsonValues, ValueFormat
 from pipeline.function_sink import FunctionSink
 from pipeline.gate import ApiGate, GateLimits
 from pipeline.health import OpsServer, Verdict
@@ -46,9 +47,14 @@ from pipeline.oauth2 import ClientCredentials, TokenSource
 from pipeline.partition import FlowLimits, Partitions
 from pipeline.policy import Classification, Expiry, RejectRules, Rules, Skips
 from pipeline.records import KafkaRecord
+from pipeline.results import ResultingSink, ResultOptions, Results
 from pipeline.retry import Backoff
 from pipeline.sender import BatchLimits, Lane, OrderedSender, Receipt
+from pipeline.shaping import BodyExpression
 from pipeline.tls import ssl_context
+
+if TYPE_CHECKING:  # imported only for Avro values: fastavro adds ~40 ms to every start
+    from pipeline.schema_registry import SchemaRegistry
 
 log = structlog.get_logger("pipeline.wiring")
 
@@ -125,6 +131,27 @@ def dead_letter_options(settings: Settings) -> DeadLetterOptions | None:
     )
 
 
+def result_options(settings: Settings) -> ResultOptions | None:
+    """The result producer's configuration; ``None`` without a result topic."""
+    s = settings
+    if s.result_topic is None:
+        return None
+    return ResultOptions(
+        topic=s.result_topic,
+        bootstrap_servers=s.kafka_bootstrap_servers,
+        client_id=f"{s.kafka_client_id}-results",
+        idempotence=s.result_idempotence,
+        security=kafka_security(s),
+        max_backoff_s=s.retry_max_backoff_s,
+        max_bytes=s.result_max_bytes,
+    )
+
+
+def result_max_bytes(settings: Settings) -> int | None:
+    """How much of an answer a sink keeps; ``None`` (nothing) without a result topic."""
+    return settings.result_max_bytes if settings.result_topic is not None else None
+
+
 def gate_limits(settings: Settings) -> GateLimits:
     """The shared gate's circuit breaker and rate limit."""
     s = settings
@@ -198,7 +225,14 @@ def http_sink_config(settings: Settings) -> HttpSinkConfig:
         batch_format=s.batch_format if batched(s) else None,
         classification=Classification(retry=s.retry_statuses, auth=s.auth_statuses),
         compression=s.space_api_compression,
+        result_max_bytes=result_max_bytes(s),
     )
+
+
+def body_expression(settings: Settings) -> BodyExpression | None:
+    """What each request's body is, when not the value as it is (checked by the settings)."""
+    source = settings.space_api_body
+    return BodyExpression(source) if source is not None else None
 
 
 def client_credentials(settings: Settings) -> ClientCredentials | None:
@@ -218,8 +252,49 @@ def client_credentials(settings: Settings) -> ClientCredentials | None:
 # Building
 
 
-def build_sink(settings: Settings, clock: Clock | None = None) -> HttpSink | FunctionSink:
-    """The sink the settings ask for, to be entered as an async context manager."""
+def build_registry(settings: Settings) -> SchemaRegistry | None:
+    """The schema registry Avro values are decoded with; ``None`` unless they are Avro."""
+    s = settings
+    if s.value_format != "avro":
+        return None
+    from pipeline.schema_registry import REGISTRY_TIMEOUTS, SchemaRegistry  # noqa: PLC0415
+
+    assert s.schema_registry_url is not None  # noqa: S101 - checked by the settings
+    context = ssl_context(s.schema_registry_ca_file)
+    return SchemaRegistry(
+        s.schema_registry_url,
+        LeanClient(REGISTRY_TIMEOUTS, max_connections=2, ssl_context=context),
+        username=s.schema_registry_username,
+        password=_revealed(s.schema_registry_password),
+    )
+
+
+def value_format(settings: Settings, registry: SchemaRegistry | None) -> ValueFormat | None:
+    """How values are decoded before they are sent or shaped.
+
+    ``None`` sends their bytes as they are; a body expression or a ``{value...}`` placeholder
+    then parses them as JSON itself (the sink's default decoder).
+    """
+    if settings.value_format == "json":
+        return JsonValues()
+    if settings.value_format == "json-schema":
+        return SchemaJsonValues()
+    if settings.value_format == "avro":
+        from pipeline.avro import AvroValues  # noqa: PLC0415 - only for Avro values
+
+        assert registry is not None  # noqa: S101 - built for this format
+        return AvroValues(registry)
+    return None
+
+
+def build_sink(
+    settings: Settings, clock: Clock | None = None, values: ValueFormat | None = None
+) -> HttpSink | FunctionSink:
+    """The sink the settings ask for, to be entered as an async context manager.
+
+    ``values`` decodes each value first: the HTTP sink sends it as JSON, a function gets it as
+    its ``json`` argument.
+    """
     s = settings
     if s.sink_function is not None:
         return FunctionSink(
@@ -227,6 +302,8 @@ def build_sink(settings: Settings, clock: Clock | None = None) -> HttpSink | Fun
             s.sink_argument,
             reject=import_exceptions(s.sink_reject_exceptions),
             batched=batched(s),
+            result_max_bytes=result_max_bytes(s),
+            values=values,
         )
     timeouts = http_timeouts(s)
     context = ssl_context(
@@ -242,7 +319,7 @@ def build_sink(settings: Settings, clock: Clock | None = None) -> HttpSink | Fun
         )
     credentials = client_credentials(s)
     auth = TokenSource(credentials, client, clock=clock) if credentials is not None else None
-    return HttpSink(http_sink_config(s), client, auth=auth)
+    return HttpSink(http_sink_config(s), client, auth=auth, values=values, body=body_expression(s))
 
 
 def _warn_if_proxied(url: str) -> None:
@@ -286,11 +363,13 @@ class StageHooks(RebalanceListener, AdminPort, Protocol):
 class Parts:
     """Every part of a stage, built and connected; what must be entered is not entered yet.
 
-    ``dead_letters`` is ``None`` when no dead-letter topic is configured: that is a setting, not
-    a part missing.
+    ``dead_letters`` is ``None`` when no dead-letter topic is configured, ``results`` when no
+    result topic is, ``registry`` when values are not Avro: that is a setting, not a part missing.
     """
 
     dead_letters: DeadLetters | None
+    results: Results | None
+    registry: SchemaRegistry | None
     sink: HttpSink | FunctionSink
     gate: ApiGate
     source: KafkaSource
@@ -318,13 +397,16 @@ def wire(
     """
     s = settings
     clock = clock or SystemClock()
-    sink = build_sink(s, clock)
+    registry = build_registry(s)
+    sink = build_sink(s, clock, value_format(s, registry))
     gate = ApiGate(gate_limits(s), clock=clock)
     kafka = KafkaSource(kafka_options(s), stage, consumer=source)
     options = dead_letter_options(s)
     dead_letters = DeadLetters(options, redact=redactor(s)) if options is not None else None
+    answers = result_options(s)
+    results = Results(answers) if answers is not None else None
     rules = Rules(
-        sink.send,
+        sink.send if results is None else ResultingSink(sink, results).send,
         reject_rules(s),
         dead_letters,
         batched=batched(s),
@@ -361,6 +443,8 @@ def wire(
     admin_token = _revealed(s.admin_token)
     return Parts(
         dead_letters=dead_letters,
+        results=results,
+        registry=registry,
         sink=sink,
         gate=gate,
         source=kafka,
@@ -373,5 +457,6 @@ def wire(
             live=stage.live,
             ready=stage.ready,
             admin=AdminApi(stage, admin_token) if admin_token else None,
+            settings=(env_name("metrics_host"), env_name("metrics_port")),
         ),
     )

@@ -511,7 +511,7 @@ async def test_a_skip_over_http_lets_the_halted_record_past_and_a_restart_does_n
                 "/admin/skip", json={"topic": topic.name, "partition": 1, "offset": 5}
             )
             await eventually(lambda: api.stats().unique == 39, what="the rest of partition 1")
-            await eventually(lambda: stage.ready().ok, what="/readyz green again")
+            await eventually(lambda: Verdict(ok=True) == stage.ready(), what="/readyz clear again")
             assert await halted_at(client, 1) is None
         assert 409 == wrong.status_code
         assert f"is halted at {bad}, not {topic.name}/1/6" in wrong.json()["error"]
@@ -531,7 +531,7 @@ async def test_a_skip_over_http_lets_the_halted_record_past_and_a_restart_does_n
         await topic.produce(10, start=40)
         async with running_stage(settings) as stage:
             await eventually(lambda: api.stats().unique == 49, what="the new records")
-            assert stage.ready().ok
+            assert Verdict(ok=True) == stage.ready()
         stats = api.stats(offsets=True)
     assert rejected_before == stats.statuses.get(422, 0), "the skipped record was sent again"
     assert 5 not in stats.partitions[f"{topic.name}/1"].offsets

@@ -16,6 +16,7 @@ from pipeline.dev.broker import numbered_record
 from pipeline.dev.stub_api import StubConfig, StubServer
 from pipeline.errors import ConfigError, DeadLetterError, RejectedError, RetryableSendError
 from pipeline.gate import ApiGate, CircuitState, GateLimits
+from pipeline.health import Verdict
 from pipeline.policy import DEAD_LETTERED, Expiry, RejectRules, Rules, Withheld, reached_api
 from pipeline.retry import Backoff
 from pipeline.sender import BatchLimits, OrderedSender
@@ -413,7 +414,7 @@ async def test_old_records_are_never_sent_but_dead_lettered_as_expired_and_commi
             await eventually_async(
                 lambda: committed_is(topic, count), what="offsets past every record"
             )
-            assert stage.ready().ok
+            assert Verdict(ok=True) == stage.ready()
         stats = api.stats(offsets=True)
     letters = await dead_letters(topic.bootstrap, dlq)
     assert 0 == stats.order_violations

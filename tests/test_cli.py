@@ -143,7 +143,8 @@ async def test_start_progress_and_stop_say_what_a_person_needs(new_topic, stage_
         url = api.url.replace("http://", "http://user:pa55@")
         proc = stage_process(topic.env(url, progress_interval_s="0.5"))
         await eventually(lambda: api.stats().unique == 40, what="all 40")
-        await eventually(lambda: '"stage.progress"' in proc.logs(), what="a progress line")
+        # The first line comes with the first record done; wait for the one with all 40.
+        await eventually(lambda: '"total":40,' in proc.logs(), what="a progress line of all 40")
         proc.process.send_signal(signal.SIGTERM)
         assert 0 == await asyncio.to_thread(proc.wait, 20)
     events = [json.loads(line) for line in proc.logs().splitlines() if line.startswith("{")]

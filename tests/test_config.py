@@ -613,3 +613,102 @@ def test_reading_the_settings_loads_no_http_or_kafka_client() -> None:
     )
 
     assert "[]" == done.stdout.strip()
+
+
+def test_a_result_topic_that_is_a_source_topic_is_refused_naming_both(
+    env: pytest.MonkeyPatch,
+) -> None:
+    """Results written to a topic the stage reads would come round again as records."""
+    env.setenv("PIPELINE_RESULT_TOPIC", "orders")
+
+    line = error_line()
+
+    assert "PIPELINE_RESULT_TOPIC" in line
+    assert "PIPELINE_KAFKA_TOPICS" in line
+
+
+# Every problem at once, even when a field fails (issue 18)
+
+
+def test_a_conflict_is_reported_alongside_a_value_that_does_not_parse(
+    env: pytest.MonkeyPatch,
+) -> None:
+    """A setting that does not parse must not hide a conflict between the others: the missing
+    dead-letter topic comes with the bad integer, not on the next run."""
+    env.setenv("PIPELINE_ON_REJECT", "dead-letter")
+    env.setenv("PIPELINE_MAX_IN_FLIGHT", "abc")
+
+    found = problems()
+
+    assert 2 == len(found), found
+    assert found[0].startswith("PIPELINE_MAX_IN_FLIGHT: ")
+    assert "PIPELINE_ON_REJECT=dead-letter needs PIPELINE_DEAD_LETTER_TOPIC" == found[1]
+
+
+def test_a_conflict_involving_a_setting_that_does_not_parse_is_not_guessed_at(
+    env: pytest.MonkeyPatch,
+) -> None:
+    """The checks across settings run on what parsed: a bad value is reported once, for itself,
+    and never stood in for by its default in a conflict the operator did not write."""
+    env.setenv("PIPELINE_KAFKA_SESSION_TIMEOUT_MS", "ten seconds")
+    env.setenv("PIPELINE_KAFKA_HEARTBEAT_INTERVAL_MS", "5000")  # > a third of the default 10 s
+
+    found = problems()
+
+    assert ["PIPELINE_KAFKA_SESSION_TIMEOUT_MS"] == [line.split(":")[0] for line in found]
+
+
+def test_conflicts_are_reported_when_a_required_setting_is_missing(
+    env: pytest.MonkeyPatch,
+) -> None:
+    """A missing required setting does not stop the checks across the others either."""
+    env.delenv("PIPELINE_KAFKA_BOOTSTRAP_SERVERS")
+    env.setenv("PIPELINE_ON_REJECT", "dead-letter")
+
+    found = problems()
+
+    assert [
+        "PIPELINE_KAFKA_BOOTSTRAP_SERVERS: required setting is not set",
+        "PIPELINE_ON_REJECT=dead-letter needs PIPELINE_DEAD_LETTER_TOPIC",
+    ] == found
+
+
+# A URL without a scheme (issue 18)
+
+
+@pytest.mark.parametrize("name", ["PIPELINE_SPACE_API_URL", "PIPELINE_OAUTH2_TOKEN_URL"])
+def test_a_url_without_a_scheme_says_to_add_one(env: pytest.MonkeyPatch, name: str) -> None:
+    """``127.0.0.1:8080/items`` is a URL to a person: the line says what to add, not that it is
+    "a relative URL without a base"."""
+    env.setenv(name, "127.0.0.1:8080/items")
+    if name == "PIPELINE_OAUTH2_TOKEN_URL":
+        env.setenv("PIPELINE_OAUTH2_CLIENT_ID", "stage")
+        env.setenv("PIPELINE_OAUTH2_CLIENT_SECRET", "s3cret")
+
+    line = error_line()
+
+    assert line.startswith(f"{name}: ")
+    assert "add http:// or https://" in line
+    assert "relative URL" not in line
+
+
+def test_a_proxy_without_a_scheme_says_to_add_one(env: pytest.MonkeyPatch) -> None:
+    """The proxy's address too."""
+    env.setenv("PIPELINE_HTTP_CLIENT", "aiohttp")
+    env.setenv("PIPELINE_HTTP_PROXY", "proxy.example:3128")
+
+    line = error_line()
+
+    assert line.startswith("PIPELINE_HTTP_PROXY: ")
+    assert "add http:// or https://" in line
+
+
+def test_a_schema_registry_without_a_scheme_says_to_add_one(env: pytest.MonkeyPatch) -> None:
+    """The schema registry's address too."""
+    env.setenv("PIPELINE_VALUE_FORMAT", "avro")
+    env.setenv("PIPELINE_SCHEMA_REGISTRY_URL", "registry.example:8081")
+
+    line = error_line()
+
+    assert line.startswith("PIPELINE_SCHEMA_REGISTRY_URL: ")
+    assert "add http:// or https://" in line

@@ -21,7 +21,7 @@ from tests.prometheus_harness import (
 )
 
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
-FILTERS = ('namespace=~"$namespace"', 'pod=~"$pod"')
+FILTERS = ('namespace=~"$namespace"', 'job=~"$job"', 'pod=~"$pod"')
 TOPIC_FILTER = 'topic=~"$topic"'
 LABEL_VALUES = re.compile(r"^label_values\((?:(?P<selector>.+),\s*)?(?P<label>\w+)\)$")
 
@@ -52,6 +52,23 @@ def test_dashboard_is_importable_grafana_json() -> None:
         assert variables[name]["includeAll"] is True, name
         assert variables[name]["multi"] is True, name
     assert "DS_" not in DASHBOARD.read_text(encoding="utf-8"), "use ${datasource}, not __inputs"
+
+
+def test_the_job_variable_picks_one_release() -> None:
+    """$job lists the scrape jobs (one per release) of the chosen namespaces, one at a time, and
+    the pod and topic variables are narrowed to it."""
+    variables = {v["name"]: v for v in load_dashboard()["templating"]["list"]}
+    names = [v["name"] for v in load_dashboard()["templating"]["list"]]
+    assert names.index("namespace") < names.index("job") < names.index("pod")
+    job = variables["job"]
+    assert job["type"] == "query"
+    assert job["datasource"] == DATASOURCE
+    assert job["multi"] is False
+    assert job["includeAll"] is False
+    queries = template_variable_queries()
+    assert queries["job"] == 'label_values(space_pipeline_build_info{namespace=~"$namespace"}, job)'
+    for name in ("pod", "topic"):
+        assert 'job=~"$job"' in queries[name], name
 
 
 def test_every_panel_has_a_target_on_the_datasource_variable() -> None:
@@ -110,8 +127,9 @@ def test_queries_read_only_catalogue_metrics() -> None:
         assert not unknown, f"unknown metrics {unknown} in {expr}"
 
 
-def test_queries_filter_on_namespace_pod_and_topic() -> None:
-    """Every selector filters on $namespace and $pod, and on $topic when the metric has a topic."""
+def test_queries_filter_on_namespace_job_pod_and_topic() -> None:
+    """Every selector filters on $namespace, $job (the release) and $pod, and on $topic when the
+    metric has a topic: two releases in one namespace are never summed together."""
     catalogue = exported_metrics()
     for expr in dashboard_queries(expand=False):
         selectors = metric_selectors(expr)

@@ -3,7 +3,7 @@
 Built-in kinds are validated (strictly: unknown fields fail) against the Kubernetes OpenAPI
 schemas shipped by kubernetes-validate. The CRD kinds (PodMonitor, ServiceMonitor, PrometheusRule,
 ScaledObject) have no schema there: they get a minimal hand-written schema of the fields their
-operators need (see CRD_SCHEMAS).
+operators need (see CRD_SCHEMAS); a TriggerAuthentication gets KEDA's published CRD (tests/crds).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from pydantic import AnyHttpUrl
 from pipeline.config import ENV_PREFIX, Settings, load_settings
 from pipeline.errors import ConfigError
 from pipeline.policy import format_statuses, parse_statuses
+from tests.crds import crd_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART_DIR = ROOT / "helm" / "space-pipeline"
@@ -39,6 +40,8 @@ ALL_FEATURES = HELM_VALUES / "all-features.yaml"
 FUNCTION_SINK = HELM_VALUES / "function-sink.yaml"
 # The pods as a StatefulSet, each a static group member under its pod's name.
 STATEFULSET = HELM_VALUES / "statefulset.yaml"
+# KEDA and the pods on a SASL_SSL Kafka; the API's URL and headers from Secrets (test_helm_keda.py).
+SECURED_KAFKA = HELM_VALUES / "secured-kafka.yaml"
 K8S_VERSION = "1.33.0"
 RELEASE = "demo"
 NAMESPACE = "streams"
@@ -180,6 +183,10 @@ CRD_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
             },
         }
     ),
+    # KEDA's own published CRD (tests/crds), strict.
+    ("keda.sh/v1alpha1", "TriggerAuthentication"): crd_schema(
+        "keda.sh_triggerauthentications.yaml"
+    ),
 }
 
 
@@ -261,6 +268,7 @@ VARIANTS = {
     "all-features": load_values(ALL_FEATURES),
     "function-sink": load_values(FUNCTION_SINK),
     "statefulset": load_values(STATEFULSET),
+    "secured-kafka": load_values(SECURED_KAFKA),
 }
 
 
@@ -649,6 +657,49 @@ def test_admin_token_reference(chart: helm.Chart) -> None:
     }
 
 
+def test_schema_registry_password_reference(chart: helm.Chart) -> None:
+    """secrets.schemaRegistryPassword: PIPELINE_SCHEMA_REGISTRY_PASSWORD from the named Secret,
+    the registry's URL and username in the ConfigMap."""
+    values = {
+        "config": {
+            "valueFormat": "avro",
+            "schemaRegistryUrl": "https://sr.example.com:8081",
+            "schemaRegistryUsername": "stage",
+        },
+        "secrets": {"schemaRegistryPassword": {"existingSecret": "sr-user"}},
+    }
+    docs = render(chart, values)
+    env = {e["name"]: e for e in container(docs)["env"]}
+    assert env["PIPELINE_SCHEMA_REGISTRY_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "sr-user",
+        "key": "password",
+    }
+    assert configmap_env(docs)["PIPELINE_SCHEMA_REGISTRY_USERNAME"] == "stage"
+
+
+AVRO = {"config": {"valueFormat": "avro", "schemaRegistryUrl": "https://sr.example.com:8081"}}
+
+
+def test_a_schema_registry_url_holding_credentials_fails(chart: helm.Chart) -> None:
+    """As for the other URLs: a password in the ConfigMap would be readable by anyone who can
+    read ConfigMaps; the password goes in secrets.schemaRegistryPassword."""
+    values = merged(AVRO, {"config": {"schemaRegistryUrl": "https://stage:pw@sr.example.com"}})
+    with pytest.raises(helm.HelmRenderError, match=r"config\.schemaRegistryUrl holds a credential"):
+        render(chart, values)
+
+
+def test_a_closed_egress_must_let_the_pods_reach_the_schema_registry(chart: helm.Chart) -> None:
+    closed = {"networkPolicy": {"enabled": True, "egress": {"allowAll": False, "rules": []}}}
+    kafka_and_api = [{"ports": [{"port": 9092}, {"port": 8080}]}]
+    closed["networkPolicy"]["egress"]["rules"] = kafka_and_api
+    with pytest.raises(
+        helm.HelmRenderError, match=r"TCP port 8081 \(the schema registry, sr\.example\.com:8081\)"
+    ):
+        render(chart, merged(AVRO, closed))
+    closed["networkPolicy"]["egress"]["rules"] = [*kafka_and_api, {"ports": [{"port": 8081}]}]
+    assert only(render(chart, merged(AVRO, closed)), "NetworkPolicy")
+
+
 OAUTH2_CONFIG = {
     "oauth2TokenUrl": "https://auth.example.com/token",
     "oauth2ClientId": "space-pipeline",
@@ -836,8 +887,12 @@ def test_pod_monitor_settings(chart: helm.Chart) -> None:
 
 
 def test_prometheus_rule_embeds_alerts_file(chart: helm.Chart) -> None:
-    """The PrometheusRule holds files/alerts.yaml's groups verbatim, then additionalGroups."""
-    rules_file = yaml.safe_load((CHART_DIR / "files" / "alerts.yaml").read_text())
+    """The PrometheusRule holds files/alerts.yaml's groups, their selectors scoped to the release's
+    namespace and the PodMonitor's job (tests/test_alerts.py checks the rest), then
+    additionalGroups."""
+    text = (CHART_DIR / "files" / "alerts.yaml").read_text()
+    scoped = f'namespace="{NAMESPACE}", job="monitoring/{RELEASE}-space-pipeline"'
+    rules_file = yaml.safe_load(text.replace('job="space-pipeline"', scoped))
     rule = only(render(chart, load_values(ALL_FEATURES)), "PrometheusRule")
     assert rule["metadata"]["namespace"] == "monitoring"
     assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
@@ -847,7 +902,8 @@ def test_prometheus_rule_embeds_alerts_file(chart: helm.Chart) -> None:
 
 
 def test_grafana_dashboard_configmap(chart: helm.Chart) -> None:
-    """The dashboard ConfigMap has the sidecar label, folder annotation and the JSON file as is."""
+    """The dashboard ConfigMap has the sidecar label, folder annotation and the JSON file, made the
+    release's (uid, title, $job: see below)."""
     docs = render(chart, load_values(ALL_FEATURES))
     (dashboard,) = [d for d in docs if d["metadata"]["name"].endswith("-dashboard")]
     assert dashboard["kind"] == "ConfigMap"
@@ -855,7 +911,41 @@ def test_grafana_dashboard_configmap(chart: helm.Chart) -> None:
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert dashboard["metadata"]["annotations"] == {"grafana_folder": "Streaming"}
     expected = json.loads((CHART_DIR / "files" / "space-pipeline-dashboard.json").read_text())
-    assert json.loads(dashboard["data"]["space-pipeline-dashboard.json"]) == expected
+    rendered = json.loads(dashboard["data"]["space-pipeline-dashboard.json"])
+    # The release's own: uid, title and the job variable's default (tested below); the rest as is.
+    for key in ("uid", "title", "templating"):
+        del expected[key], rendered[key]
+    assert rendered == expected
+
+
+def rendered_dashboard(
+    chart: helm.Chart, *layers: dict[str, Any], release: str = RELEASE
+) -> dict[str, Any]:
+    docs = render(chart, {"grafanaDashboard": {"enabled": True}}, *layers, release=release)
+    (configmap,) = [d for d in docs if d["metadata"]["name"].endswith("-dashboard")]
+    dashboard: dict[str, Any] = json.loads(configmap["data"]["space-pipeline-dashboard.json"])
+    return dashboard
+
+
+def test_each_release_renders_a_dashboard_of_its_own(chart: helm.Chart) -> None:
+    """Two releases in one Grafana get two dashboards: a uid (at most 40 characters, Grafana's
+    limit) and a title derived from the release, and $job preset to the release's scrape job."""
+    monitored = {"podMonitor": {"enabled": True}}
+    demo = rendered_dashboard(chart, monitored)
+    other = rendered_dashboard(chart, monitored, release="other")
+    renamed = rendered_dashboard(chart, monitored, {"fullnameOverride": "x" * 63})
+    uids = {demo["uid"], other["uid"], renamed["uid"]}
+    assert len(uids) == 3, uids
+    assert all(len(uid) <= 40 and re.fullmatch(r"[a-z0-9-]+", uid) for uid in uids), uids
+    assert demo["uid"].startswith(f"{RELEASE}-space-pipeline-")
+    assert demo["title"] == f"Space Pipeline ({NAMESPACE}/{RELEASE}-space-pipeline)"
+    assert demo["title"] != other["title"]
+    (job,) = [v for v in demo["templating"]["list"] if v["name"] == "job"]
+    expected = f"{NAMESPACE}/{RELEASE}-space-pipeline"
+    assert job["current"] == {"selected": True, "text": expected, "value": expected}
+    # Without a monitor or prometheusRule.job the chart cannot know the job: Grafana picks one.
+    (job,) = [v for v in rendered_dashboard(chart)["templating"]["list"] if v["name"] == "job"]
+    assert job["current"] == {}
 
 
 def test_network_policy_admits_only_metrics_port(chart: helm.Chart) -> None:
@@ -1144,9 +1234,12 @@ NOT_IN_CONFIG = {
     "space_api_token": "secret: secrets.spaceApiToken",
     "oauth2_client_secret": "secret: secrets.oauth2ClientSecret",
     "admin_token": "secret: secrets.adminToken",
+    "schema_registry_password": "secret: secrets.schemaRegistryPassword",
     # A path in the pod, alternative to secrets.oauth2ClientSecret: mount the Secret yourself
     # (extraVolumes, extraVolumeMounts) and set the variable with extraEnv (chart README).
     "oauth2_client_secret_file": "a mounted secret file: extraVolumes + extraEnv",
+    # The registry's CA, the same way: mounted with extraVolumes, named with extraEnv.
+    "schema_registry_ca_file": "a mounted file: extraVolumes + extraEnv",
     # Files the chart mounts from kafkaTls.existingSecret and points at itself.
     "kafka_ssl_cafile": "set by the chart from kafkaTls.caKey",
     "kafka_ssl_certfile": "set by the chart from kafkaTls.certKey",
@@ -1302,7 +1395,10 @@ def test_all_features_configmap_is_accepted_by_settings(
     in_the_pod += ("SPACE_API_CA_FILE", "SPACE_API_CLIENT_CERT_FILE", "SPACE_API_CLIENT_KEY_FILE")
     for name in (*in_the_pod, "FUTURE_SETTING"):
         del env[ENV_PREFIX + name]
-    secrets = {name: "from-a-secret" for name in ("KAFKA_SASL_PASSWORD", "OAUTH2_CLIENT_SECRET")}
+    secrets = {
+        name: "from-a-secret"
+        for name in ("KAFKA_SASL_PASSWORD", "OAUTH2_CLIENT_SECRET", "SCHEMA_REGISTRY_PASSWORD")
+    }
     pod_environment(monkeypatch, {**env, **{ENV_PREFIX + k: v for k, v in secrets.items()}})
     settings = Settings(_env_file=None)
     config = values["config"]
@@ -1315,6 +1411,9 @@ def test_all_features_configmap_is_accepted_by_settings(
     assert settings.rate_limit_burst == values["rateLimit"]["globalBurst"] // pods
     assert settings.retry_statuses == parse_statuses(config["retryStatuses"])
     assert settings.dead_letter_idempotence is config["deadLetterIdempotence"] is False
+    assert settings.result_topic == config["resultTopic"]
+    assert settings.result_max_bytes == config["resultMaxBytes"]
+    assert settings.result_idempotence is config["resultIdempotence"] is False
     assert settings.skip_records == frozenset(config["skipRecords"])
     assert list(settings.forward_headers) == config["forwardHeaders"]
     assert settings.space_api_headers == config["spaceApiHeaders"]
@@ -1555,3 +1654,45 @@ def test_a_static_member_id_under_a_deployment_or_a_strategy_under_a_statefulset
     StatefulSet has no Deployment strategy."""
     with pytest.raises(helm.HelmRenderError, match=message):
         render(chart, values)
+
+
+# --- Labels: one key once ------------------------------------------------------------------------
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a mapping with a key twice (PyYAML keeps the last silently)."""
+
+
+def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    keys = [loader.construct_object(key) for key, _ in node.value]
+    duplicates = {key for key in keys if keys.count(key) > 1}
+    if duplicates:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"duplicate keys {sorted(duplicates)}", node.start_mark
+        )
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def test_common_labels_never_write_a_chart_label_twice(chart: helm.Chart) -> None:
+    """commonLabels may set app.kubernetes.io/component (it wins, once) but never a selector label:
+    every rendered mapping has each key once."""
+    common = {
+        "app.kubernetes.io/component": "orders-sink",
+        "app.kubernetes.io/name": "elsewhere",
+        "team": "space",
+    }
+    values = merged(REQUIRED, load_values(ALL_FEATURES), {"commonLabels": common})
+    files = chart.render(values, name=RELEASE, namespace=NAMESPACE)
+    for path, text in sorted(files.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        for doc in yaml.load_all(text, Loader=_UniqueKeyLoader):
+            if not doc:
+                continue
+            labels = doc["metadata"].get("labels", {})
+            if "app.kubernetes.io/component" in labels:
+                assert labels["app.kubernetes.io/component"] == "orders-sink", path
+            assert labels.get("app.kubernetes.io/name", "space-pipeline") == "space-pipeline", path

@@ -324,8 +324,11 @@ def test_a_proxy_setting_needs_the_aiohttp_client_and_a_proxy_url() -> None:
         "PIPELINE_HTTP_PROXY needs PIPELINE_HTTP_CLIENT=aiohttp (the lean client does not speak"
         " to proxies)"
     ] == problems(http_proxy="http://proxy:3128")
-    assert ["PIPELINE_HTTP_PROXY: must be a URL such as http://proxy.example:3128"] == problems(
+    assert ["PIPELINE_HTTP_PROXY: no scheme: add http:// or https://"] == problems(
         http_proxy="proxy:3128", http_client="aiohttp"
+    )
+    assert ["PIPELINE_HTTP_PROXY: must be a URL such as http://proxy.example:3128"] == problems(
+        http_proxy="http://", http_client="aiohttp"
     )
     assert [] == problems(http_proxy="http://user:pw@proxy:3128", http_client="aiohttp")
 
@@ -435,3 +438,66 @@ async def test_an_answer_the_loop_has_not_read_yet_still_retires_the_connection(
 
     assert (201, 201) == (first.status, second.status)
     assert [1, 2] == connections, "used again after stray bytes"
+
+
+# The answer's body, for the result topic
+
+
+def answering(*answers: bytes) -> tuple[Handler, list[int]]:
+    """A keep-alive server giving ``answers`` in turn; records the connection of each request."""
+    connections: list[int] = []
+    turn = iter(answers)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            connections.append(id(writer))
+            writer.write(next(turn))
+
+    return handler, connections
+
+
+def json_answer(body: bytes) -> bytes:
+    head = b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+    return head % len(body) + body
+
+
+@ALL
+async def test_an_accepted_answer_keeps_its_body_and_content_type_when_asked(
+    make: Client,
+) -> None:
+    handler, _ = answering(json_answer(b'{"id": "t/0/7"}'))
+    async with server(handler) as base, make() as http:
+        answer = await http.request("POST", f"{base}/v1", {}, b"x", keep_body=1024)
+
+    assert (201, b'{"id": "t/0/7"}', "application/json", False) == (
+        answer.status,
+        answer.body,
+        answer.content_type,
+        answer.truncated,
+    )
+
+
+@ALL
+async def test_a_kept_body_beyond_its_limit_is_cut_and_said_so_and_the_connection_serves_on(
+    make: Client,
+) -> None:
+    """The rest of a long answer is read and dropped, never kept: the connection stays usable."""
+    long = json_answer(b"a" * 100_000)
+    handler, connections = answering(long, json_answer(b"next"))
+    async with server(handler) as base, make() as http:
+        first = await http.request("POST", f"{base}/v1", {}, b"x", keep_body=10)
+        second = await http.request("POST", f"{base}/v1", {}, b"x", keep_body=10)
+
+    assert (b"a" * 10, True) == (first.body, first.truncated)
+    assert (b"next", False) == (second.body, second.truncated)
+    assert connections[0] == connections[1]
+
+
+@ALL
+async def test_an_accepted_answer_keeps_no_body_unless_asked(make: Client) -> None:
+    handler, _ = answering(json_answer(b'{"id": 1}'))
+    async with server(handler) as base, make() as http:
+        answer = await http.request("POST", f"{base}/v1", {}, b"x")
+
+    assert (b"", False) == (answer.body, answer.truncated)

@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import REGISTRY
 
 from pipeline.dev.stub_api import REDIRECT_LOCATION, FaultWindow, StubConfig, StubServer
+from pipeline.health import Verdict
 from pipeline.records import Record
 from tests.plugins.broker import new_dlq
 from tests.plugins.stage import running_stage
@@ -82,7 +83,7 @@ async def test_rejected_records_are_dead_lettered_and_everything_else_flows(new_
         settings = topic.settings(api.url, dead_letter_topic=dlq, **DLQ)
         async with running_stage(settings) as stage:
             await eventually(lambda: api.stats().unique == 88, what="all but the two")
-            await eventually(lambda: stage.ready().ok, what="ready")
+            await eventually(lambda: Verdict(ok=True) == stage.ready(), what="nothing degraded")
         stats = api.stats()
     letters = await dead_letters(topic.bootstrap, dlq)
     assert 0 == stats.order_violations
@@ -156,7 +157,7 @@ async def test_a_redirect_window_is_an_outage_of_the_url_not_bad_records(new_top
             await asyncio.sleep(3)
             during = api.stats()
             await eventually(lambda: api.stats().unique == 200, timeout=60, what="all 200")
-            await eventually(lambda: stage.ready().ok, what="/readyz green again")
+            await eventually(lambda: Verdict(ok=True) == stage.ready(), what="/readyz clear again")
         stats = api.stats()
     window_requests = during.requests - before.requests
     assert REDIRECT_LOCATION in reason
@@ -243,7 +244,7 @@ async def test_the_skip_list_lets_a_halted_record_past(new_topic):
         )
         async with running_stage(settings) as stage:
             await eventually(lambda: api.stats().unique == 39, what="all but the skipped")
-            await eventually(lambda: stage.ready().ok, what="no halt")
+            await eventually(lambda: Verdict(ok=True) == stage.ready(), what="no halt")
     letters = await dead_letters(topic.bootstrap, dlq)
     assert [b"skipped"] == [dict(r.headers)["x-error-reason"] for r in letters]
     assert topic.expected_end(40) == await topic.committed()
@@ -295,13 +296,15 @@ async def test_a_halt_stays_reported_across_rebalances_until_the_record_passes(n
         api.set_config(StubConfig(latency_ms=1))  # the API now takes it
         async with running_stage(topic.settings(api.url)) as stage:
             await eventually(lambda: api.stats().unique == 10, what="all 10")
-            await eventually(lambda: stage.ready().ok, what="the halt cleared")
+            await eventually(lambda: Verdict(ok=True) == stage.ready(), what="the halt cleared")
     assert f"{topic.name}/0/4" in first_reason
     assert {0: 10} == await topic.committed()
 
 
-async def test_readyz_names_the_auth_outage_over_http(new_topic):
-    """The probe endpoint answers 503 with the reason while credentials are refused."""
+async def test_readyz_stays_200_and_names_the_auth_outage_over_http(new_topic):
+    """While credentials are refused the probe endpoint names the outage but answers 200: an
+    outage of the API is every pod's, and a NotReady pod would only block rollouts and drains
+    (the outage has its metric, alert and /admin/status)."""
     topic = await new_topic(1)
     await topic.produce(3)
     async with StubServer(StubConfig(latency_ms=1, token="right")) as api:
@@ -309,7 +312,10 @@ async def test_readyz_names_the_auth_outage_over_http(new_topic):
         async with running_stage(settings) as stage, httpx.AsyncClient() as client:
             await eventually(lambda: "credentials" in stage.ready().reason, what="the auth outage")
             readyz = await client.get(f"http://127.0.0.1:{stage.ops_port}/readyz")
-    assert 503 == readyz.status_code
+    assert 200 == readyz.status_code
+    assert readyz.json()["ok"] is True
+    (degraded,) = readyz.json()["degraded"]
+    assert "credentials" in degraded
     assert "credentials" in readyz.json()["reason"]
 
 

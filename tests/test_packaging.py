@@ -14,6 +14,9 @@ No daemon runs here, so instead of building the image these tests
 
 from __future__ import annotations
 
+import contextlib
+import http.server
+import importlib.metadata
 import json
 import os
 import re
@@ -21,10 +24,15 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
+import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -308,3 +316,149 @@ def test_dockerignore_admits_every_copy_source(builder: Stage) -> None:
         *sources, _dest = shlex.split(rest)
         for source in sources:
             assert source.rstrip("/") in allowed, f"{source} is COPYed but ignored"
+
+
+# Reproducible builds: the base pinned by digest, the dependencies by constraints.txt
+
+CONSTRAINTS = ROOT / "constraints.txt"
+PYPROJECT = ROOT / "pyproject.toml"
+# python:3.11.15-slim-bookworm's OCI image index (every platform), as docker-library/repo-info
+# recorded it; a bump changes both FROM lines and this line together.
+BASE_DIGEST = "sha256:d29f48a31a8b408ed19272ca1e7b10ebae13b240a27e862d3d4217c528e2e0c3"
+
+
+def pinned() -> dict[str, str]:
+    """constraints.txt as {canonical name: version}."""
+    pins: dict[str, str] = {}
+    for raw in CONSTRAINTS.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, version = line.partition("==")
+        assert sep, f"not name==version: {line!r}"
+        pins[canonicalize_name(name)] = version
+    return pins
+
+
+def runtime_requirements() -> list[Requirement]:
+    """pyproject.toml's runtime dependencies that apply on this Python (the image's)."""
+    project = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["project"]
+    found = (Requirement(text) for text in project["dependencies"])
+    return [r for r in found if r.marker is None or r.marker.evaluate()]
+
+
+def test_the_base_image_is_pinned_by_its_digest(stages: list[Stage]) -> None:
+    """Both stages name the tag (for people) and the digest (for the build): a tag moves when
+    Debian's packages are updated, a digest never does."""
+    assert {s.image for s in stages} == {f"python:3.11.15-slim-bookworm@{BASE_DIGEST}"}
+
+
+def test_constraints_pin_every_runtime_dependency_of_pyproject() -> None:
+    """Each runtime dependency has exactly one pin, and the pin satisfies pyproject's range."""
+    pins = pinned()
+    for requirement in runtime_requirements():
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{requirement.name} has no pin in constraints.txt"
+        assert requirement.specifier.contains(pins[name], prereleases=True), (
+            f"{name}=={pins[name]} is outside pyproject's {requirement}"
+        )
+
+
+def test_constraints_pin_the_whole_closure_at_the_versions_this_venv_runs() -> None:
+    """What the pinned packages require is pinned too (nothing floats in the image), nothing
+    else is (no test tool slips in), and every pin is the version installed here: `make
+    install` installs under the same constraints, so the tests ran what the image ships."""
+    pins = pinned()
+    wanted = {canonicalize_name(r.name) for r in runtime_requirements()}
+    closure: set[str] = set()
+    while wanted:
+        name = wanted.pop()
+        closure.add(name)
+        for text in importlib.metadata.requires(name) or []:
+            requirement = Requirement(text)
+            applies = requirement.marker is None or requirement.marker.evaluate({"extra": ""})
+            if applies and canonicalize_name(requirement.name) not in closure:
+                wanted.add(canonicalize_name(requirement.name))
+    assert set(pins) == closure
+    installed = {name: importlib.metadata.version(name) for name in pins}
+    assert pins == installed, "regenerate with `make constraints`"
+
+
+def test_the_image_and_the_venv_install_under_the_constraints(builder: Stage) -> None:
+    """The builder's dependency layer and `make install` both take constraints.txt."""
+    assert "constraints.txt" in " ".join(builder.args("COPY")).split()
+    (install,) = [run for run in builder.args("RUN") if "--requirement requirements.txt" in run]
+    assert "--constraint constraints.txt" in install
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    assert '-e ".[dev]" --constraint constraints.txt' in makefile
+
+
+def test_the_image_carries_oci_source_and_version_labels(runtime: Stage) -> None:
+    """source and version (from build arguments, the version defaulting to pyproject's), and
+    the base image's name and digest."""
+    args = dict(arg.partition("=")[::2] for arg in runtime.args("ARG"))
+    labels: dict[str, str] = {}
+    for rest in runtime.args("LABEL"):
+        labels.update(_env_pairs(rest))
+    project = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["project"]
+    assert args["VERSION"] == project["version"]
+    assert args["SOURCE_URL"].startswith("https://")
+    assert labels["org.opencontainers.image.version"] == "${VERSION}"
+    assert labels["org.opencontainers.image.source"] == "${SOURCE_URL}"
+    assert labels["org.opencontainers.image.revision"] == "${REVISION}"
+    assert labels["org.opencontainers.image.base.digest"] == BASE_DIGEST
+    assert labels["org.opencontainers.image.base.name"] == (
+        "docker.io/library/python:3.11.15-slim-bookworm"
+    )
+
+
+class _Health(http.server.BaseHTTPRequestHandler):
+    status = 200
+
+    def do_GET(self) -> None:
+        self.send_response(self.status if self.path == "/healthz" else 404)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def healthz_server(status: int) -> Iterator[int]:
+    """A loopback server whose /healthz answers ``status``; yields its port."""
+    handler = type("Handler", (_Health,), {"status": status})
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield server.server_address[1]
+        finally:
+            server.shutdown()
+
+
+def healthcheck_exit_code(runtime: Stage, env: dict[str, str]) -> int:
+    """Run the HEALTHCHECK's command as Docker does (``/bin/sh -c`` for the shell form)."""
+    (rest,) = runtime.args("HEALTHCHECK")
+    command = rest.split(" CMD ", 1)[1]
+    argv = json.loads(command) if command.startswith("[") else ["/bin/sh", "-c", command]
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    proc = subprocess.run(
+        argv,
+        env={"PATH": path, **env},
+        capture_output=True,
+        check=False,
+        timeout=30,
+    )
+    return proc.returncode
+
+
+def test_the_healthcheck_follows_the_metrics_port(runtime: Stage) -> None:
+    """The HEALTHCHECK asks /healthz on PIPELINE_METRICS_PORT (9400 when unset), with the
+    standard library only, and fails when the answer is not 2xx."""
+    with healthz_server(200) as healthy, healthz_server(503) as unhealthy:
+        assert healthcheck_exit_code(runtime, {"PIPELINE_METRICS_PORT": str(healthy)}) == 0
+        assert healthcheck_exit_code(runtime, {"PIPELINE_METRICS_PORT": str(unhealthy)}) != 0
+    (rest,) = runtime.args("HEALTHCHECK")
+    assert "or '9400'" in rest, "the stage's default port when the variable is unset"
+    assert "curl" not in rest
+    assert "wget" not in rest

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from pipeline.errors import LaneHaltedError, RejectedError, RetryableSendError
+from pipeline.errors import LaneHaltedError, RejectedError, ResultError, RetryableSendError
 from pipeline.sender import BatchLimits, OrderedSender
 from tests.fakes import FakeClock
 
@@ -143,3 +143,30 @@ async def test_every_item_ends_in_order_whatever_the_batch_size(max_items: int) 
             sender.try_submit(i, "a")
 
     assert list(range(20)) == accepted
+
+
+async def test_a_batch_whose_failure_says_it_was_delivered_halts_at_its_first_item_unsplit() -> (
+    None
+):
+    """A final failure with ``delivered`` (the API took the batch, its result cannot be written)
+    is not split to find a culprit, which would deliver the halves again: the lane halts at the
+    batch's first item and the rest of the batch fails unsent with LaneHaltedError."""
+    calls: list[list[int]] = []
+
+    async def send(batch: list[int]) -> None:
+        calls.append(list(batch))
+        await asyncio.sleep(0)
+        raise ResultError("the result topic is gone", reason="result_failed")
+
+    async with OrderedSender(
+        send, batch=BatchLimits(max_items=4), halt_on_rejection=True
+    ) as sender:
+        receipts = [sender.try_submit(i, "a") for i in range(4)]
+        await sender.drain()
+        halted_by = sender.halted("a")
+        sender.cancel(["a"])
+
+    assert [[0, 1, 2, 3]] == calls
+    assert isinstance(receipts[0].exception(), ResultError)
+    assert all(isinstance(r.exception(), LaneHaltedError) for r in receipts[1:])
+    assert halted_by is receipts[0].exception()

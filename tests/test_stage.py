@@ -12,6 +12,7 @@ import pytest
 
 from pipeline.dev.broker import free_port
 from pipeline.dev.stub_api import StubConfig, StubServer
+from pipeline.health import Verdict
 from tests.plugins.environment import VALID
 from tests.plugins.metrics import metric_value
 from tests.plugins.processes import run_once
@@ -60,7 +61,7 @@ async def test_outage_and_429_storm_keep_order_honour_retry_after_and_deliver_al
     async with StubServer(faults) as api:
         async with running_stage(topic.settings(api.url)) as stage:
             await eventually(lambda: api.stats().unique == 150, what="all 150 after faults")
-            assert stage.ready().ok
+            assert Verdict(ok=True) == stage.ready(), "ready, and nothing degraded"
         stats = api.stats()
     assert 0 == stats.order_violations
     assert 30 <= stats.statuses.get(500, 0)
@@ -72,7 +73,8 @@ async def test_outage_and_429_storm_keep_order_honour_retry_after_and_deliver_al
 
 async def test_a_rejected_record_halts_only_its_partition(new_topic):
     """A 4xx halts its partition at that record (nothing later sent or committed past it), is
-    counted and shown by /readyz; the other partitions deliver everything."""
+    counted and shown by /readyz, which stays 200 (a halt must not block a rollout or a drain);
+    the other partitions deliver everything."""
     topic = await new_topic(3)
     await topic.produce(90)
     bad = f"{topic.name}/1/10"  # partition 1, offset 10
@@ -81,7 +83,7 @@ async def test_a_rejected_record_halts_only_its_partition(new_topic):
             await eventually(
                 lambda: api.stats().unique == 60 + 10, what="partitions 0, 2 and 1 up to 10"
             )
-            await eventually(lambda: not stage.ready().ok, what="/readyz to report the halt")
+            await eventually(lambda: stage.ready().degraded, what="/readyz to report the halt")
             await asyncio.sleep(0.5)  # a commit round, and time to (wrongly) send more
             ops = f"http://127.0.0.1:{stage.ops_port}"
             async with httpx.AsyncClient() as client:
@@ -94,12 +96,39 @@ async def test_a_rejected_record_halts_only_its_partition(new_topic):
                 f"{ops}/metrics", "space_pipeline_partition_halted", **labels
             )
         stats = api.stats(offsets=True)
-    assert 503 == readyz.status_code
-    assert f"{topic.name}/1/10" in readyz.json()["reason"]  # as PIPELINE_SKIP_RECORDS names it
+    assert 200 == readyz.status_code
+    assert readyz.json()["ok"] is True
+    (degraded,) = readyz.json()["degraded"]
+    assert f"{topic.name}/1/10" in degraded  # as PIPELINE_SKIP_RECORDS names it
+    assert f"{topic.name}/1/10" in readyz.json()["reason"]
     assert 1.0 == rejections
     assert 1.0 == halted
     assert tuple(range(10)) == stats.partitions[f"{topic.name}/1"].offsets
     assert {0: 30, 1: 10, 2: 30} == await topic.committed()
+
+
+async def test_a_member_with_no_partition_is_ready_and_a_stop_makes_it_unready(new_topic):
+    """Readiness is "running and in the group": the second member of a one-partition topic gets
+    nothing and is Ready all the same (a rollout waits for Ready pods); once a stop begins
+    /readyz is 503 at once, so no new traffic or disruption budget counts on a leaving pod."""
+    topic = await new_topic(1)
+    async with (
+        StubServer(StubConfig(latency_ms=1)) as api,
+        running_stage(topic.settings(api.url)) as one,
+    ):
+        await eventually(lambda: one.ready().ok, what="the first member joined")
+        async with running_stage(topic.settings(api.url)) as two:
+            await eventually(lambda: two.ready().ok, what="the second member joined")
+            await eventually(
+                lambda: len(two.status().partitions) + len(one.status().partitions) == 1,
+                what="the partition owned by one member only",
+            )
+            idle = min((one, two), key=lambda stage: len(stage.status().partitions))
+            assert Verdict(ok=True) == idle.ready()
+            idle.stop()
+            stopping = idle.ready()
+    assert not stopping.ok
+    assert "stopping" in stopping.reason
 
 
 async def test_sigterm_drains_commits_and_exits_zero(new_topic, stage_process):

@@ -1116,6 +1116,7 @@ FLAGS = {
     "reject_keys": ["--reject-key", "t/0/1"],
     "unavailable_keys": ["--unavailable-key", "t/0/2"],
     "seed": ["--seed", "7"],
+    "answer_body": ["--answer-body", "id"],
     "faults": ["--fault", "outage@1+2"],
     "token": ["--token", TOKEN],
     "auth_status": ["--auth-status", "403"],
@@ -1144,3 +1145,21 @@ def test_cli_flags_that_are_not_numbers_name_the_flag(capsys: pytest.CaptureFixt
     with pytest.raises(SystemExit):
         parser.parse_args(["--latency-ms", "soon"])
     assert "argument --latency-ms: invalid float value: 'soon'" in capsys.readouterr().err
+
+
+async def test_with_answer_body_id_an_accepted_request_is_answered_with_its_own_id(
+    client: httpx.AsyncClient,
+) -> None:
+    """``answer_body="id"``: each accepted record or batch is answered 201 with ``{"id": <its
+    Idempotency-Key>}``, so a result can be matched to its record; the default answers 204."""
+    async with StubServer(StubConfig(latency_ms=0, answer_body="id")) as stub:
+        single = await client.post(
+            stub.url, content=b'{"n": 1}', headers=kafka_headers("orders", 0, 5)
+        )
+        batch = await client.post(
+            stub.url, content=b"[1, 2]", headers=batch_headers("orders/1/3-4", 2)
+        )
+
+    assert (201, {"id": "orders/0/5"}) == (single.status_code, single.json())
+    assert (201, {"id": "orders/1/3-4"}) == (batch.status_code, batch.json())
+    assert "application/json" == single.headers["content-type"].split(";")[0]

@@ -10,7 +10,9 @@ item at the head of its lane, so retries never reorder anything and block only t
 ``submit`` returns a :class:`Receipt` without waiting on the network; the receipt resolves to a
 :class:`Delivery` or raises the final error. Buffers are bounded per lane, in items and bytes.
 With ``batch=`` a lane sends up to that many consecutive items in one call, and a batch that fails
-for good is split in halves until the failing item is alone, so the items before it still count.
+for good is split in halves until the failing item is alone, so the items before it still count;
+unless its error says the batch was ``delivered`` (its result could not be written): halves sent
+again would be delivered twice, so it fails whole, at its first item.
 
 The parts, as httpx splits a client from its transport: :mod:`~pipeline.sender.ordered` (the
 sender and its lane workers), :mod:`~pipeline.sender.lane` (one lane's queue, bytes and phase),

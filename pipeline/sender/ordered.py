@@ -405,9 +405,11 @@ class OrderedSender(Generic[T]):
         """Fail, split, or sleep before the next attempt."""
         delay = self._retry.retry_delay(failure, attempt)
         if delay is None:
-            if len(batch) > 1:
+            if len(batch) > 1 and not getattr(failure, "delivered", False):
                 return await self._split(lane, state, batch)
             self._fail(lane, state, batch[0], failure, attempt)
+            for receipt in batch[1:]:  # delivered, so never split: failed behind the first
+                self._finish(receipt, Outcome.FAILED, LaneHaltedError(lane, failure))
             return Verdict.SETTLED
         self._note_retry(batch[0], lane, failure, attempt, delay)
         if self._drains.covers(lane):

@@ -26,15 +26,18 @@ app.kubernetes.io/name: {{ include "space-pipeline.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/*
+The chart's labels and commonLabels as one map, so no key is written twice: commonLabels may
+replace app.kubernetes.io/component and the like, never a selector label.
+*/}}
 {{- define "space-pipeline.labels" -}}
-helm.sh/chart: {{ include "space-pipeline.chart" . }}
-{{ include "space-pipeline.selectorLabels" . }}
-app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
-app.kubernetes.io/managed-by: {{ .Release.Service }}
-app.kubernetes.io/component: kafka-http-stage
-{{- with .Values.commonLabels }}
-{{ toYaml . }}
-{{- end }}
+{{- $chart := dict
+  "helm.sh/chart" (include "space-pipeline.chart" .)
+  "app.kubernetes.io/version" .Chart.AppVersion
+  "app.kubernetes.io/managed-by" .Release.Service
+  "app.kubernetes.io/component" "kafka-http-stage" -}}
+{{- $selector := include "space-pipeline.selectorLabels" . | fromYaml -}}
+{{- toYaml (merge (dict) $selector (.Values.commonLabels | default dict) $chart) -}}
 {{- end -}}
 
 {{- define "space-pipeline.serviceAccountName" -}}
@@ -93,6 +96,8 @@ Lists are joined with ",", maps JSON-encoded.
 {{- end -}}
 {{- include "space-pipeline.validateSink" . -}}
 {{- include "space-pipeline.validateRateLimit" . -}}
+{{- include "space-pipeline.validateCredentials" . -}}
+{{- include "space-pipeline.validateEgress" . -}}
 {{- /* Variables the chart derives itself, and the value to set instead. */ -}}
 {{- $reserved := dict "PIPELINE_SHUTDOWN_TIMEOUT_S" "config.shutdownTimeoutS" "PIPELINE_METRICS_PORT" "config.metricsPort" -}}
 {{- if .Values.rateLimit.globalPerS -}}
@@ -128,13 +133,13 @@ OAuth2 client credentials, not both.
 */}}
 {{- define "space-pipeline.validateSink" -}}
 {{- $c := .Values.config -}}
-{{- $url := get $c "spaceApiUrl" -}}
+{{- $url := or (get $c "spaceApiUrl") .Values.secrets.spaceApiUrl.existingSecret -}}
 {{- $function := get $c "sinkFunction" -}}
 {{- if and $url $function -}}
 {{- fail "config.spaceApiUrl and config.sinkFunction are both set: set one (records go to the Space API over HTTP, or through your own function)" -}}
 {{- end -}}
 {{- if not (or $url $function) -}}
-{{- fail "config.spaceApiUrl or config.sinkFunction is required: the Space API's URL, or your own function as package.module:function" -}}
+{{- fail "config.spaceApiUrl or config.sinkFunction is required: the Space API's URL (or secrets.spaceApiUrl, for a URL holding credentials), or your own function as package.module:function" -}}
 {{- end -}}
 {{- $secrets := .Values.secrets -}}
 {{- $oauth2Secret := $secrets.oauth2ClientSecret.existingSecret -}}
@@ -253,4 +258,103 @@ The kind of the pods' controller: Deployment, or StatefulSet with workload: stat
 */}}
 {{- define "space-pipeline.workloadKind" -}}
 {{- if eq .Values.workload "statefulset" -}}StatefulSet{{- else -}}Deployment{{- end -}}
+{{- end -}}
+
+{{/*
+The scrape job of this release's targets, which the alert rules and the dashboard select:
+prometheusRule.job, else the one the chart's monitor gives (prometheus-operator names a
+PodMonitor's job <monitor namespace>/<monitor name>, a ServiceMonitor's after the Service).
+*/}}
+{{- define "space-pipeline.scrapeJob" -}}
+{{- $job := include "space-pipeline.knownScrapeJob" . -}}
+{{- if not $job -}}
+{{- fail "prometheusRule needs the scrape job of the pods: enable podMonitor or serviceMonitor, or set prometheusRule.job to the job your Prometheus scrapes them as" -}}
+{{- end -}}
+{{- $job -}}
+{{- end -}}
+
+{{/* The scrape job as above, or nothing when the chart cannot know it. */}}
+{{- define "space-pipeline.knownScrapeJob" -}}
+{{- if .Values.prometheusRule.job -}}
+{{- .Values.prometheusRule.job -}}
+{{- else if .Values.podMonitor.enabled -}}
+{{- printf "%s/%s" (.Values.podMonitor.namespace | default .Release.Namespace) (include "space-pipeline.fullname" .) -}}
+{{- else if .Values.serviceMonitor.enabled -}}
+{{- printf "%s-metrics" (include "space-pipeline.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Where each alert's threshold is written in files/alerts.yaml (the only occurrence in its expr):
+prometheusRule.rules.<alert>.threshold replaces its number.
+*/}}
+{{- define "space-pipeline.alertThresholds" -}}
+SpacePipelineLagAboveSLO: ") > 300"
+SpacePipelinePartitionStalled: ") > 600"
+SpacePipelineApiErrorRatioHigh: "> 0.2"
+SpacePipelineDeadLetterRate: ") > 15"
+SpacePipelineRebalanceStorm: ") > 6"
+{{- end -}}
+
+{{/*
+The pod template's labels: the chart's labels and podLabels, less what changes with the chart's
+version alone (helm.sh/chart). A release that changes no pod, only alerts or the dashboard,
+then restarts no consumer and costs the group no rebalance.
+*/}}
+{{- define "space-pipeline.podLabels" -}}
+{{- $labels := include "space-pipeline.labelsWith" (dict "ctx" . "extra" .Values.podLabels) | fromYaml -}}
+{{- toYaml (omit $labels "helm.sh/chart") -}}
+{{- end -}}
+
+{{/*
+topologySpread.preset's constraints (maxSkew 1 over zones, nodes or both, selecting this
+release's pods), then topologySpreadConstraints; empty when there are none. Kubernetes refuses
+two constraints on one key, so an own constraint on a preset's key fails the render.
+*/}}
+{{- define "space-pipeline.topologySpreadConstraints" -}}
+{{- $presets := dict "none" (list) "zone" (list "topology.kubernetes.io/zone") "node" (list "kubernetes.io/hostname") "zoneAndNode" (list "topology.kubernetes.io/zone" "kubernetes.io/hostname") -}}
+{{- $spread := .Values.topologySpread | default dict -}}
+{{- $keys := get $presets ($spread.preset | default "none") -}}
+{{- $selector := dict "matchLabels" (include "space-pipeline.selectorLabels" . | fromYaml) -}}
+{{- $constraints := list -}}
+{{- range $key := $keys -}}
+{{- $constraints = append $constraints (dict "maxSkew" 1 "topologyKey" $key "whenUnsatisfiable" ($spread.whenUnsatisfiable | default "ScheduleAnyway") "labelSelector" $selector) -}}
+{{- end -}}
+{{- range .Values.topologySpreadConstraints -}}
+{{- if has .topologyKey $keys -}}
+{{- fail (printf "topologySpreadConstraints has one on %s, which topologySpread.preset %s already spreads over: drop one of them" .topologyKey $spread.preset) -}}
+{{- end -}}
+{{- $constraints = append $constraints . -}}
+{{- end -}}
+{{- with $constraints -}}
+{{- toYaml . -}}
+{{- end -}}
+{{- end -}}
+
+{{/* What selects the `helm test` pod (the NetworkPolicy admits it by these). */}}
+{{- define "space-pipeline.testSelectorLabels" -}}
+app.kubernetes.io/instance: {{ .Release.Name }}
+space-pipeline/helm-test: healthz
+{{- end -}}
+
+{{/*
+The `helm test` pod's labels: the chart's, without app.kubernetes.io/name (so no selector of the
+consumer pods, PDB, Services or monitors, takes it), component helm-test unless commonLabels
+sets one, and its selector labels.
+*/}}
+{{- define "space-pipeline.testLabels" -}}
+{{- $labels := omit (include "space-pipeline.labels" . | fromYaml) "app.kubernetes.io/name" -}}
+{{- if not (hasKey (.Values.commonLabels | default dict) "app.kubernetes.io/component") -}}
+{{- $_ := set $labels "app.kubernetes.io/component" "helm-test" -}}
+{{- end -}}
+{{- toYaml (merge (include "space-pipeline.testSelectorLabels" . | fromYaml) $labels) -}}
+{{- end -}}
+
+{{/* The Service `helm test` reaches the pods through; empty when there is none. */}}
+{{- define "space-pipeline.testService" -}}
+{{- if or .Values.metricsService.enabled .Values.serviceMonitor.enabled -}}
+{{- include "space-pipeline.fullname" . }}-metrics
+{{- else if eq .Values.workload "statefulset" -}}
+{{- include "space-pipeline.fullname" . }}-pods
+{{- end -}}
 {{- end -}}

@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             extra["metavar"] = cli.metavar
         if cli.choices is not None:
             extra["choices"] = cli.choices
-        add(_flag(config_field, cli), help=cli.help, **extra)
+        add(_flag(config_field, cli), *cli.aliases, help=cli.help, **extra)
 
 
 def config_from_args(ns: argparse.Namespace) -> StubConfig:

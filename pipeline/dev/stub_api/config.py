@@ -43,6 +43,7 @@ class Option:
 
     help: str
     flag: str | None = None  # --<field-name> with dashes if not given
+    aliases: tuple[str, ...] = ()  # older spellings of the flag, still accepted
     parse: Callable[[str], object] | None = None
     collect: Callable[[list[Any]], object] | None = None
     metavar: str | None = None
@@ -54,6 +55,7 @@ def option(
     help: str,
     *,
     flag: str | None = None,
+    aliases: tuple[str, ...] = (),
     parse: Callable[[str], object] | None = None,
     collect: Callable[[list[Any]], object] | None = None,
     metavar: str | None = None,
@@ -61,7 +63,13 @@ def option(
 ) -> T:
     """A dataclass field with its command-line form in the metadata (see :class:`Option`)."""
     cli = Option(
-        help=help, flag=flag, parse=parse, collect=collect, metavar=metavar, choices=choices
+        help=help,
+        flag=flag,
+        aliases=aliases,
+        parse=parse,
+        collect=collect,
+        metavar=metavar,
+        choices=choices,
     )
     return field(default=default, metadata={"cli": cli})
 
@@ -116,6 +124,22 @@ def rate(text: str) -> float:
     return value
 
 
+def idempotency_key(text: str) -> str:
+    """Read a record's Idempotency-Key, ``topic/partition/offset``: where it is in Kafka.
+
+    The stub never sees a record's Kafka key (unless the URL names it), so a Kafka key given
+    here would match nothing, silently: it is refused, saying what the flag takes.
+    """
+    topic, _, rest = text.rpartition("/")
+    topic, _, partition = topic.rpartition("/")
+    if not (topic and partition.isdecimal() and rest.isdecimal()):
+        raise ValueError(
+            f"expected TOPIC/PARTITION/OFFSET, the record's Idempotency-Key (not its Kafka key),"
+            f" e.g. telemetry/0/5; got {text!r}"
+        )
+    return text
+
+
 # The fields are in the order ``stub-api --help`` lists them; keyword-only, so that order is free.
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StubConfig:
@@ -133,7 +157,8 @@ class StubConfig:
     answers ``auth_status``. ``faults`` are timed windows (:class:`FaultWindow`).
 
     An API request is judged in this order: method (405), auth, headers (400; a batch's body
-    too), fault windows, bursts, ``reject_keys`` (422), rates.
+    too), fault windows, bursts, ``reject_keys`` (422), rates. An accepted one is answered 204,
+    or, with ``answer_body="id"``, 201 with ``{"id": <its Idempotency-Key>}``.
     """
 
     path: str = option("/items", "API path; paths below it count too (%(default)s)")
@@ -147,17 +172,30 @@ class StubConfig:
     reject_rate: float = option(0.0, "fraction answered 422", parse=rate)
     reject_keys: frozenset[str] = option(
         frozenset(),
-        "always 422 this key (repeatable)",
-        flag="--reject-key",
-        parse=str,
+        "always 422 the record with this Idempotency-Key: its place in Kafka, not its Kafka"
+        " key (repeatable; --reject-key is the old spelling)",
+        flag="--reject-idempotency-key",
+        aliases=("--reject-key",),
+        parse=idempotency_key,
         collect=frozenset,
+        metavar="TOPIC/PARTITION/OFFSET",
     )
     unavailable_keys: frozenset[str] = option(
         frozenset(),
-        "always 503 this key, a record the API never takes (repeatable)",
-        flag="--unavailable-key",
-        parse=str,
+        "always 503 the record with this Idempotency-Key, one the API never takes"
+        " (repeatable; --unavailable-key is the old spelling)",
+        flag="--unavailable-idempotency-key",
+        aliases=("--unavailable-key",),
+        parse=idempotency_key,
         collect=frozenset,
+        metavar="TOPIC/PARTITION/OFFSET",
+    )
+    answer_body: Literal["none", "id"] = option(
+        "none",
+        'an accepted request\'s answer: none (204), or id (201 with {"id": its Idempotency-Key},'
+        " so a result names its record)",
+        parse=str,
+        choices=("none", "id"),
     )
     seed: int | None = option(None, "seed the fault draws for a repeatable run", parse=int)
     faults: tuple[FaultWindow, ...] = option(

@@ -142,6 +142,9 @@ class StubServer:
             if delay_ms > 0:
                 await self._until(arrived_at + delay_ms / 1000)
             retry_after_s = math.ceil(cfg.retry_after_s)
+            if verdict.status < 300 and cfg.answer_body == "id":
+                rec.answer(Verdict(201, verdict.reason), retry_after_s)
+                return web.json_response({"id": request.headers.get("Idempotency-Key")}, status=201)
             rec.answer(verdict, retry_after_s)
             return _response(verdict, retry_after_s)
         finally:
