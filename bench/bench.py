@@ -178,7 +178,7 @@ class Bench:
         return self.stubs[latency_ms][1]
 
     def others(self, latency_ms: float | None) -> dict[str, int]:
-        pids = {"broker": self.broker._process.pid}
+        pids = {"broker": self.broker.pid}
         if latency_ms is not None:
             pids["stub"] = self.stubs[latency_ms][0].pid
         return pids

@@ -55,6 +55,69 @@ def tansu_binary() -> str:
     return path
 
 
+class _Child:
+    """A child process whose output goes to a log file of its own.
+
+    The log outlives a kill and a restart (a restart appends), so its tail tells what the
+    process said across both; :meth:`close` stops the process and removes the log.
+    """
+
+    def __init__(self, prefix: str) -> None:
+        self._prefix = prefix
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log: Path | None = None
+
+    def spawn(self, argv: list[str], env: Mapping[str, str] | None = None) -> None:
+        if self._log is None:
+            with tempfile.NamedTemporaryFile(
+                prefix=self._prefix, suffix=".log", delete=False
+            ) as out:
+                self._log = Path(out.name)
+        with self._log.open("ab") as sink:
+            self.process = subprocess.Popen(  # noqa: S603 - our own binaries and arguments
+                argv,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=None if env is None else os.environ | dict(env),
+            )
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    @property
+    def exited(self) -> int | None:
+        """The exit code of a process that stopped though nobody killed or closed it."""
+        return None if self.process is None else self.process.poll()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would; the log stays."""
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
+
+    def close(self) -> None:
+        """Stop the process (SIGTERM, then SIGKILL after 5 s) and remove the log; idempotent."""
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self._log is not None:
+            self._log.unlink(missing_ok=True)
+            self._log = None
+
+    def tail(self) -> str:
+        if self._log is None or not self._log.exists():
+            return ""
+        return self._log.read_text(errors="replace")[-500:]
+
+
 class EmbeddedBroker:
     """Run ``tansu`` on a free loopback port for as long as the context lasts.
 
@@ -79,8 +142,7 @@ class EmbeddedBroker:
         self.advertised_port = advertised_port or self.port
         self.storage = storage
         self.env = dict(env or {})
-        self._process: subprocess.Popen[bytes] | None = None
-        self._log: Path | None = None
+        self._child = _Child("tansu-")
 
     @property
     def bootstrap_servers(self) -> str:
@@ -101,49 +163,37 @@ class EmbeddedBroker:
         advertised = f"tcp://{self.host}:{self.advertised_port}"
         args = ["broker", "--listener-url", listen, "--advertised-listener-url", advertised]
         args += ["--storage-engine", self.storage]
-        if self._log is None:  # a restart appends to the same log, so the tail spans both
-            with tempfile.NamedTemporaryFile(prefix="tansu-", suffix=".log", delete=False) as out:
-                self._log = Path(out.name)
-        with self._log.open("ab") as sink:
-            self._process = subprocess.Popen(  # noqa: S603 - a fixed binary, our own arguments
-                [tansu_binary(), *args],
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=os.environ | self.env,
-            )
+        self._child.spawn([tansu_binary(), *args], self.env)
 
     def kill(self) -> None:
         """SIGKILL the broker, as a crash would: no flush, no goodbye to its clients.
 
         Its log stays, and :meth:`start` runs it again on the same port.
         """
-        process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.kill()
-            process.wait()
+        self._child.kill()
 
     @property
     def pid(self) -> int | None:
         """The broker process's id while it runs."""
-        return self._process.pid if self._process is not None else None
+        process = self._child.process
+        return process.pid if process is not None else None
 
     @property
     def running(self) -> bool:
         """Whether the broker process is alive."""
-        return self._process is not None and self._process.poll() is None
+        return self._child.running
 
     @property
     def exited(self) -> int | None:
         """The exit code of a broker that stopped though nobody killed or closed it."""
-        return None if self._process is None else self._process.poll()
+        return self._child.exited
 
     async def wait_ready(self, timeout: float = 20.0) -> None:
         """Wait until the broker accepts connections."""
         try:
             async with asyncio.timeout(timeout):
                 while True:
-                    if self._process is not None and self._process.poll() is not None:
+                    if self.exited is not None:
                         raise BrokerError(f"tansu exited early: {self.tail()}")
                     with contextlib.suppress(OSError):
                         _, writer = await asyncio.open_connection(self.host, self.port)
@@ -157,29 +207,17 @@ class EmbeddedBroker:
 
     async def wait(self) -> None:
         """Return when the broker process exits (closing the broker ends the wait too)."""
-        process = self._process
+        process = self._child.process
         if process is not None:
             await asyncio.to_thread(process.wait)
 
     def close(self) -> None:
         """Stop the broker and forget its log; later calls do nothing."""
-        process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        if self._log is not None:
-            self._log.unlink(missing_ok=True)
-            self._log = None
+        self._child.close()
 
     def tail(self) -> str:
         """The end of the broker's own output, to say why it failed."""
-        if self._log is None or not self._log.exists():
-            return ""
-        return self._log.read_text(errors="replace")[-500:]
+        return self._child.tail()
 
 
 class S3Server:
@@ -193,8 +231,7 @@ class S3Server:
         self.host = host
         self.port = free_port(host)
         self.bucket = bucket
-        self._process: subprocess.Popen[bytes] | None = None
-        self._log: Path | None = None
+        self._child = _Child("moto-")
 
     @property
     def endpoint(self) -> str:
@@ -233,15 +270,9 @@ class S3Server:
         except ImportError:
             msg = "no S3 server for a durable broker: pip install 'moto[server]'"
             raise BrokerError(msg) from None
-        with tempfile.NamedTemporaryFile(prefix="moto-", suffix=".log", delete=False) as out:
-            self._log = Path(out.name)
-        with self._log.open("wb") as sink:
-            self._process = subprocess.Popen(  # noqa: S603 - our interpreter, our own arguments
-                [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
+        self._child.spawn(
+            [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)]
+        )
 
     async def __aexit__(self, *exc_info: object) -> None:
         self.close()
@@ -252,7 +283,7 @@ class S3Server:
         try:
             async with asyncio.timeout(timeout):
                 while True:
-                    if self._process is not None and self._process.poll() is not None:
+                    if self._child.exited is not None:
                         raise BrokerError(f"moto exited early: {self.tail()}")
                     try:
                         await asyncio.to_thread(urllib.request.urlopen, request, timeout=2)
@@ -267,33 +298,19 @@ class S3Server:
     @property
     def running(self) -> bool:
         """Whether the server process is alive."""
-        return self._process is not None and self._process.poll() is None
+        return self._child.running
 
     def kill(self) -> None:
         """SIGKILL the server (the bucket goes with it), as a crash would."""
-        if self._process is not None and self._process.poll() is None:
-            self._process.kill()
-            self._process.wait()
+        self._child.kill()
 
     def close(self) -> None:
         """Stop the server (the bucket goes with it); later calls do nothing."""
-        process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        if self._log is not None:
-            self._log.unlink(missing_ok=True)
-            self._log = None
+        self._child.close()
 
     def tail(self) -> str:
         """The end of moto's own output."""
-        if self._log is None or not self._log.exists():
-            return ""
-        return self._log.read_text(errors="replace")[-500:]
+        return self._child.tail()
 
 
 class DurableBroker(EmbeddedBroker):
