@@ -25,6 +25,7 @@ from tests.prometheus_harness import (
     promtool,
     standard_metrics,
 )
+from tests.test_helm import merged
 
 CHART_DIR = ROOT / "helm" / "space-pipeline"
 CHART_README = CHART_DIR / "README.md"
@@ -149,22 +150,12 @@ def chart() -> Iterator[helm.Chart]:
         yield loaded
 
 
-def _merged(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in layer.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merged(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def rendered_rules(
     chart: helm.Chart, values: dict[str, Any] | None = None, *, release: str = "demo"
 ) -> dict[str, Any]:
     """The PrometheusRule's groups the chart renders for ``release`` in ``NAMESPACE``, as a
     Prometheus rules file."""
-    files = chart.render(_merged(BASE_VALUES, values or {}), name=release, namespace=NAMESPACE)
+    files = chart.render(merged(BASE_VALUES, values or {}), name=release, namespace=NAMESPACE)
     docs = [
         doc
         for path, text in files.items()
