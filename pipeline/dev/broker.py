@@ -268,7 +268,7 @@ class S3Server:
         try:
             import moto.server  # noqa: F401, PLC0415 - only to say what is missing
         except ImportError:
-            msg = "no S3 server for a durable broker: pip install 'moto[server]'"
+            msg = "no S3 server for a durable broker: pip install 'space-pipeline[durable]'"
             raise BrokerError(msg) from None
         self._child.spawn(
             [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)]
