@@ -123,6 +123,7 @@ class DeadLetters:
             backoff=backoff or Backoff(initial=0.2, maximum=options.max_backoff_s),
             what="dead-letter",
             idempotence_setting="dead_letter_idempotence",
+            topic_setting="dead_letter_topic",
         )
         self._redact = redact
 

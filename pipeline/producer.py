@@ -71,6 +71,7 @@ class AckedTopic:
         backoff: How long to wait between attempts of a failed write.
         what: What the topic holds, for messages (``dead-letter``, ``result``).
         idempotence_setting: The setting that turns idempotence off, named when it must be.
+        topic_setting: The setting that names the topic, named when Kafka does not have it.
         max_request_size: The largest request the producer sends.
         producer: The producer to write with (tests pass a fake); built from the above otherwise.
     """
@@ -86,6 +87,7 @@ class AckedTopic:
         backoff: Backoff,
         what: str,
         idempotence_setting: str,
+        topic_setting: str,
         max_request_size: int = MAX_REQUEST_SIZE,
         producer: AIOKafkaProducer | None = None,
     ) -> None:
@@ -94,6 +96,7 @@ class AckedTopic:
         self._what = what
         self._events = what.replace("-", "_")  # dead_letter.produce_failed, result.close_timeout
         self._idempotence_setting = idempotence_setting
+        self._topic_setting = topic_setting
         self._producer = producer or AIOKafkaProducer(
             bootstrap_servers=bootstrap_servers,
             client_id=client_id,
@@ -116,10 +119,15 @@ class AckedTopic:
             raise
         self._started = True
         partitions = await self._producer.partitions_for(self.topic)
-        if not partitions:
+        if not partitions:  # the setting names a topic this Kafka does not have
             await self.close()
-            msg = f"the {self._what} topic {self.topic!r} does not exist"
-            raise KafkaError(msg)
+            setting = env_name(self._topic_setting)
+            raise ConfigError(
+                [
+                    f"{setting}: the topic {self.topic!r} does not exist: create it, or name one"
+                    " that does"
+                ]
+            )
 
     def _config_problem(self, error: BaseException) -> ConfigError | None:
         """The setting to blame when an idempotent producer could not get its producer id.

@@ -131,6 +131,7 @@ class Results:
             backoff=backoff or Backoff(initial=0.2, maximum=options.max_backoff_s),
             what="result",
             idempotence_setting="result_idempotence",
+            topic_setting="result_topic",
             max_request_size=max(MAX_REQUEST_SIZE, self._limit + HEADROOM),
             producer=producer,
         )

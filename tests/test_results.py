@@ -19,12 +19,13 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
-from pipeline.errors import LaneHaltedError, RejectedError, ResultError
+from pipeline.consumer import KafkaSecurity
+from pipeline.errors import ConfigError, LaneHaltedError, RejectedError, ResultError
 from pipeline.function_sink import FunctionSink
 from pipeline.http_client import HttpxClient, Timeouts
 from pipeline.http_sink import HttpSink, HttpSinkConfig
 from pipeline.policy import RejectRules, Rules
-from pipeline.producer import RECORD_LIMIT
+from pipeline.producer import RECORD_LIMIT, AckedTopic
 from pipeline.results import ResultingSink, ResultOptions, Results, record_limit, result_record
 from pipeline.retry import Backoff
 from pipeline.sender import OrderedSender
@@ -354,11 +355,42 @@ class NoTopicProducer(FakeProducer):
         return set()
 
 
-async def test_a_missing_result_topic_is_an_error_at_start_naming_it() -> None:
+async def test_a_missing_result_topic_is_a_config_error_at_start_naming_the_setting() -> None:
+    """The setting names a topic Kafka does not have: exit 2 with the setting, as for any other
+    setting that cannot work, not a Kafka error and exit 1."""
     producer = NoTopicProducer()
 
-    with pytest.raises(KafkaError, match="the result topic 'orders-results' does not exist"):
+    with pytest.raises(ConfigError) as raised:
         async with results_with(producer):
             pass
 
+    assert [
+        "PIPELINE_RESULT_TOPIC: the topic 'orders-results' does not exist: create it, or name"
+        " one that does"
+    ] == raised.value.problems
+    assert producer.stopped
+
+
+async def test_a_missing_dead_letter_topic_is_a_config_error_at_start_naming_the_setting() -> None:
+    producer = NoTopicProducer()
+    topic = AckedTopic(
+        "orders-dlq",
+        "unused:9092",
+        client_id="c",
+        idempotence=False,
+        security=KafkaSecurity(),
+        backoff=Backoff(initial=0.001, maximum=0.001),
+        what="dead-letter",
+        idempotence_setting="dead_letter_idempotence",
+        topic_setting="dead_letter_topic",
+        producer=producer,  # type: ignore[arg-type]
+    )
+
+    with pytest.raises(ConfigError) as raised:
+        await topic.start()
+
+    assert [
+        "PIPELINE_DEAD_LETTER_TOPIC: the topic 'orders-dlq' does not exist: create it, or name"
+        " one that does"
+    ] == raised.value.problems
     assert producer.stopped
